@@ -1,0 +1,247 @@
+"""The methods under test: how each saves a workload, and what it prepares outside the timing.
+
+A method's ``prepare(workload, workers)`` is a context manager.  What it does
+before ``yield`` and after it is untimed; it yields ``run(pattern)``, the call
+the runner times, which writes image i to ``pattern.format(index=i)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+from benchmarks.baselines import chunk_bounds, write_chunk, write_one
+from benchmarks.workloads import Workload
+
+Run = Callable[[str], None]
+
+#: Above this many images the one-task-per-image process pool is not run (it takes minutes).
+PER_IMAGE_PROCESS_LIMIT = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def shmsave_import() -> tuple[object | None, str | None]:
+    """(the shmsave module, None) if it imports, else (None, why not)."""
+    try:
+        import shmsave
+    except Exception as exc:  # noqa: BLE001 - any import failure means "skip shmsave methods"
+        return None, f"{type(exc).__name__}: {exc}"
+    return shmsave, None
+
+
+def _shmsave():
+    module, error = shmsave_import()
+    if module is None:
+        raise RuntimeError(f"shmsave is not importable ({error})")
+    return module
+
+
+def _shmsave_kwargs(workload: Workload) -> dict:
+    return {} if workload.spec.quality is None else {"quality": workload.spec.quality}
+
+
+def _check_report(report) -> None:
+    """Raise if a shmsave Report says some images failed."""
+    failed = getattr(report, "failed", 0)
+    if failed:
+        raise RuntimeError(f"shmsave reported failures: {failed!r}"[:300])
+
+
+# --- the alternatives -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _loop(workload: Workload, workers: int) -> Iterator[Run]:
+    """for i, img in enumerate(images): cv2.imwrite(pattern.format(index=i), img, params)"""
+    yield lambda pattern: write_chunk(0, workload.images, pattern, workload.params)
+
+
+def _per_image(executor: type[Executor]):
+    def prepare(workload: Workload, workers: int) -> Iterator[Run]:
+        """One executor task per image; the executor is created inside the timing."""
+        def run(pattern: str) -> None:
+            with executor(workers) as ex:
+                futures = [ex.submit(write_one, pattern.format(index=i), img, workload.params)
+                           for i, img in enumerate(workload.images)]
+                for future in futures:
+                    future.result()
+        yield run
+    return contextlib.contextmanager(prepare)
+
+
+def _chunked(executor: type[Executor]):
+    def prepare(workload: Workload, workers: int) -> Iterator[Run]:
+        """`workers` contiguous chunks, one task each; the executor is created inside the timing."""
+        def run(pattern: str) -> None:
+            images = workload.images
+            with executor(workers) as ex:
+                futures = [ex.submit(write_chunk, a, images[a:b], pattern, workload.params)
+                           for a, b in chunk_bounds(len(images), workers)]
+                for future in futures:
+                    future.result()
+        yield run
+    return contextlib.contextmanager(prepare)
+
+
+@contextlib.contextmanager
+def _joblib(workload: Workload, workers: int) -> Iterator[Run]:
+    """joblib.Parallel(n_jobs=workers) (loky) over `workers` chunks.
+
+    loky keeps its workers alive between calls; they are shut down after every
+    run (untimed) so each timing includes starting them, as in a fresh script.
+    Its memmapping folder goes to the scratch dir instead of /dev/shm.
+    """
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+
+    temp = workload.scratch / "joblib"
+    temp.mkdir(exist_ok=True)
+
+    def run(pattern: str) -> None:
+        images = workload.images
+        Parallel(n_jobs=workers, temp_folder=str(temp))(
+            delayed(write_chunk)(a, images[a:b], pattern, workload.params)
+            for a, b in chunk_bounds(len(images), workers))
+
+    try:
+        yield run
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _write_only(workload: Workload, workers: int) -> Iterator[Run]:
+    """The disk's limit: pre-encoded bytes written with open/write/close, no encoding."""
+    blobs = workload.encoded()
+
+    def run(pattern: str) -> None:
+        for index, blob in enumerate(blobs):
+            with open(pattern.format(index=index), "wb") as f:
+                f.write(blob)
+    yield run
+
+
+# --- shmsave ---------------------------------------------------------------------------
+
+
+def _warm_up(writer, images, workload: Workload, workers: int) -> None:
+    """One small untimed save (one image per worker) so the pool is started and warm."""
+    folder = Path(tempfile.mkdtemp(prefix="warmup-", dir=workload.scratch))
+    try:
+        _check_report(writer.save(images[:max(1, workers)], str(folder / ("{index}" + workload.ext)),
+                                  **_shmsave_kwargs(workload)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _shmsave_cold(workload: Workload, workers: int) -> Iterator[Run]:
+    """What a one-shot shmsave.save costs the first time: a fresh Writer (pool start and
+    shutdown included) inside the timing."""
+    shmsave = _shmsave()
+
+    def run(pattern: str) -> None:
+        with shmsave.Writer(workers=workers) as writer:
+            _check_report(writer.save(workload.images, pattern, **_shmsave_kwargs(workload)))
+    yield run
+
+
+@contextlib.contextmanager
+def _shmsave_warm(workload: Workload, workers: int) -> Iterator[Run]:
+    """A Writer created and warmed outside the timing; only writer.save is timed."""
+    with _shmsave().Writer(workers=workers) as writer:
+        _warm_up(writer, workload.images, workload, workers)
+        yield lambda pattern: _check_report(
+            writer.save(workload.images, pattern, **_shmsave_kwargs(workload)))
+
+
+@contextlib.contextmanager
+def _shmsave_zero_copy(workload: Workload, workers: int) -> Iterator[Run]:
+    """Images copied into Writer.empty() (untimed), warm Writer; writer.save(buffer) is timed."""
+    with _shmsave().Writer(workers=workers) as writer:
+        buffer = writer.empty(workload.images.shape, workload.images.dtype)
+        buffer[...] = workload.images
+        _warm_up(writer, buffer, workload, workers)
+        # Hold the buffer only through `held`, so it can be dropped before the Writer
+        # frees its shared memory (a live view would keep the segment mapped).
+        held = [buffer]
+        del buffer
+        try:
+            yield lambda pattern: _check_report(
+                writer.save(held[0], pattern, **_shmsave_kwargs(workload)))
+        finally:
+            held.clear()
+
+
+def _cli_command() -> list[str]:
+    """The installed `shmsave` console script next to this interpreter, else `python -m shmsave`."""
+    script = Path(sys.executable).with_name("shmsave")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shmsave"]
+
+
+@contextlib.contextmanager
+def _shmsave_cli(workload: Workload, workers: int) -> Iterator[Run]:
+    """The `shmsave` command on a .npy written beforehand; the whole subprocess is timed."""
+    _shmsave()
+    command = [*_cli_command(), str(workload.npy_path()), "--workers", str(workers), "--quiet"]
+    if workload.spec.quality is not None:
+        command += ["--quality", str(workload.spec.quality)]
+
+    def run(pattern: str) -> None:
+        done = subprocess.run([*command, "-o", pattern], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise RuntimeError(f"shmsave command exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    yield run
+
+
+# --- registry --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way of saving a workload, and when it does not apply."""
+
+    name: str
+    label: str
+    parallel: bool
+    prepare: Callable[[Workload, int], ContextManager[Run]]
+    uses_shmsave: bool = False
+    arrays_only: bool = False
+    max_images: int | None = None
+
+    def skip_reason(self, workload: Workload) -> str | None:
+        """Why this method is not run on this workload, or None if it is."""
+        if self.uses_shmsave and shmsave_import()[0] is None:
+            return "shmsave not importable"
+        if self.arrays_only and workload.is_list:
+            return "needs one ndarray, workload is a list"
+        if self.max_images is not None and workload.count > self.max_images:
+            return f"skipped above {self.max_images} images (one task per image is too slow)"
+        return None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("loop", "loop (cv2.imwrite)", False, _loop),
+    Method("write-only", "write-only (limit)", False, _write_only),
+    Method("threads-per-image", "ThreadPool per image", True, _per_image(ThreadPoolExecutor)),
+    Method("processes-per-image", "ProcessPool per image", True, _per_image(ProcessPoolExecutor),
+           max_images=PER_IMAGE_PROCESS_LIMIT),
+    Method("threads-chunked", "ThreadPool chunked", True, _chunked(ThreadPoolExecutor)),
+    Method("processes-chunked", "ProcessPool chunked", True, _chunked(ProcessPoolExecutor)),
+    Method("joblib", "joblib chunked (loky)", True, _joblib),
+    Method("shmsave-cold", "shmsave.save (cold pool)", True, _shmsave_cold, uses_shmsave=True),
+    Method("shmsave-warm", "shmsave Writer (warm)", True, _shmsave_warm, uses_shmsave=True),
+    Method("shmsave-zero-copy", "shmsave Writer.empty (zero copy)", True, _shmsave_zero_copy,
+           uses_shmsave=True, arrays_only=True),
+    Method("shmsave-cli", "shmsave command (.npy)", True, _shmsave_cli,
+           uses_shmsave=True, arrays_only=True),
+)}

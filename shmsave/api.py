@@ -1,0 +1,48 @@
+"""``shmsave.save``: one call, served by a Writer shared across calls."""
+
+from __future__ import annotations
+
+import threading
+
+from .report import Report
+from .writer import Writer
+
+_shared: Writer | None = None
+_shared_lock = threading.Lock()
+
+
+def save(images, template, *, workers: int | None = None, quality=None, compression=None, params=None,
+         rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
+         progress: bool = False) -> Report:
+    """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
+
+    ``images``: an (N, H, W) or (N, H, W, C) array with C in 1, 3, 4, or a
+    list of 2-D/3-D arrays. ``template``: a path with an ``{index}`` field
+    (format spec allowed, e.g. ``{index:06d}``); its extension picks the
+    format and missing folders are created. ``quality`` (JPEG, WebP, AVIF,
+    JPEG 2000) and ``compression`` (PNG 0-9, TIFF, HDR, EXR) map to the
+    format's OpenCV flag; ``params`` adds raw ``cv2.IMWRITE_*`` flags.
+    ``rgb=True`` means the pixels are RGB(A), not OpenCV's BGR(A).
+    ``overwrite=False`` leaves existing files alone (resume an interrupted
+    job). ``errors="collect"`` records failures in ``Report.failed`` instead
+    of raising WriteFailed or WorkerDied.
+
+    Bad input raises InvalidRequest before anything is written. Each file is
+    byte-identical to what ``cv2.imwrite`` writes, and appears under its name
+    only once complete. Worker processes start on the first call that needs
+    them and are reused by later calls (until exit); ``workers`` defaults to
+    the CPUs this process may use.
+    """
+    writer = _shared_writer(workers)
+    return writer.save(images, template, quality=quality, compression=compression, params=params, rgb=rgb,
+                       start=start, overwrite=overwrite, errors=errors, progress=progress)
+
+
+def _shared_writer(workers: int | None) -> Writer:
+    global _shared
+    with _shared_lock:
+        if _shared is None or (workers is not None and _shared.workers != workers):
+            if _shared is not None:
+                _shared.close()
+            _shared = Writer(workers)
+        return _shared

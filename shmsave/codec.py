@@ -1,0 +1,217 @@
+"""Image formats: which extension takes which pixels, and which OpenCV flags.
+
+Everything here runs in the parent, once per request, before any worker
+starts. OpenCV itself accepts almost anything and converts silently (an
+``int64`` image becomes saturated ``uint8``, a ``float64`` image in [0, 1]
+becomes nearly black); shmsave refuses such requests instead and says how to
+fix them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Format:
+    """What one file format can hold and how its options map to OpenCV flags."""
+
+    name: str
+    dtypes: frozenset[str]
+    channels: frozenset[int]
+    quality_flag: int | None = None
+    quality_range: tuple[int, int] = (0, 100)
+    quality_scale: int = 1  # JPEG 2000 counts quality in thousandths
+    compression_flag: int | None = None
+    compression_range: tuple[int, int] | None = None
+
+
+def _flag(name: str) -> int | None:
+    return getattr(cv2, name, None)
+
+
+_U8 = frozenset({"uint8"})
+_U8_U16 = frozenset({"uint8", "uint16"})
+_F32 = frozenset({"float32"})
+_ANY_CHANNELS = frozenset({1, 3, 4})
+
+_JPEG = Format("JPEG", _U8, _ANY_CHANNELS, _flag("IMWRITE_JPEG_QUALITY"))
+_PNG = Format("PNG", _U8_U16, _ANY_CHANNELS, None, compression_flag=_flag("IMWRITE_PNG_COMPRESSION"),
+              compression_range=(0, 9))
+_WEBP = Format("WebP", _U8, _ANY_CHANNELS, _flag("IMWRITE_WEBP_QUALITY"), (1, 101))
+_TIFF = Format("TIFF", frozenset({"uint8", "int8", "uint16", "int16", "int32", "float32", "float64"}),
+               _ANY_CHANNELS, compression_flag=_flag("IMWRITE_TIFF_COMPRESSION"))
+_BMP = Format("BMP", _U8, _ANY_CHANNELS)
+_JP2 = Format("JPEG 2000", _U8_U16, _ANY_CHANNELS, _flag("IMWRITE_JPEG2000_COMPRESSION_X1000"),
+              quality_scale=10)
+_AVIF = Format("AVIF", _U8_U16, _ANY_CHANNELS, _flag("IMWRITE_AVIF_QUALITY"))
+_PGM = Format("PGM", _U8_U16, frozenset({1}))
+_PPM = Format("PPM", _U8_U16, frozenset({3}))
+_PNM = Format("PNM", _U8_U16, frozenset({1, 3}))
+_PBM = Format("PBM", _U8, frozenset({1}))
+_PAM = Format("PAM", _U8_U16, _ANY_CHANNELS)
+_PFM = Format("PFM", _F32, frozenset({1, 3}))
+_HDR = Format("Radiance HDR", _F32, frozenset({1, 3}), compression_flag=_flag("IMWRITE_HDR_COMPRESSION"))
+_SUNRASTER = Format("Sun raster", _U8, _ANY_CHANNELS)
+_GIF = Format("GIF", _U8, frozenset({3, 4}))
+_EXR = Format("OpenEXR", frozenset({"float32"}), _ANY_CHANNELS,
+              compression_flag=_flag("IMWRITE_EXR_COMPRESSION"))
+
+_BY_EXTENSION = {
+    ".jpg": _JPEG, ".jpeg": _JPEG, ".jpe": _JPEG,
+    ".png": _PNG,
+    ".webp": _WEBP,
+    ".tif": _TIFF, ".tiff": _TIFF,
+    ".bmp": _BMP, ".dib": _BMP,
+    ".jp2": _JP2,
+    ".avif": _AVIF,
+    ".pgm": _PGM, ".ppm": _PPM, ".pnm": _PNM, ".pbm": _PBM, ".pam": _PAM,
+    ".pfm": _PFM,
+    ".hdr": _HDR, ".pic": _HDR,
+    ".sr": _SUNRASTER, ".ras": _SUNRASTER,
+    ".gif": _GIF,
+    ".exr": _EXR,
+}
+
+
+def writable_extensions() -> list[str]:
+    """The extensions this OpenCV build can write, in a stable order."""
+    return [ext for ext in _BY_EXTENSION if cv2.haveImageWriter("x" + ext)]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A checked request to encode: what the worker passes to ``cv2.imencode``."""
+
+    extension: str
+    params: tuple[int, ...]
+    rgb: bool
+
+
+def plan_encoding(
+    extension: str,
+    *,
+    quality: int | None = None,
+    compression: int | None = None,
+    params=None,
+    rgb: bool = False,
+) -> Encoding:
+    """Check the options for ``extension`` and return the OpenCV parameters.
+
+    ``quality`` and ``compression`` map to the format's own flag; ``params``
+    adds raw OpenCV flags, as a ``{flag: value}`` mapping or a flat
+    ``[flag, value, ...]`` sequence, where a flag is an int or a name such as
+    ``"IMWRITE_PNG_STRATEGY"``.
+    """
+    ext = extension.lower()
+    fmt = format_for(ext)
+    flat: list[int] = []
+    if quality is not None:
+        if fmt.quality_flag is None:
+            takes = ", ".join(sorted({e for e, f in _BY_EXTENSION.items() if f.quality_flag is not None}))
+            raise InvalidRequest(f"quality does not apply to {fmt.name} ({ext}); it applies to {takes}"
+                                 + ("; for PNG use compression=0..9" if fmt is _PNG else ""))
+        low, high = fmt.quality_range
+        if not _is_int(quality) or not low <= quality <= high:
+            raise InvalidRequest(f"quality for {fmt.name} must be an integer from {low} to {high}, got {quality!r}")
+        flat += [fmt.quality_flag, int(quality) * fmt.quality_scale]
+    if compression is not None:
+        if fmt.compression_flag is None:
+            takes = ", ".join(sorted({e for e, f in _BY_EXTENSION.items() if f.compression_flag is not None}))
+            raise InvalidRequest(f"compression does not apply to {fmt.name} ({ext}); it applies to {takes}")
+        bounds = fmt.compression_range
+        if not _is_int(compression) or (bounds and not bounds[0] <= compression <= bounds[1]):
+            allowed = f"from {bounds[0]} to {bounds[1]}" if bounds else "(an OpenCV compression code)"
+            raise InvalidRequest(f"compression for {fmt.name} must be an integer {allowed}, got {compression!r}")
+        flat += [fmt.compression_flag, int(compression)]
+    flat += _flatten_params(params)
+    return Encoding(ext, tuple(flat), bool(rgb))
+
+
+def format_for(extension: str) -> Format:
+    """The Format of ``extension``; InvalidRequest if unknown or not in this build."""
+    ext = extension.lower()
+    fmt = _BY_EXTENSION.get(ext)
+    if fmt is None or not cv2.haveImageWriter("x" + ext):
+        known = " ".join(writable_extensions())
+        shown = repr(ext) if ext else "no extension"
+        raise InvalidRequest(f"cannot write images with {shown}; this OpenCV build writes: {known}")
+    return fmt
+
+
+def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str) -> None:
+    """Refuse pixels that ``encoding``'s format cannot hold unchanged.
+
+    ``channels`` is 1 for a 2-D image; ``what`` names the image(s) in the message.
+    """
+    fmt = format_for(encoding.extension)
+    name = np.dtype(dtype).name
+    if channels not in (1, 3, 4):
+        raise InvalidRequest(
+            f"{what} has {channels} channels; images need 1 (gray), 3 (BGR) or 4 (BGRA) channels "
+            "as the last axis. If the channels are first, move them: np.moveaxis(images, 1, -1)"
+        )
+    if name not in fmt.dtypes:
+        raise InvalidRequest(f"{what} is {name}, which {fmt.name} ({encoding.extension}) cannot hold; "
+                             + _dtype_advice(name, fmt))
+    if channels not in fmt.channels:
+        counts = " or ".join(str(c) for c in sorted(fmt.channels))
+        raise InvalidRequest(f"{what} has {channels} channel(s); {fmt.name} ({encoding.extension}) "
+                             f"takes {counts}")
+    if fmt is _AVIF and name == "uint16" and cv2.IMWRITE_AVIF_DEPTH not in encoding.params[::2]:
+        raise InvalidRequest("16-bit AVIF needs a bit depth: pass params={cv2.IMWRITE_AVIF_DEPTH: 10} (or 12)")
+
+
+def _dtype_advice(name: str, fmt: Format) -> str:
+    holds = ", ".join(sorted(fmt.dtypes))
+    if name.startswith("float"):
+        if "uint8" in fmt.dtypes:
+            return (f"it holds {holds}. Scale and cast first, e.g. "
+                    "(np.clip(images, 0, 1) * 255).round().astype(np.uint8), "
+                    "or save floats losslessly as .tiff, .pfm or .hdr")
+        return f"it holds {holds}; cast with images.astype(np.float32)"
+    if name == "bool":
+        return f"it holds {holds}; convert with images.astype(np.uint8) * 255"
+    return (f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
+            f"np.clip(images, 0, 255).astype(np.uint8), or use .tiff for other integer types")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _flatten_params(params) -> list[int]:
+    if params is None:
+        return []
+    pairs = list(params.items()) if isinstance(params, dict) else None
+    if pairs is None:
+        values = list(params)
+        if len(values) % 2:
+            raise InvalidRequest("params must be a {flag: value} dict or a flat [flag, value, ...] list "
+                                 f"of even length; got {len(values)} items")
+        pairs = list(zip(values[::2], values[1::2]))
+    flat = []
+    for flag, value in pairs:
+        code = _flag_code(flag)
+        if not _is_int(value):
+            raise InvalidRequest(f"the value of OpenCV flag {flag!r} must be an integer, got {value!r}")
+        flat += [code, int(value)]
+    return flat
+
+
+def _flag_code(flag) -> int:
+    if _is_int(flag):
+        return int(flag)
+    if isinstance(flag, str):
+        name = flag.upper()
+        for candidate in (name, "IMWRITE_" + name):
+            code = getattr(cv2, candidate, None)
+            if candidate.startswith("IMWRITE_") and _is_int(code):
+                return int(code)
+    raise InvalidRequest(f"unknown OpenCV write flag {flag!r}; use a cv2.IMWRITE_* constant or its name, "
+                         "e.g. 'IMWRITE_PNG_STRATEGY'")

@@ -1,0 +1,118 @@
+"""The one error family of shmsave.
+
+    ShmsaveError
+    ├── InvalidRequest(ValueError)   bad input; raised before anything is written
+    ├── WriterClosed(RuntimeError)   the Writer was closed
+    ├── WriteFailed(OSError)         one image could not be encoded or written
+    └── WorkerDied(RuntimeError)     a worker process ended in the middle of a slice
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import signal
+
+
+class ShmsaveError(Exception):
+    """Base class of every error shmsave raises on purpose."""
+
+
+class InvalidRequest(ShmsaveError, ValueError):
+    """The request cannot be carried out as given; nothing was written."""
+
+
+class WriterClosed(ShmsaveError, RuntimeError):
+    """The Writer was used after ``close()``."""
+
+    def __init__(self) -> None:
+        super().__init__("this Writer is closed; create a new shmsave.Writer() or use shmsave.save()")
+
+
+class WriteFailed(ShmsaveError, OSError):
+    """Image ``index`` could not be written to ``path``.
+
+    ``errno`` is the operating system's error number (``None`` when encoding
+    failed). Files reported written before this error are complete.
+    """
+
+    def __init__(self, index: int, path: str, message: str, errno: int | None = None) -> None:
+        OSError.__init__(self, errno, f"image {index} -> {path}: {message}")
+        self.index = index
+        self.path = path
+        self.filename = path
+
+    def __reduce__(self):
+        return (_rebuild_write_failed, (self.index, self.path, self.strerror, self.errno))
+
+
+def _rebuild_write_failed(index, path, message, errno):
+    error = WriteFailed(index, path, "")
+    OSError.__init__(error, errno, f"image {index} -> {path}: {message}")
+    return error
+
+
+def describe_oserror(error: OSError) -> str:
+    """A one-line description of an OS error with a hint when the cause is common."""
+    name = _errno.errorcode.get(error.errno, "")
+    text = f"{name}: {error.strerror or error}" if name else str(error)
+    hints = {
+        _errno.ENOSPC: "the disk is full; free space or write elsewhere",
+        _errno.EDQUOT: "the disk quota is exceeded",
+        _errno.EROFS: "the file system is read-only",
+        _errno.EACCES: "permission denied; check the folder's permissions",
+        _errno.EPERM: "operation not permitted; check the folder's permissions",
+        _errno.EISDIR: "a folder already has this name",
+        _errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }
+    hint = hints.get(error.errno)
+    return f"{text} ({hint})" if hint else text
+
+
+class WorkerDied(ShmsaveError, RuntimeError):
+    """A worker process ended while it held images ``start`` to ``end - 1``.
+
+    The Writer replaces the worker; later calls work. Images of that slice may
+    or may not have been written completely (never partially: files are
+    renamed into place only once whole); rerun with ``overwrite=False``.
+    """
+
+    def __init__(self, exitcode: int | None, start: int, end: int) -> None:
+        self.exitcode = exitcode
+        self.start = start
+        self.end = end
+        super().__init__(
+            f"a worker process {_cause(exitcode)} while writing images {start} to {end - 1}; "
+            "the Writer has replaced it. Rerun with overwrite=False to write only what is missing."
+        )
+
+    def __reduce__(self):
+        return (WorkerDied, (self.exitcode, self.start, self.end))
+
+
+def _cause(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        sig = -exitcode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        likely = {
+            signal.SIGKILL: " (killed: often the out-of-memory killer)",
+            signal.SIGSEGV: " (crashed in native code)",
+            signal.SIGABRT: " (aborted in native code)",
+            signal.SIGBUS: " (bus error: shared memory or a mapped file ran out of space)",
+        }.get(sig, "")
+        return f"was ended by {name}{likely}"
+    return f"exited with code {exitcode}"
+
+
+__all__ = [
+    "ShmsaveError",
+    "InvalidRequest",
+    "WriterClosed",
+    "WriteFailed",
+    "WorkerDied",
+    "describe_oserror",
+]

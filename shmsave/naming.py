@@ -1,0 +1,75 @@
+"""Path templates such as ``"out/{index:06d}.png"``: parsing and validation."""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+
+# Format specs under which distinct integers always give distinct strings:
+# optional fill/align, sign, zero padding, width, and the decimal/hex/octal/binary types.
+_INJECTIVE_SPEC = re.compile(r"^(.?[<>=^])?[+\- ]?#?0?\d*[,_]?[dxXob]?$")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A checked path template: ``text.format(index=i, **fields)`` names image i."""
+
+    text: str
+    fields: tuple[tuple[str, str], ...]
+    extension: str
+    folder: str | None  # the folder every path shares, or None when it depends on the index
+
+    def path(self, index: int) -> str:
+        """The path of image ``index``."""
+        return self.text.format(index=index, **dict(self.fields))
+
+
+def parse_template(template, count: int, start: int = 0, fields: dict | None = None) -> Template:
+    """Check ``template`` for ``count`` images numbered from ``start``.
+
+    Raises InvalidRequest when the template is empty, malformed, names an
+    unknown field, lacks ``{index}`` for more than one image, or would give two
+    images the same path.
+    """
+    if isinstance(template, os.PathLike):
+        template = os.fspath(template)
+    if not isinstance(template, str) or not template.strip():
+        raise InvalidRequest(f"the path template must be a non-empty string like 'out/{{index:06d}}.png', "
+                             f"got {template!r}")
+    fields = dict(fields or {})
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise InvalidRequest(f"the path template {template!r} is malformed ({error}); "
+                             "write literal braces as '{{' and '}}'") from None
+    names = {name for _, name, _, _ in parts if name is not None}
+    allowed = {"index", *fields}
+    unknown = sorted(n for n in names if n not in allowed)
+    if unknown:
+        raise InvalidRequest(f"the path template {template!r} uses unknown field(s) "
+                             f"{', '.join('{' + n + '}' for n in unknown)}; it may use "
+                             f"{', '.join('{' + n + '}' for n in sorted(allowed))}")
+    if "" in names or any(name and not name.isidentifier() for name in names):
+        raise InvalidRequest(f"the path template {template!r} has a positional or indexed field; "
+                             "name the field, e.g. {index}")
+    if count > 1 and "index" not in names:
+        raise InvalidRequest(f"the path template {template!r} has no {{index}} field, so all {count} "
+                             "images would go to one file; add one, e.g. 'out/{index:06d}.png'")
+    specs = [spec for _, name, spec, _ in parts if name == "index"]
+    try:
+        first = template.format(index=start, **fields)
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        raise InvalidRequest(f"the path template {template!r} cannot format index {start}: {error}") from None
+    extension = os.path.splitext(first)[1]
+    if count > 1 and not any(_INJECTIVE_SPEC.match(spec or "") for spec in specs):
+        paths = {template.format(index=i, **fields) for i in range(start, start + count)}
+        if len(paths) < count:
+            raise InvalidRequest(f"the path template {template!r} gives several images the same path "
+                                 f"(its {{index}} format hides digits); use e.g. {{index:06d}}")
+    folder_names = {name for _, name, _, _ in string.Formatter().parse(os.path.dirname(template))}
+    folder = None if "index" in folder_names else os.path.dirname(first)
+    return Template(template, tuple(sorted(fields.items())), extension, folder)

@@ -1,0 +1,197 @@
+"""A pool of long-lived worker processes fed with task descriptors.
+
+    Writer ──tasks──▶ Pool.run ──socket──▶ worker: map pixels, encode, write
+       ▲                 │                     │
+       └──on_result──────┴◀──result tuple──────┘
+
+Writer: validates the request, puts pixels in shared memory (or points at a
+    segment or file already there) and yields tasks
+    ``(task_id, source, lo, hi, first_index, job)``; ``source`` names the
+    memory, never holds pixels.
+Pool.run: keeps each worker ``_DEPTH`` tasks ahead, so a worker never waits
+    for the parent's round trip. It blocks only in ``connection.wait`` on the
+    workers' sockets, which also report a worker's death at once (EOF).
+worker: ``shmsave._worker.main`` in its own interpreter (``python -c``); it
+    imports only shmsave, so it works under scripts without a ``__main__``
+    guard, REPLs, notebooks and threads, and never forks the caller.
+results: ``(task_id, written, bytes, skipped, failures, traceback)``.
+
+A dead worker's tasks go to ``on_death``; the worker is replaced at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection, wait
+
+_DEPTH = 2  # tasks queued per worker: one running, one ready
+_STOP_TIMEOUT_S = 5.0
+_WORKER_MAIN = "import sys; from shmsave._worker import main; main(sys.argv[1:])"
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Wait:
+    """Yielded by a task source: send nothing more until ``ready()`` is true."""
+
+    def __init__(self, ready):
+        self.ready = ready
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may really use: its affinity and its cgroup quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as file:
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+class _Worker:
+    """One worker process and the parent's end of its socket."""
+
+    def __init__(self) -> None:
+        parent_end, child_end = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],
+                pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        self.conn = Connection(parent_end.detach())
+        self.tasks: collections.deque = collections.deque()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, graceful: bool) -> int | None:
+        """End the process (asking first when ``graceful``) and return its exit code."""
+        if graceful:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+        else:
+            with contextlib.suppress(OSError):
+                self.process.send_signal(signal.SIGTERM)
+        self.conn.close()
+        try:
+            return self.process.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+class Pool:
+    """``size`` worker processes, started on first use and reused for every run."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._workers: list[_Worker] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self._workers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.pid for worker in self._workers]
+
+    def start(self) -> None:
+        """Start missing workers; they import in parallel and need not be waited for."""
+        while len(self._workers) < self.size:
+            self._workers.append(_Worker())
+
+    def run(self, source, on_result, on_death, on_abandon) -> None:
+        """Send every task of the iterator ``source`` to a worker; return when all are answered.
+
+        ``on_result(task, result)`` may return False to stop taking tasks from
+        ``source`` (in-flight tasks are still answered). ``on_death(task,
+        exitcode, pid)`` receives each task of a worker that died.  If run is
+        interrupted (KeyboardInterrupt, any exception) the workers are
+        stopped, ``on_abandon(task, pid)`` receives each unanswered task, and
+        the exception propagates.
+        """
+        self.start()
+        source = iter(source)
+        waiting = None
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and (waiting is None or waiting.ready()):
+                    waiting = None
+                    worker = min(self._workers, key=lambda w: len(w.tasks))
+                    if len(worker.tasks) >= _DEPTH:
+                        break
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                    elif isinstance(item, Wait):
+                        waiting = item
+                    else:
+                        worker.conn.send(item)
+                        worker.tasks.append(item)
+                busy = [w for w in self._workers if w.tasks]
+                if not busy:
+                    if exhausted:
+                        return
+                    continue
+                for conn in wait([w.conn for w in busy]):
+                    worker = next(w for w in busy if w.conn is conn)
+                    try:
+                        message = conn.recv()
+                    except (EOFError, OSError):
+                        self._replace(worker, on_death)
+                        continue
+                    if message[0] == "ready":
+                        continue
+                    if on_result(worker.tasks.popleft(), message) is False:
+                        exhausted = True
+        except BaseException:
+            self.terminate(on_abandon)
+            raise
+
+    def _replace(self, worker: _Worker, on_death) -> None:
+        exitcode = worker.stop(graceful=False)
+        self._workers[self._workers.index(worker)] = _Worker()
+        for task in worker.tasks:
+            on_death(task, exitcode, worker.pid)
+
+    def terminate(self, on_abandon=None) -> None:
+        """Stop every worker now (SIGTERM; they remove their partial files)."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.stop(graceful=False)
+            if on_abandon is not None:
+                for task in worker.tasks:
+                    on_abandon(task, worker.pid)
+
+    def close(self) -> None:
+        """Ask every worker to exit after its current task, and wait for it."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in workers:
+            worker.stop(graceful=True)

@@ -1,0 +1,439 @@
+"""Writer: plan a checked request, choose an engine, feed the pool, build the Report."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import math
+import mmap
+import os
+import threading
+import time
+import warnings
+import weakref
+
+import numpy as np
+
+from . import segment
+from ._worker import temporary_name, write_images
+from .errors import InvalidRequest, WorkerDied, WriteFailed, WriterClosed
+from .pool import Pool, Wait, usable_cpus
+from .report import Failure, Report
+from .request import Request, make_request, prepare_folder
+
+_MB = 2**20
+# Staging: pixels that are not in shared memory yet pass through a few warm
+# slots, so the copy of one window overlaps the encoding of the previous ones.
+_SLOT_BYTES = int(os.environ.get("SHMSAVE_SLOT_MB", "32")) * _MB
+_SLOTS = 3
+# A task is about this much work; small enough to balance, big enough that its
+# round trip (~0.1 ms) is noise.
+_TASK_BYTES = 4 * _MB
+_TASK_IMAGES = 512
+_TASKS_PER_WORKER = 4
+# Engine choice: estimated single-core seconds for a request (DESIGN.md:
+# ~60 us per tiny image, ~3-12 ns per pixel byte for JPEG/PNG).
+_SECONDS_PER_IMAGE = 60e-6
+_SECONDS_PER_BYTE = 5e-9
+_INLINE_BELOW_S = 0.004  # thread start-up and joins cost more than this saves
+_PROCESSES_ABOVE_S = 0.3  # starting worker processes (~0.2 s) pays off above this
+
+ENGINES = ("auto", "process", "thread", "inline")
+
+
+class Writer:
+    """Saves image batches with a pool of long-lived worker processes.
+
+    ``workers`` defaults to the CPUs this process may use. ``engine`` is
+    ``"process"``, ``"thread"``, ``"inline"`` (this thread only) or
+    ``"auto"``: inline or threads for batches too small to pay for processes,
+    processes otherwise (and whenever the pool is already running).
+
+    Use it as a context manager, or call ``close()``; a forgotten Writer is
+    closed when it is garbage collected or at exit. Calls from several threads
+    are safe; they run one after another.
+    """
+
+    def __init__(self, workers: int | None = None, *, engine: str = "auto") -> None:
+        if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
+                                    or workers < 1):
+            raise InvalidRequest(f"workers must be a positive integer or None (all usable CPUs), got {workers!r}")
+        if engine not in ENGINES:
+            raise InvalidRequest(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        self.workers = int(workers) if workers is not None else usable_cpus()
+        self.engine = engine
+        self._pool = Pool(self.workers)
+        self._lock = threading.Lock()
+        self._slots: list[segment.Segment] = []
+        self._buffers: dict[int, segment.Segment] = {}
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+        self._warned_disk = False
+        segment.sweep_orphans()
+        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots, self._buffers)
+
+    # -- public -----------------------------------------------------------
+
+    def save(self, images, template, *, quality=None, compression=None, params=None, rgb=False,
+             start=0, overwrite=True, errors="raise", progress=False, fields=None) -> Report:
+        """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``."""
+        request = self._check(images, template, quality=quality, compression=compression, params=params,
+                              rgb=rgb, start=start, overwrite=overwrite, errors=errors, fields=fields)
+        return self._run(request, progress)
+
+    def submit(self, images, template, **options) -> concurrent.futures.Future:
+        """Like ``save`` but return at once with a Future of the Report.
+
+        The request is checked now (bad input raises here, not in the Future).
+        Do not modify ``images`` until the Future is done.
+        """
+        progress = options.pop("progress", False)
+        request = self._check(images, template, **options)
+        with self._lock:
+            if self._submitter is None:
+                self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
+        return self._submitter.submit(self._run, request, progress)
+
+    def empty(self, shape, dtype="uint8") -> np.ndarray:
+        """A new zero-filled array in shared memory; saving it copies nothing.
+
+        Its memory is freed when the array (and every view of it) is gone, or
+        when the Writer closes.
+        """
+        if self._closed:
+            raise WriterClosed()
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        block = self._new_segment(nbytes)
+        array = block.array(shape, dtype)
+        self._buffers[id(block)] = block
+        weakref.finalize(array, _release_buffer, self._buffers, id(block))
+        return array
+
+    def close(self) -> None:
+        """Stop the workers and free the shared memory; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            for executor in (self._submitter, self._threads):
+                if executor is not None:
+                    executor.shutdown(wait=True)
+        self._finalizer()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers (for monitoring and tests)."""
+        return self._pool.pids
+
+    # -- running ----------------------------------------------------------
+
+    def _check(self, images, template, **options) -> Request:
+        if self._closed:
+            raise WriterClosed()
+        return make_request(images, template, **options)
+
+    def _run(self, request: Request, progress) -> Report:
+        with self._lock:
+            if self._closed:
+                raise WriterClosed()
+            began = time.perf_counter()
+            if request.count == 0:
+                return Report(0, 0, 0.0, engine="inline", workers=0)
+            prepare_folder(request)
+            engine, workers = self._choose_engine(request)
+            tally = _Tally(request, progress)
+            try:
+                if engine == "process":
+                    self._run_processes(request, tally)
+                elif engine == "thread":
+                    self._run_threads(request, tally, workers)
+                else:
+                    tally.add(write_images(_images(request), request.start, request.job()))
+            finally:
+                tally.close()
+            report = tally.report(time.perf_counter() - began, engine, workers)
+        tally.raise_first_error(report)
+        return report
+
+    def _choose_engine(self, request: Request) -> tuple[str, int]:
+        engine = self.engine
+        if engine == "auto":
+            seconds = request.count * _SECONDS_PER_IMAGE + request.nbytes * _SECONDS_PER_BYTE
+            if self.workers == 1 or request.count == 1 or seconds < _INLINE_BELOW_S:
+                engine = "inline"
+            elif self._pool.started or seconds > _PROCESSES_ABOVE_S:
+                engine = "process"
+            else:
+                engine = "thread"
+        return engine, (1 if engine == "inline" else self.workers)
+
+    def _run_threads(self, request: Request, tally: _Tally, workers: int) -> None:
+        if self._threads is None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
+        images, job = _images(request), request.job()
+        step = _images_per_task(request, workers)
+        futures = [self._threads.submit(write_images, images[lo:lo + step], request.start + lo, job)
+                   for lo in range(0, request.count, step)]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                if tally.add(future.result()) is False:
+                    break
+        finally:
+            for future in futures:
+                future.cancel()
+            concurrent.futures.wait(futures)
+
+    def _run_processes(self, request: Request, tally: _Tally) -> None:
+        outstanding = [0] * _SLOTS
+        slot_of: dict[int, int] = {}
+
+        def finished(task):
+            slot = slot_of.pop(task[0], None)
+            if slot is not None:
+                outstanding[slot] -= 1
+
+        def on_result(task, result):
+            finished(task)
+            if result[5] is not None:
+                raise RuntimeError(f"a worker failed on images {task[4]} to {task[4] + task[3] - task[2] - 1}"
+                                   f":\n{result[5]}")
+            return tally.add(result[1:5])
+
+        def on_death(task, exitcode, pid):
+            finished(task)
+            _remove_partial_files(request, task, pid)
+            return tally.died(task, exitcode)
+
+        def on_abandon(task, pid):
+            _remove_partial_files(request, task, pid)
+
+        tasks = self._tasks(request, outstanding, slot_of)
+        try:
+            self._pool.run(tasks, on_result, on_death, on_abandon)
+        finally:
+            tasks.close()
+
+    def _tasks(self, request: Request, outstanding: list, slot_of: dict):
+        """Yield the tasks of ``request``, copying pixels into slots as the workers free them."""
+        job, workers = request.job(), self.workers
+        step = _images_per_task(request, workers)
+        task_ids = iter(range(1 << 62))
+        stack = request.stack
+        if stack is not None:
+            source = self._shared_source(stack)
+            if source is not None:
+                for lo in range(0, request.count, step):
+                    yield next(task_ids), source, lo, min(lo + step, request.count), request.start + lo, job
+                return
+            image_bytes = stack[0].nbytes
+            slots = self._staging_slots(image_bytes, request.nbytes)
+            per_window = max(1, slots[0].nbytes // image_bytes)
+            for window, lo in enumerate(range(0, request.count, per_window)):
+                hi = min(lo + per_window, request.count)
+                number = window % len(slots)
+                if outstanding[number]:
+                    yield Wait(lambda number=number: outstanding[number] == 0)
+                slot = slots[number]
+                staged = slot.array((hi - lo, *stack.shape[1:]), stack.dtype)
+                np.copyto(staged, stack[lo:hi])
+                source = ("stack", slot.kind, slot.locator, 0, staged.shape, staged.strides, stack.dtype.str)
+                for first in range(0, hi - lo, step):
+                    task_id = next(task_ids)
+                    slot_of[task_id] = number
+                    outstanding[number] += 1
+                    yield task_id, source, first, min(first + step, hi - lo), request.start + lo + first, job
+            return
+        images = request.listed
+        largest = max(_aligned(image.nbytes) for image in images)
+        slots = self._staging_slots(largest, sum(_aligned(image.nbytes) for image in images))
+        windows = _pack(images, slots[0].nbytes)
+        for window, (lo, placed) in enumerate(windows):
+            number = window % len(slots)
+            if outstanding[number]:
+                yield Wait(lambda number=number: outstanding[number] == 0)
+            slot = slots[number]
+            entries = []
+            for offset, image in placed:
+                slot.array(image.shape, image.dtype, offset)[...] = image
+                entries.append((offset, image.shape, image.dtype.str))
+            for first in range(0, len(entries), step):
+                task_id = next(task_ids)
+                slot_of[task_id] = number
+                outstanding[number] += 1
+                chunk = entries[first:first + step]
+                yield (task_id, ("list", slot.kind, slot.locator, chunk), 0, len(chunk),
+                       request.start + lo + first, job)
+
+    # -- memory -----------------------------------------------------------
+
+    def _shared_source(self, stack: np.ndarray):
+        """A descriptor for ``stack`` if workers can map it as it is, else None."""
+        low, high = _byte_bounds(stack)
+        for block in list(self._buffers.values()):
+            if block.address <= low and high <= block.address + block.nbytes:
+                return ("stack", block.kind, block.locator, stack.ctypes.data - block.address,
+                        stack.shape, stack.strides, stack.dtype.str)
+        mapping = getattr(stack, "_mmap", None)
+        if isinstance(stack, np.memmap) and mapping is not None and stack.filename:
+            try:
+                address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+            except ValueError:  # a closed mapping
+                return None
+            mapped_from = stack.offset - stack.offset % mmap.ALLOCATIONGRANULARITY
+            return ("stack", "file", os.fspath(stack.filename), mapped_from + stack.ctypes.data - address,
+                    stack.shape, stack.strides, stack.dtype.str)
+        return None
+
+    def _staging_slots(self, unit: int, total: int) -> list[segment.Segment]:
+        """Warm slots of at least ``unit`` bytes, reused across calls while big enough."""
+        size = max(unit, min(total, _SLOT_BYTES))
+        count = min(_SLOTS, math.ceil(total / (size // unit * unit)))
+        if len(self._slots) >= count and all(s.nbytes >= size for s in self._slots[:count]):
+            return self._slots[:count]
+        held = sum(s.nbytes for s in self._slots)
+        free = segment.shm_free_bytes()
+        if free is not None and size * count > (free + held) // 2:
+            # /dev/shm is small (containers often give 64 MB): use smaller windows
+            size = max(unit, (free + held) // (2 * count) // unit * unit)
+        self._release_slots()
+        for _ in range(count):
+            self._slots.append(self._new_segment(size))
+        return self._slots[:count]
+
+    def _new_segment(self, nbytes: int) -> segment.Segment:
+        free = segment.shm_free_bytes()
+        if free is not None and nbytes <= free // 2:
+            with contextlib.suppress(OSError):
+                return segment.Segment.create(nbytes)
+        if not self._warned_disk:
+            self._warned_disk = True
+            warnings.warn(f"shmsave: /dev/shm has {0 if free is None else free // _MB} MB free, too little for "
+                          f"{nbytes // _MB + 1} MB; staging through a temporary file instead (slower). "
+                          "Give the container more shared memory (docker run --shm-size=1g) to avoid this.",
+                          ResourceWarning, stacklevel=4)
+        return segment.Segment.create(nbytes, on_disk=True)
+
+    def _release_slots(self) -> None:
+        while self._slots:
+            self._slots.pop().release()
+
+
+def _pack(images: list, capacity: int):
+    """Yield ``(first_index, [(offset, image), ...])`` windows that fit in ``capacity`` bytes."""
+    placed, used, first = [], 0, 0
+    for i, image in enumerate(images):
+        size = _aligned(image.nbytes)
+        if placed and used + size > capacity:
+            yield first, placed
+            placed, used, first = [], 0, i
+        placed.append((used, image))
+        used += size
+    if placed:
+        yield first, placed
+
+
+class _Tally:
+    """Adds up task results into a Report; remembers the first error."""
+
+    def __init__(self, request: Request, progress) -> None:
+        self.request = request
+        self.count = self.bytes = self.skipped = 0
+        self.failed: list[Failure] = []
+        self.deaths: list[WorkerDied] = []
+        self.bar = None
+        if progress:
+            from tqdm import tqdm  # imported only when asked for: it costs ~0.1 s
+
+            self.bar = tqdm(total=request.count, unit="img", dynamic_ncols=True)
+
+    def add(self, result) -> bool:
+        """Count one task's ``(written, bytes, skipped, failures)``; False means stop."""
+        written, nbytes, skipped, failures = result
+        self.count += written
+        self.bytes += nbytes
+        self.skipped += skipped
+        self.failed.extend(Failure(*failure) for failure in failures)
+        if self.bar is not None:
+            self.bar.update(written + skipped + len(failures))
+        return self.request.collect or not failures
+
+    def died(self, task, exitcode) -> bool:
+        _, _, lo, hi, first, _ = task
+        error = WorkerDied(exitcode, first, first + hi - lo)
+        self.deaths.append(error)
+        self.failed.extend(Failure(index, self.request.path(index), str(error))
+                           for index in range(first, first + hi - lo))
+        return self.request.collect
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def report(self, seconds: float, engine: str, workers: int) -> Report:
+        failed = tuple(sorted(self.failed, key=lambda f: f.index))
+        return Report(self.count, self.bytes, seconds, failed, self.skipped, engine, workers)
+
+    def raise_first_error(self, report: Report) -> None:
+        if self.request.collect or not report.failed:
+            return
+        if self.deaths:
+            error = min(self.deaths, key=lambda e: e.start)
+        else:
+            first = report.failed[0]
+            error = WriteFailed(first.index, first.path, first.message, first.errno)
+        error.report = report
+        raise error
+
+
+def _images(request: Request):
+    return request.stack if request.stack is not None else request.listed
+
+
+def _images_per_task(request: Request, workers: int) -> int:
+    per_image = max(1, request.nbytes // request.count)
+    by_bytes = max(1, min(_TASK_BYTES // per_image, _TASK_IMAGES))
+    by_balance = max(1, math.ceil(request.count / (workers * _TASKS_PER_WORKER)))
+    return min(by_bytes, by_balance)
+
+
+def _aligned(nbytes: int) -> int:
+    return (nbytes + 63) // 64 * 64
+
+
+def _byte_bounds(array: np.ndarray) -> tuple[int, int]:
+    low = high = array.ctypes.data
+    for extent, stride in zip(array.shape, array.strides):
+        if stride < 0:
+            low += (extent - 1) * stride
+        else:
+            high += (extent - 1) * stride
+    return low, high + array.itemsize
+
+
+def _remove_partial_files(request: Request, task: tuple, pid: int) -> None:
+    """Delete what a dead worker may have left half-written under a temporary name."""
+    _, _, lo, hi, first, _ = task
+    for index in range(first, first + hi - lo):
+        with contextlib.suppress(OSError):
+            os.unlink(temporary_name(request.path(index), pid))
+
+
+def _release_buffer(buffers: dict, key: int) -> None:
+    block = buffers.pop(key, None)
+    if block is not None:
+        block.release()
+
+
+def _shut_down(pool: Pool, slots: list, buffers: dict) -> None:
+    pool.close()
+    while slots:
+        slots.pop().release()
+    for key in list(buffers):
+        _release_buffer(buffers, key)

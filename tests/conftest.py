@@ -1,0 +1,83 @@
+"""Shared fixtures. Every test ends with the same check: no shared-memory
+segment of this process and no child process outlives it."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import shmsave
+from shmsave import api
+
+
+def shmsave_segments(pid: int | None = None) -> set[str]:
+    """Names in /dev/shm made by shmsave (by process ``pid`` when given)."""
+    owner = "*" if pid is None else str(pid)
+    return {os.path.basename(p) for p in glob.glob(f"/dev/shm/shmsave_{owner}_*")}
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail the test if it leaves a segment or a child process behind."""
+    before_children = children()
+    yield
+    if api._shared is not None:
+        api._shared.close()
+        api._shared = None
+    assert wait_until(lambda: not (children() - before_children), 10), \
+        f"child processes left running: {children() - before_children}"
+    assert not shmsave_segments(os.getpid()), f"segments left in /dev/shm: {shmsave_segments(os.getpid())}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After the whole suite, /dev/shm holds nothing of shmsave's (ls /dev/shm is part of the suite)."""
+    left = shmsave_segments()
+    if left:
+        print(f"\n/dev/shm still holds shmsave segments after the suite: {sorted(left)}")
+        session.exitstatus = 1
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def photos(rng):
+    """Eight 64x80 BGR images with gradients, edges and noise (not pure noise)."""
+    y, x = np.mgrid[0:64, 0:80]
+    stack = np.empty((8, 64, 80, 3), np.uint8)
+    for i in range(8):
+        for c in range(3):
+            plane = (x * (2 + i) + y * (c + 1) + rng.normal(0, 8, x.shape)) % 256
+            plane[(x - 40) ** 2 + (y - 32) ** 2 < (6 + 2 * i) ** 2] = 40 * c
+            stack[i, :, :, c] = plane
+    return stack
+
+
+ENGINES = ["inline", "thread", "process"]
+
+
+@pytest.fixture(params=ENGINES)
+def writer(request):
+    with shmsave.Writer(workers=2, engine=request.param) as w:
+        yield w
