@@ -1,0 +1,407 @@
+"""The public API: save(), Writer, Report, templates, options, zero copy, and where it runs."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from multiprocessing import connection
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+
+import shmsave
+from shmsave import writer as writer_module
+from shmsave.pool import usable_cpus
+
+from .conftest import children, shmsave_segments, wait_until
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def imencode(image, ext=".png", params=()) -> bytes:
+    ok, data = cv2.imencode(ext, image, list(params))
+    assert ok
+    return data.tobytes()
+
+
+# -- the basic contract ------------------------------------------------------
+
+def test_save_writes_one_file_per_image_and_reports(photos, tmp_path, writer):
+    report = writer.save(photos, str(tmp_path / "out" / "{index:03d}.png"))
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert names == [f"{i:03d}.png" for i in range(len(photos))]
+    assert report.count == len(photos) and report.failed == () and report.skipped == 0
+    assert report.bytes == sum(os.path.getsize(tmp_path / "out" / n) for n in names)
+    assert report.seconds > 0 and report.images_per_second == pytest.approx(report.count / report.seconds)
+    assert report.engine == writer.engine
+
+
+def test_start_offsets_the_index_and_folders_in_the_template_are_created(photos, tmp_path):
+    shmsave.save(photos, str(tmp_path / "{index:02d}" / "frame_{index}.jpg"), start=10)
+    for i in range(len(photos)):
+        assert read(tmp_path / f"{10 + i:02d}" / f"frame_{10 + i}.jpg") == imencode(photos[i], ".jpg")
+
+
+def test_a_single_image_may_use_a_template_without_index(photos, tmp_path):
+    shmsave.save(photos[:1], str(tmp_path / "cover.png"))
+    assert read(tmp_path / "cover.png") == imencode(photos[0])
+
+
+def test_empty_batch_is_a_no_op(tmp_path):
+    report = shmsave.save(np.zeros((0, 8, 8), np.uint8), str(tmp_path / "x" / "{index}.png"))
+    assert report.count == 0 and report.bytes == 0 and not (tmp_path / "x").exists()
+    assert shmsave.save([], str(tmp_path / "{index}.png")).count == 0
+
+
+@pytest.mark.parametrize("ext, options, flags", [
+    (".jpg", {"quality": 37}, [cv2.IMWRITE_JPEG_QUALITY, 37]),
+    (".webp", {"quality": 55}, [cv2.IMWRITE_WEBP_QUALITY, 55]),
+    (".png", {"compression": 9}, [cv2.IMWRITE_PNG_COMPRESSION, 9]),
+    (".jp2", {"quality": 20}, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 200]),
+    (".png", {"params": {"IMWRITE_PNG_STRATEGY": cv2.IMWRITE_PNG_STRATEGY_RLE}},
+     [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]),
+    (".jpg", {"params": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]}, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+])
+def test_options_map_to_the_formats_opencv_flags(ext, options, flags, photos, tmp_path):
+    shmsave.save(photos, str(tmp_path / ("{index}" + ext)), **options)
+    for i, image in enumerate(photos):
+        assert read(tmp_path / f"{i}{ext}") == imencode(image, ext, flags)
+
+
+def test_options_change_the_output(photos, tmp_path):
+    shmsave.save(photos[:1], str(tmp_path / "a.jpg"), quality=10)
+    shmsave.save(photos[:1], str(tmp_path / "b.jpg"), quality=95)
+    assert os.path.getsize(tmp_path / "a.jpg") < os.path.getsize(tmp_path / "b.jpg")
+
+
+@pytest.mark.parametrize("channels, code", [(3, cv2.COLOR_RGB2BGR), (4, cv2.COLOR_RGBA2BGRA)])
+def test_rgb_input_is_converted_to_opencv_order(channels, code, photos, tmp_path, writer):
+    rgb = photos if channels == 3 else np.concatenate([photos, photos[..., :1]], axis=3)
+    writer.save(rgb, str(tmp_path / "{index}.png"), rgb=True)
+    for i, image in enumerate(rgb):
+        assert read(tmp_path / f"{i}.png") == imencode(cv2.cvtColor(image, code))
+        assert read(tmp_path / f"{i}.png") != imencode(image)
+
+
+def test_gray_stacks_with_and_without_channel_axis(photos, tmp_path, writer):
+    gray = np.ascontiguousarray(photos[..., 1])
+    writer.save(gray, str(tmp_path / "a{index}.png"))
+    writer.save(gray[..., None], str(tmp_path / "b{index}.png"))
+    for i, image in enumerate(gray):
+        assert read(tmp_path / f"a{i}.png") == read(tmp_path / f"b{i}.png") == imencode(image)
+
+
+def test_non_contiguous_input(photos, tmp_path, writer):
+    big = np.concatenate([photos, photos[:, ::-1]], axis=0)
+    view = big[::3, 5:-3:2, ::-1, ::-1]  # strided, reversed, channel-reversed
+    assert not view.flags.c_contiguous
+    writer.save(view, str(tmp_path / "{index}.png"))
+    for i, image in enumerate(view):
+        assert read(tmp_path / f"{i}.png") == imencode(np.ascontiguousarray(image))
+
+
+def test_list_of_different_sizes_and_channels(rng, tmp_path, writer):
+    images = [rng.integers(0, 255, (h, w, c), np.uint8) for h, w, c in
+              [(10, 20, 3), (300, 17, 1), (5, 5, 4), (64, 64, 3), (1, 1, 3)]]
+    images.append(rng.integers(0, 255, (33, 44), np.uint8))
+    report = writer.save(images, str(tmp_path / "{index}.png"))
+    assert report.count == len(images)
+    for i, image in enumerate(images):
+        assert read(tmp_path / f"{i}.png") == imencode(image)
+
+
+def test_overwrite_false_skips_existing_files_and_says_how_many(photos, tmp_path):
+    template = str(tmp_path / "{index}.png")
+    shmsave.save(photos, template)
+    os.remove(tmp_path / "2.png")
+    (tmp_path / "5.png").write_bytes(b"keep me")
+    report = shmsave.save(photos, template, overwrite=False)
+    assert report.count == 1 and report.skipped == len(photos) - 1
+    assert read(tmp_path / "2.png") == imencode(photos[2])
+    assert read(tmp_path / "5.png") == b"keep me"
+    assert "skipped" in str(report)
+
+
+def test_overwrite_replaces_existing_files(photos, tmp_path):
+    (tmp_path / "0.png").write_bytes(b"old")
+    shmsave.save(photos[:2], str(tmp_path / "{index}.png"))
+    assert read(tmp_path / "0.png") == imencode(photos[0])
+
+
+def test_errors_collect_reports_each_failure_with_index_and_path(photos, tmp_path, writer):
+    os.makedirs(tmp_path / "3.png")  # a folder where image 3 should go
+    report = writer.save(photos, str(tmp_path / "{index}.png"), errors="collect")
+    assert report.count == len(photos) - 1
+    [failure] = report.failed
+    assert failure.index == 3 and failure.path == str(tmp_path / "3.png") and "EISDIR" in failure.message
+
+
+def test_errors_raise_names_the_index_and_path(photos, tmp_path, writer):
+    os.makedirs(tmp_path / "3.png")
+    with pytest.raises(shmsave.WriteFailed) as caught:
+        writer.save(photos, str(tmp_path / "{index}.png"))
+    assert caught.value.index == 3 and caught.value.filename == str(tmp_path / "3.png")
+    assert "image 3" in str(caught.value) and isinstance(caught.value, OSError)
+
+
+# -- workers, engines, reuse -----------------------------------------------------
+
+def test_workers_default_to_usable_cpus():
+    with shmsave.Writer() as writer:
+        assert writer.workers == usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_usable_cpus_respects_cpu_affinity():
+    code = "import os; os.sched_setaffinity(0, {0}); from shmsave.pool import usable_cpus; print(usable_cpus())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_writer_reuses_its_worker_processes(photos, tmp_path):
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.save(photos, str(tmp_path / "a{index}.png"))
+        pids = writer.pids
+        assert len(pids) == 2 and set(pids) <= children()
+        writer.save(photos, str(tmp_path / "b{index}.png"))
+        assert writer.pids == pids
+    assert not set(pids) & children()
+
+
+def test_one_shot_save_reuses_the_shared_writer(tmp_path, rng):
+    stack = rng.integers(0, 255, (64, 32, 32), np.uint8)
+    shmsave.save(stack, str(tmp_path / "a{index}.png"), workers=2)
+    first = shmsave.api._shared
+    shmsave.save(stack, str(tmp_path / "b{index}.png"), workers=2)
+    assert shmsave.api._shared is first
+
+
+def test_auto_engine_keeps_tiny_batches_in_process(tmp_path, rng):
+    with shmsave.Writer(workers=2) as writer:
+        report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
+        assert report.engine in ("inline", "thread") and writer.pids == []
+
+
+def test_submit_returns_a_future_of_the_report(photos, tmp_path):
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        futures = [writer.submit(photos, str(tmp_path / f"run{r}" / "{index}.png")) for r in range(3)]
+        reports = [future.result(timeout=60) for future in futures]
+    assert [r.count for r in reports] == [len(photos)] * 3
+    assert read(tmp_path / "run2" / "7.png") == imencode(photos[7])
+
+
+def test_submit_checks_the_request_at_once(photos, tmp_path):
+    with shmsave.Writer(workers=2) as writer:
+        with pytest.raises(shmsave.InvalidRequest):
+            writer.submit(photos, str(tmp_path / "{index}.nope"))
+
+
+def test_calls_after_close_raise_writer_closed(photos, tmp_path):
+    writer = shmsave.Writer(workers=1)
+    writer.close()
+    writer.close()  # idempotent
+    for call in (lambda: writer.save(photos, str(tmp_path / "{index}.png")), lambda: writer.empty((2, 2))):
+        with pytest.raises(shmsave.WriterClosed, match="closed"):
+            call()
+
+
+# -- pixels never travel through pickling ------------------------------------------
+
+@pytest.fixture
+def sent_sizes(monkeypatch):
+    """Sizes of every message the parent sends to a worker."""
+    sizes = []
+    original = connection.Connection._send_bytes
+
+    def record(self, buf):
+        sizes.append(len(buf))
+        return original(self, buf)
+
+    monkeypatch.setattr(connection.Connection, "_send_bytes", record)
+    return sizes
+
+
+@pytest.mark.parametrize("as_list", [False, True], ids=["stack", "list"])
+def test_no_pixels_cross_the_pipe(as_list, sent_sizes, tmp_path, rng):
+    stack = rng.integers(0, 255, (400, 128, 128, 3), np.uint8)  # 19.7 MB
+    images = list(stack) if as_list else stack
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        report = writer.save(images, str(tmp_path / "{index}.bmp"))
+    assert report.count == 400
+    assert sent_sizes, "the parent sent the workers no tasks"
+    assert max(sent_sizes) < 16 * 1024 and sum(sent_sizes) < stack.nbytes / 200
+
+
+def test_arrays_from_empty_are_saved_without_a_copy(monkeypatch, photos, tmp_path):
+    monkeypatch.setattr(writer_module.Writer, "_staging_slots", _no_staging)
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        buffer = writer.empty(photos.shape, photos.dtype)
+        buffer[...] = photos
+        writer.save(buffer, str(tmp_path / "a{index}.png"))
+        writer.save(buffer[2:6, ::2], str(tmp_path / "b{index}.png"))  # views of it too
+    for i in range(len(photos)):
+        assert read(tmp_path / f"a{i}.png") == imencode(photos[i])
+    for i in range(4):
+        assert read(tmp_path / f"b{i}.png") == imencode(np.ascontiguousarray(photos[2 + i, ::2]))
+
+
+def test_memory_mapped_files_are_saved_without_a_copy(monkeypatch, photos, tmp_path):
+    monkeypatch.setattr(writer_module.Writer, "_staging_slots", _no_staging)
+    np.save(tmp_path / "stack.npy", photos)
+    mapped = np.load(tmp_path / "stack.npy", mmap_mode="r")
+    raw = np.memmap(tmp_path / "raw.bin", np.uint8, "w+", offset=4099, shape=photos.shape)
+    raw[...] = photos
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.save(mapped, str(tmp_path / "a{index}.png"))
+        writer.save(raw[1::3], str(tmp_path / "b{index}.png"))
+    for i in range(len(photos)):
+        assert read(tmp_path / f"a{i}.png") == imencode(photos[i])
+    for i, image in enumerate(photos[1::3]):
+        assert read(tmp_path / f"b{i}.png") == imencode(image)
+
+
+def _no_staging(self, *args):
+    raise AssertionError("pixels were copied into staging memory")
+
+
+def test_empty_buffers_are_freed_with_their_array():
+    with shmsave.Writer(workers=1) as writer:
+        before = shmsave_segments(os.getpid())
+        buffer = writer.empty((4, 1000, 1000), "uint16")
+        assert buffer.shape == (4, 1000, 1000) and buffer.dtype == np.uint16 and not buffer.any()
+        assert len(shmsave_segments(os.getpid()) - before) == 1
+        view = buffer[1]
+        del buffer
+        gc.collect()
+        assert len(shmsave_segments(os.getpid()) - before) == 1, "freed while a view was alive"
+        del view
+        gc.collect()
+        assert shmsave_segments(os.getpid()) == before
+
+
+def test_large_batches_stream_through_small_staging_slots(monkeypatch, tmp_path, rng):
+    monkeypatch.setattr(writer_module, "_SLOT_BYTES", 64 * 1024)  # many windows, slots reused
+    stack = rng.integers(0, 255, (300, 64, 64, 3), np.uint8)
+    images = [rng.integers(0, 255, (rng.integers(8, 90), rng.integers(8, 90), 3), np.uint8) for _ in range(200)]
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.save(stack, str(tmp_path / "s{index}.png"))
+        writer.save(images, str(tmp_path / "l{index}.png"))
+    for i in range(0, 300, 7):
+        assert read(tmp_path / f"s{i}.png") == imencode(stack[i])
+    for i in range(0, 200, 7):
+        assert read(tmp_path / f"l{i}.png") == imencode(images[i])
+
+
+# -- it works wherever users call it ----------------------------------------------
+
+UNGUARDED_SCRIPT = """
+import numpy as np, shmsave, sys
+images = np.full((40, 32, 32, 3), 7, np.uint8)
+with shmsave.Writer(workers=2, engine="process") as w:
+    print(w.save(images, sys.argv[1] + "/{index}.png").count)
+print(shmsave.save(images, sys.argv[1] + "/b{index}.png", workers=2).count)
+"""
+
+
+def run_python(args, tmp_path, **kwargs):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, **kwargs)
+
+
+def test_works_from_a_script_without_main_guard(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = run_python([str(script), str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["40", "40"] and len(list(tmp_path.glob("*.png"))) == 80
+    assert done.stderr == "", "warnings (resource_tracker?) were printed"
+
+
+def test_works_from_a_repl_on_stdin(tmp_path):
+    typed = UNGUARDED_SCRIPT.replace("sys.argv[1]", repr(str(tmp_path))).replace(".count)\nprint", ".count)\n\nprint")
+    done = run_python(["-i", "-q"], tmp_path, input=typed)  # a blank line ends the with-block, as typed
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["40", "40"] and len(list(tmp_path.glob("*.png"))) == 80
+    assert "Traceback" not in done.stderr and "resource_tracker" not in done.stderr
+
+
+def test_works_from_an_interactive_main_without_file(tmp_path):
+    """Like a Jupyter kernel: __main__ has no __file__, and spawn-based pools would fail."""
+    code = "import __main__; assert not hasattr(__main__, '__file__')\n" + UNGUARDED_SCRIPT
+    done = run_python(["-c", code, str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["40", "40"]
+
+
+def test_works_from_threads(photos, tmp_path):
+    errors = []
+
+    def job(n):
+        try:
+            with shmsave.Writer(workers=2, engine="process") as writer:
+                assert writer.save(photos, str(tmp_path / f"t{n}" / "{index}.png")).count == len(photos)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    for n in range(3):
+        assert read(tmp_path / f"t{n}" / "3.png") == imencode(photos[3])
+
+
+# -- cleanup ---------------------------------------------------------------------
+
+def test_close_stops_workers_and_frees_segments(photos, tmp_path):
+    writer = shmsave.Writer(workers=2, engine="process")
+    writer.save(photos, str(tmp_path / "{index}.png"))
+    pids = writer.pids
+    assert shmsave_segments(os.getpid()), "expected warm staging segments while open"
+    writer.close()
+    assert not shmsave_segments(os.getpid())
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in pids)
+
+
+def test_a_forgotten_writer_is_cleaned_up_by_garbage_collection(photos, tmp_path):
+    writer = shmsave.Writer(workers=2, engine="process")
+    writer.save(photos, str(tmp_path / "{index}.png"))
+    pids = set(writer.pids)
+    del writer
+    gc.collect()
+    assert wait_until(lambda: not (pids & children()), 10)
+    assert not shmsave_segments(os.getpid())
+
+
+def test_an_exception_in_the_middle_leaves_nothing_behind(photos, tmp_path):
+    os.makedirs(tmp_path / "4.png")
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        with pytest.raises(shmsave.WriteFailed):
+            writer.save(photos, str(tmp_path / "{index}.png"))
+        assert writer.save(photos, str(tmp_path / "ok{index}.png")).count == len(photos)
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_no_resource_tracker_warning_at_exit(tmp_path):
+    code = textwrap.dedent("""
+        import numpy as np, shmsave
+        w = shmsave.Writer(workers=2, engine="process")
+        b = w.empty((30, 64, 64), "uint8")
+        w.save(b, "{index}.png")
+        shmsave.save(np.ones((300, 64, 64), np.uint8), "s{index}.png", workers=2)
+        print("done")
+    """)
+    done = run_python(["-W", "always", "-c", code], tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
+    assert done.stderr == ""
