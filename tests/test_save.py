@@ -405,3 +405,16 @@ def test_no_resource_tracker_warning_at_exit(tmp_path):
     done = run_python(["-W", "always", "-c", code], tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "rename"])
+def test_both_ways_of_writing_atomically_create_and_replace_files(tmpfile, monkeypatch, photos, tmp_path):
+    from shmsave import _worker
+
+    monkeypatch.setattr(_worker, "_tmpfile_works", tmpfile and _worker._tmpfile_works)
+    with shmsave.Writer(engine="inline") as writer:
+        writer.save(photos[:3], str(tmp_path / "{index}.png"))
+        writer.save(photos[3:6], str(tmp_path / "{index}.png"))  # replaces the first three
+    assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "2.png"]  # no temporaries left
+    for i in range(3):
+        assert read(tmp_path / f"{i}.png") == imencode(photos[3 + i])
