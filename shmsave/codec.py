@@ -150,7 +150,12 @@ def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str) 
     ``channels`` is 1 for a 2-D image; ``what`` names the image(s) in the message.
     """
     fmt = format_for(encoding.extension)
-    name = np.dtype(dtype).name
+    dtype = np.dtype(dtype)
+    name = dtype.name
+    if not dtype.isnative:
+        raise InvalidRequest(f"{what} is {dtype.str}, with a byte order that is not this machine's; "
+                             "OpenCV would read its bytes swapped. Convert it first: "
+                             "images.astype(images.dtype.newbyteorder('='))")
     if channels not in (1, 3, 4):
         raise InvalidRequest(
             f"{what} has {channels} channels; images need 1 (gray), 3 (BGR) or 4 (BGRA) channels "

@@ -41,6 +41,9 @@ class WriteFailed(ShmsaveError, OSError):
         self.path = path
         self.filename = path
 
+    def __str__(self) -> str:
+        return self.strerror
+
     def __reduce__(self):
         return (_rebuild_write_failed, (self.index, self.path, self.strerror, self.errno))
 

@@ -104,10 +104,17 @@ def _normalize_list(images: list) -> list:
     return images
 
 
+_FINITE_CHUNK_BYTES = 16 * 2**20  # np.isfinite makes a bool array; check a big stack in slices
+
+
 def _check_finite(array: np.ndarray, what: str) -> None:
-    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
-        raise InvalidRequest(f"{what} contains NaN or infinity, which no image format stores faithfully; "
-                             "replace them first, e.g. np.nan_to_num(images)")
+    if array.dtype.kind != "f" or not array.size:
+        return
+    step = max(1, _FINITE_CHUNK_BYTES // max(1, array[:1].nbytes))
+    for lo in range(0, len(array), step):
+        if not np.isfinite(array[lo:lo + step]).all():
+            raise InvalidRequest(f"{what} contains NaN or infinity, which no image format stores faithfully; "
+                                 "replace them first, e.g. np.nan_to_num(images)")
 
 
 def prepare_folder(request: Request) -> None:

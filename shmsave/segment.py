@@ -55,6 +55,13 @@ def _shared_memory(name: str, create: bool = False, size: int = 0) -> shared_mem
         return shared_memory.SharedMemory(name, create, size)
 
 
+def _reserve(fd: int, nbytes: int) -> None:
+    if hasattr(os, "posix_fallocate"):  # not on macOS
+        os.posix_fallocate(fd, 0, nbytes)
+    else:
+        os.ftruncate(fd, nbytes)
+
+
 def shm_free_bytes() -> int | None:
     """Free bytes on the shared-memory mount, or None where there is none."""
     try:
@@ -93,7 +100,7 @@ class Segment:
             path = os.path.join(tempfile.gettempdir(), name)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.posix_fallocate(fd, 0, nbytes)
+                _reserve(fd, nbytes)
                 return cls("file", path, mmap.mmap(fd, nbytes))
             except BaseException:
                 os.unlink(path)
@@ -102,7 +109,7 @@ class Segment:
                 os.close(fd)
         shm = _shared_memory(name, create=True, size=nbytes)
         try:
-            os.posix_fallocate(shm._fd, 0, nbytes)
+            _reserve(shm._fd, nbytes)
             return cls("shm", name, mmap.mmap(shm._fd, nbytes))
         except BaseException:
             with _untracked():

@@ -77,7 +77,11 @@ class Writer:
 
     def save(self, images, template, *, quality=None, compression=None, params=None, rgb=False,
              start=0, overwrite=True, errors="raise", progress=False, fields=None) -> Report:
-        """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``."""
+        """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``.
+
+        ``progress``: True for a tqdm bar, or a callable ``progress(n)`` told
+        each time ``n`` more images are finished (written, skipped or failed).
+        """
         request = self._check(images, template, quality=quality, compression=compression, params=params,
                               rgb=rgb, start=start, overwrite=overwrite, errors=errors, fields=fields)
         return self._run(request, progress)
@@ -309,7 +313,7 @@ class Writer:
 
     def _new_segment(self, nbytes: int) -> segment.Segment:
         free = segment.shm_free_bytes()
-        if free is not None and nbytes <= free // 2:
+        if free is None or nbytes <= free // 2:
             with contextlib.suppress(OSError):
                 return segment.Segment.create(nbytes)
         if not self._warned_disk:
@@ -348,10 +352,12 @@ class _Tally:
         self.failed: list[Failure] = []
         self.deaths: list[WorkerDied] = []
         self.bar = None
-        if progress:
+        self.tick = progress if callable(progress) else None  # tick(n): n more images finished
+        if progress and self.tick is None:
             from tqdm import tqdm  # imported only when asked for: it costs ~0.1 s
 
             self.bar = tqdm(total=request.count, unit="img", dynamic_ncols=True)
+            self.tick = self.bar.update
 
     def add(self, result) -> bool:
         """Count one task's ``(written, bytes, skipped, failures)``; False means stop."""
@@ -360,8 +366,8 @@ class _Tally:
         self.bytes += nbytes
         self.skipped += skipped
         self.failed.extend(Failure(*failure) for failure in failures)
-        if self.bar is not None:
-            self.bar.update(written + skipped + len(failures))
+        if self.tick is not None:
+            self.tick(written + skipped + len(failures))
         return self.request.collect or not failures
 
     def died(self, task, exitcode) -> bool:
@@ -370,6 +376,8 @@ class _Tally:
         self.deaths.append(error)
         self.failed.extend(Failure(index, self.request.path(index), str(error))
                            for index in range(first, first + hi - lo))
+        if self.tick is not None:
+            self.tick(hi - lo)
         return self.request.collect
 
     def close(self) -> None:
