@@ -1,17 +1,15 @@
 """The methods under test: how each saves a workload, and what it prepares outside the timing.
 
-A method's ``prepare(workload, workers)`` is a context manager.  What it does
-before ``yield`` and after it is untimed; it yields ``run(pattern)``, the call
-the runner times, which writes image i to ``pattern.format(index=i)``.
+A method's ``prepare(job)`` is a context manager.  What it does before
+``yield`` and after it is untimed; it yields ``run(pattern)``, the call the
+runner times, which writes image i to ``pattern.format(index=i)``.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,20 @@ from benchmarks.baselines import chunk_bounds, write_chunk, write_one
 from benchmarks.workloads import Workload
 
 Run = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a method is asked to do: write `workload` with `workers` workers.
+
+    `spare` is an empty folder on the same target as the timed run, for
+    untimed warm-up saves; the runner creates and removes it.
+    """
+
+    workload: Workload
+    workers: int
+    spare: Path
+
 
 #: Above this many images the one-task-per-image process pool is not run (it takes minutes).
 PER_IMAGE_PROCESS_LIMIT = 1000
@@ -58,18 +70,20 @@ def _check_report(report) -> None:
 
 
 @contextlib.contextmanager
-def _loop(workload: Workload, workers: int) -> Iterator[Run]:
+def _loop(job: Job) -> Iterator[Run]:
     """for i, img in enumerate(images): cv2.imwrite(pattern.format(index=i), img, params)"""
-    yield lambda pattern: write_chunk(0, workload.images, pattern, workload.params)
+    yield lambda pattern: write_chunk(0, job.workload.images, pattern, job.workload.params)
 
 
 def _per_image(executor: type[Executor]):
-    def prepare(workload: Workload, workers: int) -> Iterator[Run]:
+    def prepare(job: Job) -> Iterator[Run]:
         """One executor task per image; the executor is created inside the timing."""
+        images, params = job.workload.images, job.workload.params
+
         def run(pattern: str) -> None:
-            with executor(workers) as ex:
-                futures = [ex.submit(write_one, pattern.format(index=i), img, workload.params)
-                           for i, img in enumerate(workload.images)]
+            with executor(job.workers) as ex:
+                futures = [ex.submit(write_one, pattern.format(index=i), img, params)
+                           for i, img in enumerate(images)]
                 for future in futures:
                     future.result()
         yield run
@@ -77,13 +91,14 @@ def _per_image(executor: type[Executor]):
 
 
 def _chunked(executor: type[Executor]):
-    def prepare(workload: Workload, workers: int) -> Iterator[Run]:
+    def prepare(job: Job) -> Iterator[Run]:
         """`workers` contiguous chunks, one task each; the executor is created inside the timing."""
+        images, params = job.workload.images, job.workload.params
+
         def run(pattern: str) -> None:
-            images = workload.images
-            with executor(workers) as ex:
-                futures = [ex.submit(write_chunk, a, images[a:b], pattern, workload.params)
-                           for a, b in chunk_bounds(len(images), workers)]
+            with executor(job.workers) as ex:
+                futures = [ex.submit(write_chunk, a, images[a:b], pattern, params)
+                           for a, b in chunk_bounds(len(images), job.workers)]
                 for future in futures:
                     future.result()
         yield run
@@ -91,36 +106,33 @@ def _chunked(executor: type[Executor]):
 
 
 @contextlib.contextmanager
-def _joblib(workload: Workload, workers: int) -> Iterator[Run]:
+def _joblib(job: Job) -> Iterator[Run]:
     """joblib.Parallel(n_jobs=workers) (loky) over `workers` chunks.
 
     loky keeps its workers alive between calls; they are shut down after every
     run (untimed) so each timing includes starting them, as in a fresh script.
-    Its memmapping folder goes to the scratch dir instead of /dev/shm.
+    Its memmapping folder is the spare folder instead of /dev/shm.
     """
     from joblib import Parallel, delayed
     from joblib.externals.loky import get_reusable_executor
 
-    temp = workload.scratch / "joblib"
-    temp.mkdir(exist_ok=True)
+    images, params = job.workload.images, job.workload.params
 
     def run(pattern: str) -> None:
-        images = workload.images
-        Parallel(n_jobs=workers, temp_folder=str(temp))(
-            delayed(write_chunk)(a, images[a:b], pattern, workload.params)
-            for a, b in chunk_bounds(len(images), workers))
+        Parallel(n_jobs=job.workers, temp_folder=str(job.spare))(
+            delayed(write_chunk)(a, images[a:b], pattern, params)
+            for a, b in chunk_bounds(len(images), job.workers))
 
     try:
         yield run
     finally:
         get_reusable_executor().shutdown(wait=True)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _write_only(workload: Workload, workers: int) -> Iterator[Run]:
+def _write_only(job: Job) -> Iterator[Run]:
     """The disk's limit: pre-encoded bytes written with open/write/close, no encoding."""
-    blobs = workload.encoded()
+    blobs = job.workload.encoded()
 
     def run(pattern: str) -> None:
         for index, blob in enumerate(blobs):
@@ -132,51 +144,51 @@ def _write_only(workload: Workload, workers: int) -> Iterator[Run]:
 # --- shmsave ---------------------------------------------------------------------------
 
 
-def _warm_up(writer, images, workload: Workload, workers: int) -> None:
-    """One small untimed save (one image per worker) so the pool is started and warm."""
-    folder = Path(tempfile.mkdtemp(prefix="warmup-", dir=workload.scratch))
-    try:
-        _check_report(writer.save(images[:max(1, workers)], str(folder / ("{index}" + workload.ext)),
-                                  **_shmsave_kwargs(workload)))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def _save(writer, images, pattern: str, job: Job) -> None:
+    """writer.save with the workload's quality; raise if any image failed."""
+    _check_report(writer.save(images, pattern, **_shmsave_kwargs(job.workload)))
+
+
+def _warm_up(writer, images, job: Job) -> None:
+    """The same save once into the spare folder (untimed), so the writer is in the state a
+    long-lived writer is in: its pool started if this batch uses processes, threads if threads."""
+    _save(writer, images, str(job.spare / ("{index:06d}" + job.workload.ext)), job)
 
 
 @contextlib.contextmanager
-def _shmsave_cold(workload: Workload, workers: int) -> Iterator[Run]:
+def _shmsave_cold(job: Job) -> Iterator[Run]:
     """What a one-shot shmsave.save costs the first time: a fresh Writer (pool start and
     shutdown included) inside the timing."""
     shmsave = _shmsave()
 
     def run(pattern: str) -> None:
-        with shmsave.Writer(workers=workers) as writer:
-            _check_report(writer.save(workload.images, pattern, **_shmsave_kwargs(workload)))
+        with shmsave.Writer(workers=job.workers) as writer:
+            _save(writer, job.workload.images, pattern, job)
     yield run
 
 
 @contextlib.contextmanager
-def _shmsave_warm(workload: Workload, workers: int) -> Iterator[Run]:
+def _shmsave_warm(job: Job) -> Iterator[Run]:
     """A Writer created and warmed outside the timing; only writer.save is timed."""
-    with _shmsave().Writer(workers=workers) as writer:
-        _warm_up(writer, workload.images, workload, workers)
-        yield lambda pattern: _check_report(
-            writer.save(workload.images, pattern, **_shmsave_kwargs(workload)))
+    with _shmsave().Writer(workers=job.workers) as writer:
+        _warm_up(writer, job.workload.images, job)
+        yield lambda pattern: _save(writer, job.workload.images, pattern, job)
 
 
 @contextlib.contextmanager
-def _shmsave_zero_copy(workload: Workload, workers: int) -> Iterator[Run]:
-    """Images copied into Writer.empty() (untimed), warm Writer; writer.save(buffer) is timed."""
-    with _shmsave().Writer(workers=workers) as writer:
-        buffer = writer.empty(workload.images.shape, workload.images.dtype)
-        buffer[...] = workload.images
-        _warm_up(writer, buffer, workload, workers)
-        # Hold the buffer only through `held`, so it can be dropped before the Writer
-        # frees its shared memory (a live view would keep the segment mapped).
+def _shmsave_zero_copy(job: Job) -> Iterator[Run]:
+    """Images copied into Writer.empty() and the Writer warmed (untimed); writer.save(buffer) is timed."""
+    images = job.workload.images
+    with _shmsave().Writer(workers=job.workers) as writer:
+        buffer = writer.empty(images.shape, images.dtype)
+        buffer[...] = images
+        _warm_up(writer, buffer, job)
+        # Hold the buffer only through `held`, so it is dropped before the Writer
+        # frees its shared memory, whatever the caller still holds.
         held = [buffer]
         del buffer
         try:
-            yield lambda pattern: _check_report(
-                writer.save(held[0], pattern, **_shmsave_kwargs(workload)))
+            yield lambda pattern: _save(writer, held[0], pattern, job)
         finally:
             held.clear()
 
@@ -188,10 +200,11 @@ def _cli_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def _shmsave_cli(workload: Workload, workers: int) -> Iterator[Run]:
+def _shmsave_cli(job: Job) -> Iterator[Run]:
     """The `shmsave` command on a .npy written beforehand; the whole subprocess is timed."""
     _shmsave()
-    command = [*_cli_command(), str(workload.npy_path()), "--workers", str(workers), "--quiet"]
+    workload = job.workload
+    command = [*_cli_command(), str(workload.npy_path()), "--workers", str(job.workers), "--quiet"]
     if workload.spec.quality is not None:
         command += ["--quality", str(workload.spec.quality)]
 
@@ -199,7 +212,8 @@ def _shmsave_cli(workload: Workload, workers: int) -> Iterator[Run]:
         done = subprocess.run([*command, "-o", pattern], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
         if done.returncode:
-            raise RuntimeError(f"shmsave command exited {done.returncode}: {done.stderr.strip()[-300:]}")
+            last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise RuntimeError(f"shmsave command exited {done.returncode}: {last_line}")
     yield run
 
 
@@ -213,7 +227,7 @@ class Method:
     name: str
     label: str
     parallel: bool
-    prepare: Callable[[Workload, int], ContextManager[Run]]
+    prepare: Callable[[Job], ContextManager[Run]]
     uses_shmsave: bool = False
     arrays_only: bool = False
     max_images: int | None = None

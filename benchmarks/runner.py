@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.memory import PeakRSS
-from benchmarks.methods import Method
+from benchmarks.methods import Job, Method
 from benchmarks.targets import Target
 from benchmarks.workloads import Spec, Workload, build
 
@@ -79,14 +79,15 @@ def _count_files(folder: Path) -> int:
         return sum(1 for _ in entries)
 
 
-def time_once(method: Method, workload: Workload, workers: int, folder: Path) -> tuple[float, float]:
+def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float]:
     """Prepare `method` (untimed), time its run into the empty `folder`, check every file exists.
 
     Returns (seconds, peak MB of the process tree during the timed call).
     Raises whatever the method raised, or RuntimeError if files are missing.
     """
+    workload = job.workload
     pattern = str(folder / ("{index:06d}" + workload.ext))
-    with method.prepare(workload, workers) as run:
+    with method.prepare(job) as run:
         with PeakRSS() as memory:
             start = time.perf_counter()
             run(pattern)
@@ -109,8 +110,9 @@ class _Folders:
         return folder
 
     @staticmethod
-    def remove(folder: Path, target: Target) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
+    def remove(target: Target, *folders: Path) -> None:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
         if target.is_disk:
             os.sync()  # start the next trial without this one's writeback pending
 
@@ -128,19 +130,19 @@ def _measure(workload: Workload, target: Target, workers: int, methods: list[Met
     for repetition in range(repeat):
         order = rng.sample(runnable, len(runnable))
         for method in order:
-            folder = folders.make(target)
+            folder, spare = folders.make(target), folders.make(target)
             try:
-                seconds, peak = time_once(method, workload, workers, folder)
+                seconds, peak = time_once(method, Job(workload, workers, spare), folder)
                 trial = Trial(workload.name, target.name, method.name, workers, repetition, seconds, peak)
                 _log(f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
                      f"{method.name:<20} {seconds:8.3f} s  {peak:7.0f} MB")
             except Exception as exc:  # noqa: BLE001 - one failing method must not stop the study
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 trial = Trial(workload.name, target.name, method.name, workers, repetition, None, None, error)
                 _log(f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
                      f"{method.name:<20} FAILED {error}")
             finally:
-                folders.remove(folder, target)
+                folders.remove(target, folder, spare)
             study.trials.append(trial)
 
 

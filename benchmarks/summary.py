@@ -35,27 +35,31 @@ def _failure_note(errors: list[str], runs: int) -> str:
     return f"{len(errors)} of {runs + len(errors)} runs failed: {errors[0]}"
 
 
-def summarize(study: Study) -> list[Row]:
-    """Rows grouped by (workload, target, study workers), methods in registry order.
+def summarize(study: Study, workers: int) -> list[Row]:
+    """Rows for the study's trials with this worker count, grouped by (workload, target),
+    methods in registry order.
 
     speed-up = loop median / method median; efficiency = loop median / (workers x method median),
-    where workers is 1 for methods that are not parallel.
+    for the parallel methods and the loop (write-only has no efficiency: it does less work).
     """
-    groups: dict[tuple[str, str, int], dict[str, list]] = {}
+    groups: dict[tuple[str, str], dict[str, list]] = {}
+    skips = {}
     for trial in study.trials:
-        group = groups.setdefault((trial.workload, trial.target, trial.workers), {})
-        group.setdefault(trial.method, []).append(trial)
-    skips = {(s.workload, s.target, s.workers, s.method): s.reason for s in study.skips}
-    for s in study.skips:
-        groups.setdefault((s.workload, s.target, s.workers), {})
+        if trial.workers == workers:
+            group = groups.setdefault((trial.workload, trial.target), {})
+            group.setdefault(trial.method, []).append(trial)
+    for skip in study.skips:
+        if skip.workers == workers:
+            groups.setdefault((skip.workload, skip.target), {})
+            skips[(skip.workload, skip.target, skip.method)] = skip.reason
 
     rows = []
-    for (workload, target, workers), by_method in groups.items():
+    for (workload, target), by_method in groups.items():
         loop_times = [t.seconds for t in by_method.get(BASELINE, []) if t.seconds is not None]
         loop_median = statistics.median(loop_times) if loop_times else None
         for name, method in METHODS.items():
             used = workers if method.parallel else 1
-            reason = skips.get((workload, target, workers, name))
+            reason = skips.get((workload, target, name))
             if reason:
                 rows.append(Row(workload, target, name, method.label, used, 0,
                                 None, None, None, None, None, None, reason))
@@ -71,8 +75,9 @@ def summarize(study: Study) -> list[Row]:
                 continue
             median = statistics.median(times)
             speedup = loop_median / median if loop_median else None
+            has_efficiency = speedup is not None and (method.parallel or name == BASELINE)
             rows.append(Row(workload, target, name, method.label, used, len(times),
                             median, min(times), max(times), speedup,
-                            speedup / used if speedup is not None else None,
+                            speedup / used if has_efficiency else None,
                             max(t.peak_mb for t in trials if t.peak_mb is not None), note))
     return rows

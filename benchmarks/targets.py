@@ -95,3 +95,13 @@ def open_targets(which: str) -> Iterator[tuple[list[Target], list[str]]]:
         if which in ("disk", "both"):
             targets.append(stack.enter_context(disk_target()))
         yield targets, notes
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temp folder on the real disk for untimed files (.npy inputs, joblib memmaps), removed on exit."""
+    root = Path(tempfile.mkdtemp(prefix="shmsave-bench-scratch-", dir=_disk_parent()))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -157,10 +157,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("tiny100", "50x50x1 uint8 -> .jpg q95", 100, 100, ".jpg", 95, tiny),
     Spec("tiny1000", "50x50x1 uint8 -> .jpg q95", 1000, 1000, ".jpg", 95, tiny),
     Spec("tiny10000", "50x50x1 uint8 -> .jpg q95", 10000, 10000, ".jpg", 95, tiny),
-    Spec("video", "1080x1920x3 uint8 frames -> .jpg q95", 48, 24, ".jpg", 95, video),
-    Spec("dataset", "256x256x3 uint8 -> .png (OpenCV default compression)", 2000, 300, ".png", None, dataset),
-    Spec("microscopy", "512x512 uint16 (12-bit) -> .png (OpenCV default compression)", 200, 60, ".png", None, microscopy),
-    Spec("mixed", "list of uint8 BGR arrays, sides 32-1024 px -> .webp q90", 1000, 60, ".webp", 90, mixed),
+    Spec("video", "1080x1920x3 uint8 frames -> .jpg q95", 48, 12, ".jpg", 95, video),
+    Spec("dataset", "256x256x3 uint8 -> .png (OpenCV default compression)", 2000, 100, ".png", None, dataset),
+    Spec("microscopy", "512x512 uint16 (12-bit) -> .png (OpenCV default compression)", 200, 40, ".png", None, microscopy),
+    Spec("mixed", "list of uint8 BGR arrays, sides 32-1024 px -> .webp q90", 1000, 24, ".webp", 90, mixed),
 )}
 
 
