@@ -169,22 +169,38 @@ def temporary_name(path: str, pid: int) -> str:
     return os.path.join(folder, f".{name}.{pid}.part")
 
 
+_mapped: dict[str, object] = {}  # shared-memory name -> mapping, kept across tasks (no re-faulting)
+_MAPPED_MAX = 8
+
+
 def images_of(source: tuple, lo: int, hi: int):
     """The images ``lo:hi`` that a task's ``source`` describes, mapped read-only.
 
     ``("stack", kind, locator, offset, shape, strides, dtype)``: an N-D array;
     ``("list", kind, locator, entries)``: one ``(offset, shape, dtype)`` per image.
     """
-    from .segment import attach
-
     if source[0] == "stack":
         _, kind, locator, offset, shape, strides, dtype = source
-        mapping = attach(kind, locator)
-        stack = np.ndarray(shape, dtype, buffer=mapping, offset=offset, strides=strides)
+        stack = np.ndarray(shape, dtype, buffer=_map(kind, locator), offset=offset, strides=strides)
         return stack[lo:hi]
     _, kind, locator, entries = source
-    mapping = attach(kind, locator)
+    mapping = _map(kind, locator)
     return [np.ndarray(shape, dtype, buffer=mapping, offset=offset) for offset, shape, dtype in entries]
+
+
+def _map(kind: str, locator: str):
+    """Map a segment once per worker (its pages stay mapped: the next task does not fault
+    them in again) or a file afresh per task (it may have been rewritten since)."""
+    from .segment import attach
+
+    if kind != "shm":
+        return attach(kind, locator)
+    mapping = _mapped.get(locator)
+    if mapping is None:
+        if len(_mapped) >= _MAPPED_MAX:
+            del _mapped[next(iter(_mapped))]
+        mapping = _mapped[locator] = attach(kind, locator)
+    return mapping
 
 
 def _serve(conn, parent_pid: int) -> None:
@@ -199,6 +215,9 @@ def _serve(conn, parent_pid: int) -> None:
             return
         if task is None:
             return
+        if task[0] == "forget":  # the parent released this segment: let its memory go
+            _mapped.pop(task[1], None)
+            continue
         task_id, source, lo, hi, first_index, job = task
         try:
             result = (task_id, *write_images(images_of(source, lo, hi), first_index, job), None)
@@ -222,8 +241,11 @@ def main(argv: list[str]) -> None:
     try:
         conn.send(("ready", os.getpid()))
         _serve(conn, parent_pid)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+    except (BrokenPipeError, ConnectionResetError):  # the parent closed our socket
+        if os.getppid() != parent_pid:  # it died mid-task: nobody else will remove its segments
+            from .segment import unlink_owned_by
+
+            unlink_owned_by(parent_pid)
     finally:
         conn.close()
 

@@ -106,6 +106,21 @@ class Pool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._workers: list[_Worker] = []
+        self._forgotten: collections.deque[str] = collections.deque()
+
+    def forget(self, locator: str) -> None:
+        """Tell the workers, before their next task, to unmap a released segment.
+
+        Safe from any thread and from finalizers: it only queues the name.
+        """
+        self._forgotten.append(locator)
+
+    def _send_forgotten(self) -> None:
+        while self._forgotten:
+            message = ("forget", self._forgotten.popleft())
+            for worker in self._workers:
+                with contextlib.suppress(OSError):  # a dead worker is replaced when next sent a task
+                    worker.conn.send(message)
 
     @property
     def started(self) -> bool:
@@ -117,6 +132,8 @@ class Pool:
 
     def start(self) -> None:
         """Start missing workers; they import in parallel and need not be waited for."""
+        if not self._workers:
+            self._forgotten.clear()  # new workers have mapped nothing
         while len(self._workers) < self.size:
             self._workers.append(_Worker())
 
@@ -131,6 +148,8 @@ class Pool:
         the exception propagates.
         """
         self.start()
+        for worker in [w for w in self._workers if w.process.poll() is not None]:
+            self._replace(worker, on_death)  # it died while idle (kill, OOM killer): no task was lost
         source = iter(source)
         waiting = None
         exhausted = False
@@ -147,8 +166,13 @@ class Pool:
                     elif isinstance(item, Wait):
                         waiting = item
                     else:
-                        worker.conn.send(item)
+                        self._send_forgotten()
                         worker.tasks.append(item)
+                        try:
+                            worker.conn.send(item)
+                        except OSError:  # it died since we last heard from it
+                            if not self._replace(worker, on_death):
+                                exhausted = True
                 busy = [w for w in self._workers if w.tasks]
                 if not busy:
                     if exhausted:
@@ -159,7 +183,8 @@ class Pool:
                     try:
                         message = conn.recv()
                     except (EOFError, OSError):
-                        self._replace(worker, on_death)
+                        if not self._replace(worker, on_death):
+                            exhausted = True
                         continue
                     if message[0] == "ready":
                         continue
@@ -169,11 +194,14 @@ class Pool:
             self.terminate(on_abandon)
             raise
 
-    def _replace(self, worker: _Worker, on_death) -> None:
+    def _replace(self, worker: _Worker, on_death) -> bool:
+        """Start a new worker in place of a dead one; False if ``on_death`` said stop."""
         exitcode = worker.stop(graceful=False)
         self._workers[self._workers.index(worker)] = _Worker()
+        go_on = True
         for task in worker.tasks:
-            on_death(task, exitcode, worker.pid)
+            go_on = on_death(task, exitcode, worker.pid) is not False and go_on
+        return go_on
 
     def terminate(self, on_abandon=None) -> None:
         """Stop every worker now (SIGTERM; they remove their partial files)."""

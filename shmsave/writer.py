@@ -35,8 +35,12 @@ _TASKS_PER_WORKER = 4
 # ~60 us per tiny image, ~3-12 ns per pixel byte for JPEG/PNG).
 _SECONDS_PER_IMAGE = 60e-6
 _SECONDS_PER_BYTE = 5e-9
-_INLINE_BELOW_S = 0.004  # thread start-up and joins cost more than this saves
+_INLINE_BELOW_S = 0.004  # a call to the workers costs ~1-3 ms of latency on this VM
 _PROCESSES_ABOVE_S = 0.3  # starting worker processes (~0.2 s) pays off above this
+# Threads pay only where one image's encoding holds the GIL released for long:
+# for tiny images the six GIL hand-offs per image (encode, open, write, link,
+# close) cost more than a second core gives (benchmarks/README.md).
+_THREADS_FROM_IMAGE_BYTES = 64 * 1024
 
 ENGINES = ("auto", "process", "thread", "inline")
 
@@ -113,7 +117,7 @@ class Writer:
         block = self._new_segment(nbytes)
         array = block.array(shape, dtype)
         self._buffers[id(block)] = block
-        weakref.finalize(array, _release_buffer, self._buffers, id(block))
+        weakref.finalize(array, _release_buffer, self._buffers, id(block), self._pool)
         return array
 
     def close(self) -> None:
@@ -174,8 +178,10 @@ class Writer:
                 engine = "inline"
             elif self._pool.started or seconds > _PROCESSES_ABOVE_S:
                 engine = "process"
-            else:
+            elif request.nbytes >= request.count * _THREADS_FROM_IMAGE_BYTES:
                 engine = "thread"
+            else:
+                engine = "inline"
         return engine, (1 if engine == "inline" else self.workers)
 
     def _run_threads(self, request: Request, tally: _Tally, workers: int) -> None:
@@ -326,7 +332,9 @@ class Writer:
 
     def _release_slots(self) -> None:
         while self._slots:
-            self._slots.pop().release()
+            slot = self._slots.pop()
+            self._pool.forget(slot.locator)
+            slot.release()
 
 
 def _pack(images: list, capacity: int):
@@ -433,9 +441,11 @@ def _remove_partial_files(request: Request, task: tuple, pid: int) -> None:
             os.unlink(temporary_name(request.path(index), pid))
 
 
-def _release_buffer(buffers: dict, key: int) -> None:
+def _release_buffer(buffers: dict, key: int, pool: Pool | None = None) -> None:
     block = buffers.pop(key, None)
     if block is not None:
+        if pool is not None:
+            pool.forget(block.locator)
         block.release()
 
 

@@ -187,7 +187,13 @@ def test_one_shot_save_reuses_the_shared_writer(tmp_path, rng):
 def test_auto_engine_keeps_tiny_batches_in_process(tmp_path, rng):
     with shmsave.Writer(workers=2) as writer:
         report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
-        assert report.engine in ("inline", "thread") and writer.pids == []
+        assert report.engine == "inline" and writer.pids == []
+        report = writer.save(rng.integers(0, 255, (20, 160, 160, 3), np.uint8), str(tmp_path / "{index}.jpg"))
+        assert report.engine == "thread" and writer.pids == []  # big images: threads encode in parallel
+        report = writer.save(rng.integers(0, 255, (6000, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
+        assert report.engine == "process" and len(writer.pids) == 2  # enough work to start processes
+        report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
+        assert report.engine == "process"  # once running, the workers take everything but trifles
 
 
 def test_submit_returns_a_future_of_the_report(photos, tmp_path):
@@ -418,3 +424,22 @@ def test_both_ways_of_writing_atomically_create_and_replace_files(tmpfile, monke
     assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "2.png"]  # no temporaries left
     for i in range(3):
         assert read(tmp_path / f"{i}.png") == imencode(photos[3 + i])
+
+
+def mapped_segments(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split("/")[-1].strip() for line in maps if "/shmsave_" in line}
+
+
+def test_workers_keep_segments_mapped_until_the_parent_releases_them(photos, tmp_path):
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        buffer = writer.empty(photos.shape, photos.dtype)
+        buffer[...] = photos
+        [name] = shmsave_segments(os.getpid())
+        writer.save(buffer, str(tmp_path / "a{index}.png"))
+        writer.save(buffer, str(tmp_path / "b{index}.png"))
+        assert any(name in mapped_segments(pid) for pid in writer.pids)
+        del buffer
+        gc.collect()
+        writer.save(photos, str(tmp_path / "c{index}.png"))  # the next call tells the workers
+        assert not any(name in mapped_segments(pid) for pid in writer.pids)
