@@ -155,7 +155,8 @@ def _write_file(folder: int, name: str, data: np.ndarray) -> int:
         linked = False
         return size
     finally:
-        os.close(fd)
+        if fd >= 0:  # -1 when opening the temporary file failed: keep that error
+            os.close(fd)
         if linked:  # the temporary name exists but was not renamed: an error is on its way
             try:
                 os.unlink(temporary, dir_fd=folder)

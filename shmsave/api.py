@@ -42,7 +42,8 @@ def _shared_writer(workers: int | None) -> Writer:
     global _shared
     with _shared_lock:
         if _shared is None or (workers is not None and _shared.workers != workers):
+            replacement = Writer(workers)  # checks `workers` before the working Writer goes
             if _shared is not None:
                 _shared.close()
-            _shared = Writer(workers)
+            _shared = replacement
         return _shared

@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
-            # The Writer warns (ResourceWarning, hidden by default) when /dev/shm is too small.
-            warnings.filterwarnings("default", message="shmsave:", category=ResourceWarning)
+            # The Writer warns when /dev/shm is too small: show it once, as one line.
+            warnings.filterwarnings("default", message="shmsave:", category=UserWarning)
             warnings.showwarning = _show_warning
             return _run(args)
     except (_UsageError, InvalidRequest) as error:

@@ -175,13 +175,16 @@ def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str) 
 def _dtype_advice(name: str, fmt: Format) -> str:
     holds = ", ".join(sorted(fmt.dtypes))
     if name.startswith("float"):
-        if "uint8" in fmt.dtypes:
+        if "uint8" in fmt.dtypes and "float32" not in fmt.dtypes:
             return (f"it holds {holds}. Scale and cast first, e.g. "
                     "(np.clip(images, 0, 1) * 255).round().astype(np.uint8), "
                     "or save floats losslessly as .tiff, .pfm or .hdr")
         return f"it holds {holds}; cast with images.astype(np.float32)"
     if name == "bool":
         return f"it holds {holds}; convert with images.astype(np.uint8) * 255"
+    if fmt is _TIFF:  # wider integers than TIFF takes: int64, uint32, uint64
+        return (f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
+                "images.astype(np.int32) if the values fit, or scale them to uint16")
     return (f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
             f"np.clip(images, 0, 255).astype(np.uint8), or use .tiff for other integer types")
 

@@ -11,7 +11,9 @@ from .errors import InvalidRequest
 
 # Format specs under which distinct integers always give distinct strings:
 # optional fill/align, sign, zero padding, width, and the decimal/hex/octal/binary types.
-_INJECTIVE_SPEC = re.compile(r"^(.?[<>=^])?[+\- ]?#?0?\d*[,_]?[dxXob]?$")
+# A letter or digit as fill could pass for a digit ("{index:0<3}" names 1 and 100 "100"),
+# so only "0" padding on the left counts.
+_INJECTIVE_SPEC = re.compile(r"^([^0-9A-Za-z]?[<>=^]|0[>=])?[+\- ]?#?0?\d*[,_]?[dxXob]?$")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
         first = template.format(index=start, **fields)
     except (ValueError, TypeError, KeyError, IndexError) as error:
         raise InvalidRequest(f"the path template {template!r} cannot format index {start}: {error}") from None
+    if "\0" in first:
+        raise InvalidRequest(f"the path template {template!r} gives a path with a NUL character ('\\0'), "
+                             "which no file name can hold; remove it")
     extension = os.path.splitext(first)[1]
     if count > 1 and not any(_INJECTIVE_SPEC.match(spec or "") for spec in specs):
         paths = {template.format(index=i, **fields) for i in range(start, start + count)}

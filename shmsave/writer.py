@@ -7,6 +7,7 @@ import contextlib
 import math
 import mmap
 import os
+import sys
 import threading
 import time
 import warnings
@@ -121,12 +122,13 @@ class Writer:
         return array
 
     def close(self) -> None:
-        """Stop the workers and free the shared memory; safe to call twice."""
+        """Finish submitted saves, stop the workers and free the shared memory; safe to call twice."""
+        if self._submitter is not None:
+            self._submitter.shutdown(wait=True)  # outside the lock: each pending save needs it
         with self._lock:
             self._closed = True
-            for executor in (self._submitter, self._threads):
-                if executor is not None:
-                    executor.shutdown(wait=True)
+            if self._threads is not None:
+                self._threads.shutdown(wait=True)
         self._finalizer()
 
     def __enter__(self) -> Writer:
@@ -191,14 +193,19 @@ class Writer:
         step = _images_per_task(request, workers)
         futures = [self._threads.submit(write_images, images[lo:lo + step], request.start + lo, job)
                    for lo in range(0, request.count, step)]
+        counted = set()
         try:
             for future in concurrent.futures.as_completed(futures):
+                counted.add(future)
                 if tally.add(future.result()) is False:
                     break
         finally:
             for future in futures:
                 future.cancel()
             concurrent.futures.wait(futures)
+        for future in futures:  # tasks already running when we stopped: report what they wrote
+            if future not in counted and not future.cancelled() and future.exception() is None:
+                tally.add(future.result())
 
     def _run_processes(self, request: Request, tally: _Tally) -> None:
         outstanding = [0] * _SLOTS
@@ -291,7 +298,10 @@ class Writer:
                 return ("stack", block.kind, block.locator, stack.ctypes.data - block.address,
                         stack.shape, stack.strides, stack.dtype.str)
         mapping = getattr(stack, "_mmap", None)
-        if isinstance(stack, np.memmap) and mapping is not None and stack.filename:
+        # mode "c" keeps the caller's changes private (the file lacks them); a deleted file
+        # cannot be mapped again by name: copy those like any other array
+        if (isinstance(stack, np.memmap) and mapping is not None and stack.filename and stack.mode != "c"
+                and os.path.exists(stack.filename)):
             try:
                 address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
             except ValueError:  # a closed mapping
@@ -324,10 +334,9 @@ class Writer:
                 return segment.Segment.create(nbytes)
         if not self._warned_disk:
             self._warned_disk = True
-            warnings.warn(f"shmsave: /dev/shm has {0 if free is None else free // _MB} MB free, too little for "
-                          f"{nbytes // _MB + 1} MB; staging through a temporary file instead (slower). "
-                          "Give the container more shared memory (docker run --shm-size=1g) to avoid this.",
-                          ResourceWarning, stacklevel=4)
+            _warn_caller(f"shmsave: /dev/shm has {0 if free is None else free // _MB} MB free, too little for "
+                         f"{nbytes // _MB + 1} MB; staging through a temporary file instead (slower). "
+                         "Give the container more shared memory (docker run --shm-size=1g) to avoid this.")
         return segment.Segment.create(nbytes, on_disk=True)
 
     def _release_slots(self) -> None:
@@ -335,6 +344,15 @@ class Writer:
             slot = self._slots.pop()
             self._pool.forget(slot.locator)
             slot.release()
+
+
+def _warn_caller(message: str) -> None:
+    """Warn (UserWarning: shown by default) pointing at the first frame outside shmsave."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2  # level 1 is this function
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _pack(images: list, capacity: int):
