@@ -146,12 +146,18 @@ def unlink(kind: str, locator: str) -> None:
                 shm.unlink()
 
 
+# Faulting a segment's pages in one call is much cheaper than one fault per 4 KB
+# page as the encoder first reads them (~1.5 ms per 1080p frame). Files are not
+# populated: a .npy may be larger than memory.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
 def attach(kind: str, locator: str) -> mmap.mmap:
     """Map, read-only, a segment or a file that another process made."""
     if kind == "shm":
         shm = _shared_memory(locator)
         try:
-            return mmap.mmap(shm._fd, shm.size, access=mmap.ACCESS_READ)
+            return mmap.mmap(shm._fd, shm.size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
         finally:
             shm.close()
     with open(locator, "rb") as file:

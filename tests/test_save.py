@@ -194,6 +194,8 @@ def test_auto_engine_keeps_tiny_batches_in_process(tmp_path, rng):
         assert report.engine == "process" and len(writer.pids) == 2  # enough work to start processes
         report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "process"  # once running, the workers take everything but trifles
+        report = writer.save(rng.integers(0, 255, (20, 160, 160, 3), np.uint8), str(tmp_path / "{index}.jpg"))
+        assert report.engine == "thread"  # except big images: threads need no copy
 
 
 def test_submit_returns_a_future_of_the_report(photos, tmp_path):
