@@ -150,9 +150,11 @@ def _save(writer, images, pattern: str, job: Job) -> None:
 
 
 def _warm_up(writer, images, job: Job) -> None:
-    """The same save once into the spare folder (untimed), so the writer is in the state a
-    long-lived writer is in: its pool started if this batch uses processes, threads if threads."""
-    _save(writer, images, str(job.spare / ("{index:06d}" + job.workload.ext)), job)
+    """The same save twice into the spare folder (untimed), so the writer is in the state a
+    long-lived writer is in: a Writer used a second time starts its worker processes even for
+    batches too small to start them for on the first call (shmsave's engine policy)."""
+    for _ in range(2):
+        _save(writer, images, str(job.spare / ("{index:06d}" + job.workload.ext)), job)
 
 
 @contextlib.contextmanager

@@ -78,6 +78,7 @@ class Writer:
         self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._warned_disk = False
+        self._small_calls = 0  # calls too small to start the workers for
         segment.sweep_orphans()
         self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots, self._buffers)
 
@@ -187,6 +188,9 @@ class Writer:
                 engine = "process"
             else:
                 engine = "inline"
+                self._small_calls += 1
+                if self._small_calls == 2:  # a Writer in use again: start the workers for the calls to come
+                    self._pool.start()
         return engine, (1 if engine == "inline" else self.workers)
 
     def _run_threads(self, request: Request, tally: _Tally, workers: int) -> None:
