@@ -150,11 +150,10 @@ def _save(writer, images, pattern: str, job: Job) -> None:
 
 
 def _warm_up(writer, images, job: Job) -> None:
-    """The same save twice into the spare folder (untimed), so the writer is in the state a
-    long-lived writer is in: a Writer used a second time starts its worker processes even for
-    batches too small to start them for on the first call (shmsave's engine policy)."""
-    for _ in range(2):
-        _save(writer, images, str(job.spare / ("{index:06d}" + job.workload.ext)), job)
+    """Put the writer in the state a long-lived writer is in (untimed): its worker processes
+    running (``Writer.start()``) and the same batch saved once into the spare folder."""
+    writer.start()
+    _save(writer, images, str(job.spare / ("{index:06d}" + job.workload.ext)), job)
 
 
 @contextlib.contextmanager

@@ -79,6 +79,17 @@ class _Worker:
             child_end.close()
         self.conn = Connection(parent_end.detach())
         self.tasks: collections.deque = collections.deque()
+        self.ready = False  # it has imported everything and said so
+
+    def is_ready(self) -> bool:
+        """Whether the worker has finished starting (never blocks)."""
+        if not self.ready:
+            try:
+                if self.conn.poll(0) and self.conn.recv()[0] == "ready":
+                    self.ready = True
+            except (EOFError, OSError):  # it died: run() replaces it
+                pass
+        return self.ready
 
     @property
     def pid(self) -> int:
@@ -125,6 +136,18 @@ class Pool:
     @property
     def started(self) -> bool:
         return bool(self._workers)
+
+    def wait_ready(self) -> None:
+        """Start the workers and block until each has finished starting."""
+        self.start()
+        for worker in self._workers:
+            while not worker.ready:
+                message = worker.conn.recv()  # EOFError if it died while starting
+                worker.ready = message[0] == "ready"
+
+    def ready(self) -> bool:
+        """Whether workers run and have finished starting (they import for ~0.2 s); never blocks."""
+        return bool(self._workers) and all(worker.is_ready() for worker in self._workers)
 
     @property
     def pids(self) -> list[int]:
@@ -187,6 +210,7 @@ class Pool:
                             exhausted = True
                         continue
                     if message[0] == "ready":
+                        worker.ready = True
                         continue
                     if on_result(worker.tasks.popleft(), message) is False:
                         exhausted = True

@@ -108,6 +108,18 @@ class Writer:
                 self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
         return self._submitter.submit(self._run, request, progress)
 
+    def start(self) -> Writer:
+        """Start the worker processes now and wait until they are ready (~0.2 s).
+
+        Optional: they start by themselves when a call needs them. Call this
+        before a stream of small batches, so that none of them waits for it.
+        """
+        with self._lock:
+            if self._closed:
+                raise WriterClosed()
+            self._pool.wait_ready()
+        return self
+
     def empty(self, shape, dtype="uint8") -> np.ndarray:
         """A new zero-filled array in shared memory; saving it copies nothing.
 
@@ -184,7 +196,7 @@ class Writer:
                 engine = "inline"
             elif request.nbytes >= request.count * _THREADS_FROM_IMAGE_BYTES:
                 engine = "thread"
-            elif self._pool.started or seconds > _PROCESSES_ABOVE_S:
+            elif self._pool.ready() or seconds > _PROCESSES_ABOVE_S:
                 engine = "process"
             else:
                 engine = "inline"

@@ -453,6 +453,14 @@ def test_a_writer_used_again_starts_its_workers_for_later_calls(tmp_path, rng):
         assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "inline" and writer.pids == []
         assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "inline"
         assert len(writer.pids) == 2  # started in the background during the second call
+        assert wait_until(writer._pool.ready, 30)  # they import for a moment: calls meanwhile stay inline
         assert writer.save(stack, str(tmp_path / "c{index}.jpg")).engine == "process"
     for i in range(0, 300, 37):
         assert read(tmp_path / f"c{i}.jpg") == imencode(stack[i], ".jpg")
+
+
+def test_start_makes_the_workers_ready_before_the_first_call(tmp_path, rng):
+    with shmsave.Writer(workers=2) as writer:
+        assert writer.start() is writer and len(writer.pids) == 2 and writer._pool.ready()
+        report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
+        assert report.engine == "process"  # no call waits for the workers to import
