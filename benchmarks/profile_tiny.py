@@ -2,8 +2,9 @@
 
 Times each step on its own over many images and prints microseconds per image:
 path formatting, cv2.imencode, open+write+close of the encoded bytes, os.rename,
-the whole cv2.imwrite, and pickling an image task (what a per-image process pool
-adds before any inter-process transfer).
+the whole cv2.imwrite, shmsave's crash-safe write and its whole per-image loop,
+and pickling an image task (what a per-image process pool adds before any
+inter-process transfer).
 
     python -m benchmarks.profile_tiny [--count 2000] [--repeat 5] [--target tmpfs|disk|both]
 """
@@ -70,10 +71,46 @@ def profile_once(images: np.ndarray, target: Target) -> dict[str, float]:
     out["os.rename"] = _per_image_us(lambda: [os.rename(a, b) for a, b in zip(paths, renamed)], count)
     shutil.rmtree(folder)
 
+    folder = _fresh(target, "os-write")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+    def os_write_all() -> None:
+        for i, blob in enumerate(blobs):
+            fd = os.open(str(folder / pattern.format(index=i)), flags, 0o666)
+            os.write(fd, blob)
+            os.close(fd)
+    out["os.open+os.write+os.close (new file, not crash-safe)"] = _per_image_us(os_write_all, count)
+    shutil.rmtree(folder)
+
     folder = _fresh(target, "imwrite")
     paths = [str(folder / pattern.format(index=i)) for i in range(count)]
-    out["cv2.imwrite (whole save)"] = _per_image_us(
+    out["cv2.imwrite (whole save, not crash-safe)"] = _per_image_us(
         lambda: [cv2.imwrite(p, img, PARAMS) for p, img in zip(paths, images)], count)
+    shutil.rmtree(folder)
+    out.update(_shmsave_steps(images, blobs, target))
+    return out
+
+
+def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> dict[str, float]:
+    """shmsave's crash-safe write of the same bytes, and its whole per-image loop."""
+    try:
+        from shmsave import _worker
+    except ImportError:
+        return {}
+    count, out = len(images), {}
+    encoded = [np.frombuffer(blob, np.uint8) for blob in blobs]
+    folder = _fresh(target, "shmsave-write")
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        out["shmsave write (O_TMPFILE + linkat: crash-safe)"] = _per_image_us(
+            lambda: [_worker._write_file(fd, f"{i:06d}.jpg", data) for i, data in enumerate(encoded)], count)
+    finally:
+        os.close(fd)
+    shutil.rmtree(folder)
+    folder = _fresh(target, "shmsave-loop")
+    job = (str(folder / "{index:06d}.jpg"), (), ".jpg", tuple(PARAMS), False, True, True)
+    out["shmsave worker loop (whole save, crash-safe)"] = _per_image_us(
+        lambda: _worker.write_images(images, 0, job), count)
     shutil.rmtree(folder)
     return out
 

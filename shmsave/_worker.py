@@ -118,8 +118,8 @@ def _write_file(folder: int, name: str, data: np.ndarray) -> int:
     """Write ``data`` as ``name`` in ``folder``; the name appears only once the bytes are all there.
 
     The bytes go to an unnamed file (O_TMPFILE) that is linked in when
-    complete: a killed worker leaves nothing behind, and a new file costs ~10 us
-    less than temporary file + rename (benchmarks/profile_tiny.py). Where the
+    complete: a killed worker leaves nothing behind, and a new file cost less
+    than temporary file + rename (ext4 here: 49 vs 62 us; tmpfs: equal). Where the
     name exists (overwrite) or the file system lacks O_TMPFILE, it falls back
     to a named temporary file and an atomic rename.
     """
