@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import tempfile
 import time
 
@@ -95,3 +96,12 @@ ENGINES = ["inline", "thread", "process"]
 def writer(request):
     with shmsave.Writer(workers=2, engine=request.param) as w:
         yield w
+
+
+def sigint_as_in_a_terminal() -> None:
+    """For Popen(preexec_fn=...): the child starts with SIGINT at its default, as from a terminal.
+
+    A test run started in the background (``cmd &`` in a script, nohup, some CI runners) inherits
+    SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -17,6 +17,8 @@ import pytest
 
 import shmsave
 
+from .conftest import sigint_as_in_a_terminal
+
 SCRIPT = Path(sys.executable).with_name("shmsave")
 TIMEOUT = 180  # seconds; generous: the test machine is shared and slow
 
@@ -340,7 +342,8 @@ def test_ctrl_c_stops_cleanly(name, big_inputs, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([str(SCRIPT), str(big_inputs / name), "-o", str(out / "{index:04d}.png"),
                                 "--compression", "9", "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=sigint_as_in_a_terminal)
     try:
         assert wait_until(lambda: any(out.glob("*.png")) or process.poll() is not None, TIMEOUT)
         assert process.poll() is None, f"finished before it could be interrupted: {process.communicate()}"

@@ -61,7 +61,7 @@ import shmsave
 from shmsave import _worker, segment
 from shmsave._sample import frames
 
-from .conftest import shmsave_segments, wait_until
+from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
 
 _MB = 2**20
 _PNG9 = {"compression": 9}  # ~50 ms per 480x640 frame: batches slow enough to hit mid-way
@@ -302,7 +302,7 @@ def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O
     out.mkdir()
     with open(tmp_path / "child.log", "w") as log:
         process = subprocess.Popen([sys.executable, str(script), str(out), str(count), engine, files],
-                                   stdout=log, stderr=subprocess.STDOUT)
+                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=sigint_as_in_a_terminal)
     try:
         assert wait_until(lambda: (out / "info.json").exists() or process.poll() is not None, 30), \
             "the child never started its batch"
