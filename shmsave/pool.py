@@ -133,10 +133,6 @@ class Pool:
                 with contextlib.suppress(OSError):  # a dead worker is replaced when next sent a task
                     worker.conn.send(message)
 
-    @property
-    def started(self) -> bool:
-        return bool(self._workers)
-
     def wait_ready(self) -> None:
         """Start the workers and block until each has finished starting."""
         self.start()

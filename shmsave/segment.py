@@ -85,6 +85,8 @@ class Segment:
         self.locator = locator
         self.nbytes = len(mapping)
         self._mapping = mapping
+        # the address of the first byte, to tell whether an array lives here
+        self.address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
 
     @classmethod
     def create(cls, nbytes: int, *, on_disk: bool = False) -> Segment:
@@ -121,11 +123,6 @@ class Segment:
     def array(self, shape, dtype, offset: int = 0) -> np.ndarray:
         """A writable ndarray over this segment's memory."""
         return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
-
-    @property
-    def address(self) -> int:
-        """The address of the first byte, to tell whether an array lives here."""
-        return np.frombuffer(self._mapping, np.uint8, count=1).ctypes.data
 
     def release(self) -> None:
         """Remove the segment's name; its memory goes once nothing maps it."""

@@ -15,6 +15,11 @@ import weakref
 
 import numpy as np
 
+try:
+    from numpy.lib.array_utils import byte_bounds  # numpy >= 2
+except ImportError:
+    from numpy import byte_bounds
+
 from . import segment
 from ._worker import temporary_name, write_images
 from .errors import InvalidRequest, WorkerDied, WriteFailed, WriterClosed
@@ -311,7 +316,7 @@ class Writer:
 
     def _shared_source(self, stack: np.ndarray):
         """A descriptor for ``stack`` if workers can map it as it is, else None."""
-        low, high = _byte_bounds(stack)
+        low, high = byte_bounds(stack)
         for block in list(self._buffers.values()):
             if block.address <= low and high <= block.address + block.nbytes:
                 return ("stack", block.kind, block.locator, stack.ctypes.data - block.address,
@@ -458,16 +463,6 @@ def _images_per_task(request: Request, workers: int) -> int:
 
 def _aligned(nbytes: int) -> int:
     return (nbytes + 63) // 64 * 64
-
-
-def _byte_bounds(array: np.ndarray) -> tuple[int, int]:
-    low = high = array.ctypes.data
-    for extent, stride in zip(array.shape, array.strides):
-        if stride < 0:
-            low += (extent - 1) * stride
-        else:
-            high += (extent - 1) * stride
-    return low, high + array.itemsize
 
 
 def _remove_partial_files(request: Request, task: tuple, pid: int) -> None:
