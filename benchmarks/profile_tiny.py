@@ -2,7 +2,7 @@
 
 Times each step on its own over many images and prints microseconds per image:
 path formatting, cv2.imencode, open+write+close of the encoded bytes, os.rename,
-the whole cv2.imwrite, shmsave's crash-safe write and its whole per-image loop,
+the whole cv2.imwrite, shmsave's two ways of writing a file and its whole per-image loop,
 and pickling an image task (what a per-image process pool adds before any
 inter-process transfer).
 
@@ -99,17 +99,20 @@ def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> di
         return {}
     count, out = len(images), {}
     encoded = [np.frombuffer(blob, np.uint8) for blob in blobs]
-    folder = _fresh(target, "shmsave-write")
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        out["shmsave write (O_TMPFILE + linkat: crash-safe)"] = _per_image_us(
-            lambda: [_worker._write_file(fd, f"{i:06d}.jpg", data) for i, data in enumerate(encoded)], count)
-    finally:
-        os.close(fd)
-    shutil.rmtree(folder)
+    writers = {"shmsave write, one page or less (open + one write + close)": _worker._write_file,
+               "shmsave write, bigger files (O_TMPFILE + write + linkat)": _worker._write_atomically}
+    for label, write in writers.items():
+        folder = _fresh(target, "shmsave-write")
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            out[label] = _per_image_us(
+                lambda: [write(fd, f"{i:06d}.jpg", data) for i, data in enumerate(encoded)], count)
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder)
     folder = _fresh(target, "shmsave-loop")
     job = (str(folder / "{index:06d}.jpg"), (), ".jpg", tuple(PARAMS), False, True, True)
-    out["shmsave worker loop (whole save, crash-safe)"] = _per_image_us(
+    out["shmsave worker loop (whole save)"] = _per_image_us(
         lambda: _worker.write_images(images, 0, job), count)
     shutil.rmtree(folder)
     return out

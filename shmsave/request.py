@@ -118,19 +118,22 @@ def _check_finite(array: np.ndarray, what: str) -> None:
 
 
 def prepare_folder(request: Request) -> None:
-    """Create the folder every path shares and prove it writable, or raise WriteFailed.
+    """Create the folder every path shares and check it writable, or raise WriteFailed.
 
-    This is the only write before the workers start: an empty file created and
-    removed at once, so a read-only or forbidden folder fails before any image.
+    So a read-only or forbidden folder fails once, before any image, instead of
+    once per image. The check is ``access()`` (one syscall); only when it
+    says no is an empty file created and removed, to report the real error.
     """
     folder = request.template.folder
     if folder is None:
         return
     first = request.path(request.start)
-    probe = os.path.join(folder or ".", f".shmsave-probe-{os.getpid()}")
     try:
-        if folder:
+        if folder and not os.path.isdir(folder):
             os.makedirs(folder, exist_ok=True)
+        if os.access(folder or ".", os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            return
+        probe = os.path.join(folder or ".", f".shmsave-probe-{os.getpid()}")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as error:

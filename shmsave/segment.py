@@ -170,11 +170,19 @@ def unlink_owned_by(pid: int) -> None:
             os.unlink(path)
 
 
-def sweep_orphans() -> None:
-    """Unlink segments whose owner process no longer exists."""
+_swept = False
+
+
+def sweep_orphans(again: bool = False) -> None:
+    """Unlink segments whose owner process no longer exists; once per process unless ``again``."""
+    global _swept
+    if _swept and not again:
+        return
+    _swept = True
     for folder in (SHM_DIR, tempfile.gettempdir()):
-        for path in glob.glob(os.path.join(folder, PREFIX + "*_*")):
-            owner = os.path.basename(path)[len(PREFIX):].split("_", 1)[0]
-            if owner.isdigit() and not psutil.pid_exists(int(owner)):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                owner = name[len(PREFIX):].split("_", 1)[0]
+                if name.startswith(PREFIX) and owner.isdigit() and not psutil.pid_exists(int(owner)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))

@@ -36,7 +36,8 @@ _SLOTS = 3
 # round trip (~0.1 ms) is noise.
 _TASK_BYTES = 4 * _MB
 _TASK_IMAGES = 512
-_TASKS_PER_WORKER = 4
+_TASK_MIN_S = 0.001
+_TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
 # Engine choice: estimated single-core seconds for a request (DESIGN.md:
 # ~60 us per tiny image, ~3-12 ns per pixel byte for JPEG/PNG).
 _SECONDS_PER_IMAGE = 60e-6
@@ -214,9 +215,8 @@ class Writer:
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
         images, job = _images(request), request.job()
-        step = _images_per_task(request, workers)
-        futures = [self._threads.submit(write_images, images[lo:lo + step], request.start + lo, job)
-                   for lo in range(0, request.count, step)]
+        futures = [self._threads.submit(write_images, images[lo:hi], request.start + lo, job)
+                   for lo, hi in _Chunks(request, workers).split(0, request.count)]
         counted = set()
         try:
             for future in concurrent.futures.as_completed(futures):
@@ -263,33 +263,37 @@ class Writer:
 
     def _tasks(self, request: Request, outstanding: list, slot_of: dict):
         """Yield the tasks of ``request``, copying pixels into slots as the workers free them."""
-        job, workers = request.job(), self.workers
-        step = _images_per_task(request, workers)
+        job, chunks = request.job(), _Chunks(request, self.workers)
         task_ids = iter(range(1 << 62))
         stack = request.stack
         if stack is not None:
             source = self._shared_source(stack)
             if source is not None:
-                for lo in range(0, request.count, step):
-                    yield next(task_ids), source, lo, min(lo + step, request.count), request.start + lo, job
+                for lo, hi in chunks.split(0, request.count):
+                    yield next(task_ids), source, lo, hi, request.start + lo, job
                 return
+            # Each task's images are copied just before it is sent, so the first
+            # worker starts at once and every copy overlaps the encoding of the tasks before it.
             image_bytes = stack[0].nbytes
             slots = self._staging_slots(image_bytes, request.nbytes)
-            per_window = max(1, slots[0].nbytes // image_bytes)
-            for window, lo in enumerate(range(0, request.count, per_window)):
-                hi = min(lo + per_window, request.count)
-                number = window % len(slots)
-                if outstanding[number]:
-                    yield Wait(lambda number=number: outstanding[number] == 0)
+            per_slot = slots[0].nbytes // image_bytes
+            chunks.limit(per_slot)
+            number, used = 0, 0  # the slot being filled, and how many images it holds
+            for lo, hi in chunks.split(0, request.count):
+                if used + hi - lo > per_slot:
+                    number, used = (number + 1) % len(slots), 0
+                    if outstanding[number]:
+                        yield Wait(lambda number=number: outstanding[number] == 0)
                 slot = slots[number]
-                staged = slot.array((hi - lo, *stack.shape[1:]), stack.dtype)
+                staged = slot.array((hi - lo, *stack.shape[1:]), stack.dtype, used * image_bytes)
                 np.copyto(staged, stack[lo:hi])
-                source = ("stack", slot.kind, slot.locator, 0, staged.shape, staged.strides, stack.dtype.str)
-                for first in range(0, hi - lo, step):
-                    task_id = next(task_ids)
-                    slot_of[task_id] = number
-                    outstanding[number] += 1
-                    yield task_id, source, first, min(first + step, hi - lo), request.start + lo + first, job
+                source = ("stack", slot.kind, slot.locator, used * image_bytes, staged.shape, staged.strides,
+                          stack.dtype.str)
+                used += hi - lo
+                task_id = next(task_ids)
+                slot_of[task_id] = number
+                outstanding[number] += 1
+                yield task_id, source, 0, hi - lo, request.start + lo, job
             return
         images = request.listed
         largest = max(_aligned(image.nbytes) for image in images)
@@ -304,11 +308,11 @@ class Writer:
             for offset, image in placed:
                 slot.array(image.shape, image.dtype, offset)[...] = image
                 entries.append((offset, image.shape, image.dtype.str))
-            for first in range(0, len(entries), step):
+            for first, last in chunks.split(0, len(entries)):
                 task_id = next(task_ids)
                 slot_of[task_id] = number
                 outstanding[number] += 1
-                chunk = entries[first:first + step]
+                chunk = entries[first:last]
                 yield (task_id, ("list", slot.kind, slot.locator, chunk), 0, len(chunk),
                        request.start + lo + first, job)
 
@@ -454,11 +458,30 @@ def _images(request: Request):
     return request.stack if request.stack is not None else request.listed
 
 
-def _images_per_task(request: Request, workers: int) -> int:
-    per_image = max(1, request.nbytes // request.count)
-    by_bytes = max(1, min(_TASK_BYTES // per_image, _TASK_IMAGES))
-    by_balance = max(1, math.ceil(request.count / (workers * _TASKS_PER_WORKER)))
-    return min(by_bytes, by_balance)
+class _Chunks:
+    """Cuts a request into tasks: big ones first, shrinking toward the end (guided
+    scheduling), so that all workers finish at about the same time."""
+
+    def __init__(self, request: Request, workers: int) -> None:
+        per_image = max(1, request.nbytes // request.count)
+        seconds = _SECONDS_PER_IMAGE + per_image * _SECONDS_PER_BYTE
+        self.most = max(1, min(_TASK_BYTES // per_image, _TASK_IMAGES))
+        self.least = min(self.most, max(1, math.ceil(_TASK_MIN_S / seconds)))
+        self.share = workers * _TASKS_PER_WORKER
+        self.left = request.count
+
+    def limit(self, most: int) -> None:
+        """Make no task longer than ``most`` images."""
+        self.most = min(self.most, most)
+        self.least = min(self.least, most)
+
+    def split(self, lo: int, hi: int):
+        """Yield ``(start, end)`` tasks covering images ``lo:hi``, the next part of the request."""
+        while lo < hi:
+            size = min(hi - lo, max(self.least, min(self.most, math.ceil(self.left / self.share))))
+            self.left -= size
+            yield lo, lo + size
+            lo += size
 
 
 def _aligned(nbytes: int) -> int:
@@ -466,11 +489,16 @@ def _aligned(nbytes: int) -> int:
 
 
 def _remove_partial_files(request: Request, task: tuple, pid: int) -> None:
-    """Delete what a dead worker may have left half-written under a temporary name."""
+    """Delete what a dead worker may have left of the files of ``task``: a temporary file, or an
+    empty file under the final name (killed between open and write; see ``_worker._write_file``)."""
     _, _, lo, hi, first, _ = task
     for index in range(first, first + hi - lo):
+        path = request.path(index)
         with contextlib.suppress(OSError):
-            os.unlink(temporary_name(request.path(index), pid))
+            os.unlink(temporary_name(path, pid))
+        with contextlib.suppress(OSError):
+            if os.stat(path, follow_symlinks=False).st_size == 0:
+                os.unlink(path)
 
 
 def _release_buffer(buffers: dict, key: int, pool: Pool | None = None) -> None:

@@ -8,12 +8,15 @@ shared-memory segment or worker process is left behind (the autouse
     fault                                         test
     --------------------------------------------  -----------------------------------------------
     1  worker SIGKILL mid-batch                   test_worker_killed_mid_batch[SIGKILL-*]
+       worker SIGKILL amid small files            test_worker_killed_mid_batch_of_small_files
        every worker killed mid-batch              test_every_worker_killed_mid_batch
        worker killed while idle between calls     test_worker_killed_between_calls
        worker killed while starting up            test_worker_killed_while_starting
     2  worker segfault / encoder abort            test_worker_killed_mid_batch[SIGSEGV-*, SIGABRT-*]
     3  parent SIGKILL mid-batch                   test_parent_killed_mid_batch
+       segments of dead processes swept          test_segments_of_dead_processes_are_swept
     4  Ctrl-C (SIGINT) in the parent              test_ctrl_c_mid_batch[process, thread, inline]
+       Ctrl-C while small files are written       test_ctrl_c_mid_batch_of_small_files[*]
     5  disk full (2 MB tmpfs)                     test_disk_full[*]
        no inode left (tmpfs nr_inodes=4)          test_out_of_inodes[*]
     6  read-only folder (ro tmpfs)                test_read_only_folder[*]
@@ -42,6 +45,7 @@ import gc
 import glob
 import json
 import math
+import mmap
 import os
 import signal
 import subprocess
@@ -65,6 +69,7 @@ from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
 
 _MB = 2**20
 _PNG9 = {"compression": 9}  # ~50 ms per 480x640 frame: batches slow enough to hit mid-way
+ENGINES = ["inline", "thread", "process"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,6 +80,18 @@ def _tile() -> np.ndarray:
 def _frames(count: int) -> np.ndarray:
     """``count`` 480x640x3 video-like frames; frame i equals ``_tile()[i % 4]``."""
     return np.resize(_tile(), (count, 480, 640, 3))
+
+
+def _smalls(count: int) -> np.ndarray:
+    """``count`` 32x32 gray images whose JPEGs (~1 KB) fit in one page: written by one write()
+    under their final name, not through O_TMPFILE. Image i equals ``_tile()[i % 4]``'s corner."""
+    small = np.ascontiguousarray(_tile()[:, :32, :32, 1])
+    assert all(len(cv2.imencode(".jpg", s)[1]) <= mmap.PAGESIZE for s in small)
+    return np.resize(small, (count, 32, 32))
+
+
+def _expect_small(index: int) -> bytes:
+    return cv2.imencode(".jpg", np.ascontiguousarray(_tile()[index % 4, :32, :32, 1]))[1].tobytes()
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,6 +235,28 @@ def test_worker_killed_mid_batch(sig, errors, tmp_path):
 
 
 @pytest.mark.slow
+def test_worker_killed_mid_batch_of_small_files(tmp_path):
+    """Small files are created under their final name; a worker killed between open() and
+    write() leaves an empty file there, which the parent must remove. A kill lands in that
+    window about one time in five, so the test kills five times."""
+    count = 30000  # ~0.6 s per worker
+    stack = _smalls(count)
+    with shmsave.Writer(2, engine="process") as writer:
+        for round in range(5):
+            folder = tmp_path / f"out{round}"
+            killer = _Killer(writer, folder, signal.SIGKILL, after=200)
+            killer.start()
+            report = writer.save(stack, str(folder / "{index}.jpg"), errors="collect")
+            killer.join(5)
+            assert killer.killed, "the batch ended before a worker could be killed; make it bigger"
+            failed = {f.index for f in report.failed}
+            assert failed and all("SIGKILL" in f.message for f in report.failed)
+            present = assert_complete(folder, _expect_small, ".jpg")
+            assert report.count + len(failed) == count
+            assert set(range(count)) - failed <= present
+
+
+@pytest.mark.slow
 def test_every_worker_killed_mid_batch(tmp_path):
     count = 120
     template = str(tmp_path / "out" / "{index}.png")
@@ -277,15 +316,19 @@ _CHILD = textwrap.dedent("""
     if sys.argv[4] == "no-O_TMPFILE":  # write through named temporary files, as on NFS
         import shmsave._worker
         shmsave._worker._tmpfile_works = False
-    stack = np.resize(frames(4, 480, 640), (count, 480, 640, 3))
+    tile = frames(4, 480, 640)
+    if sys.argv[5] == "small":  # 32x32 gray JPEGs of ~1 KB: one write() under the final name
+        stack, name, options = np.resize(tile[:, :32, :32, 1].copy(), (count, 32, 32)), "{index}.jpg", {}
+    else:
+        stack, name, options = np.resize(tile, (count, 480, 640, 3)), "{index}.png", {"compression": 9}
     writer = shmsave.Writer(2, engine=engine)
-    writer.save(stack[:4], os.path.join(out, "warm", "{index}.png"))  # starts the workers
+    writer.save(stack[:4], os.path.join(out, "warm", name))  # starts the workers
     with open(os.path.join(out, "info.tmp"), "w") as file:
         json.dump({"pid": os.getpid(), "workers": writer.pids}, file)
     os.replace(os.path.join(out, "info.tmp"), os.path.join(out, "info.json"))
     began = time.monotonic()
     try:
-        writer.save(stack, os.path.join(out, "run", "{index}.png"), compression=9)
+        writer.save(stack, os.path.join(out, "run", name), **options)
         print("finished", flush=True)
     except KeyboardInterrupt:
         print(f"interrupted {time.monotonic() - began:.2f}", flush=True)
@@ -294,14 +337,15 @@ _CHILD = textwrap.dedent("""
 
 
 @contextlib.contextmanager
-def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O_TMPFILE"):
+def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O_TMPFILE",
+                  images: str = "frames"):
     """Run _CHILD; yield (process, info) once it is writing its big batch."""
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     out = tmp_path / "child"
     out.mkdir()
     with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen([sys.executable, str(script), str(out), str(count), engine, files],
+        process = subprocess.Popen([sys.executable, str(script), str(out), str(count), engine, files, images],
                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=sigint_as_in_a_terminal)
     try:
         assert wait_until(lambda: (out / "info.json").exists() or process.poll() is not None, 30), \
@@ -314,6 +358,23 @@ def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O
         if process.poll() is None:
             process.kill()
         process.wait(10)
+
+
+def test_segments_of_dead_processes_are_swept():
+    """What a parent killed together with its workers leaves is removed by the next process's
+    first Writer (and ``sweep_orphans(again=True)``); segments of live processes stay."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = f"/dev/shm/shmsave_{int(done.stdout)}_orphan", f"/dev/shm/shmsave_{os.getpid()}_mine"
+    for path in (dead, alive):
+        open(path, "wb").close()
+    try:
+        segment.sweep_orphans(again=True)
+        assert not os.path.exists(dead)
+        assert os.path.exists(alive)
+    finally:
+        for path in (dead, alive):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 @pytest.mark.slow
@@ -354,6 +415,24 @@ def test_ctrl_c_mid_batch(engine, files, tmp_path):
     assert len(done) < (150 if engine != "inline" else 80), "the batch finished before Ctrl-C"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ctrl_c_mid_batch_of_small_files(engine, tmp_path):
+    """Small files are opened under their final name: an interrupt between open() and write()
+    must not leave an empty file. Three Ctrl-Cs, as each lands in that window only sometimes."""
+    for round in range(3):
+        folder = tmp_path / f"round{round}"
+        folder.mkdir()
+        with _child_saving(folder, 60000, engine, "O_TMPFILE", "small") as (process, info):
+            process.send_signal(signal.SIGINT)
+            process.wait(20)
+        log = (folder / "child.log").read_text()
+        assert "interrupted" in log and "KeyboardInterrupt" in log, log
+        assert not any(_alive(w) for w in info["workers"])
+        done = assert_complete(folder / "child" / "run", _expect_small, ".jpg")
+        assert len(done) < 60000, "the batch finished before Ctrl-C"
+
+
 # -- 5, 6: the file system refuses -------------------------------------------
 
 @contextlib.contextmanager
@@ -374,7 +453,6 @@ def _tmpfs(folder, *options: str):
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-ENGINES = ["inline", "thread", "process"]
 
 
 # Files are written through O_TMPFILE where the file system has it, else through a named

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def test_start_offsets_the_index_and_folders_in_the_template_are_created(photos,
     shmsave.save(photos, str(tmp_path / "{index:02d}" / "frame_{index}.jpg"), start=10)
     for i in range(len(photos)):
         assert read(tmp_path / f"{10 + i:02d}" / f"frame_{10 + i}.jpg") == imencode(photos[i], ".jpg")
+
+
+@pytest.mark.parametrize("template, fields", [
+    ("{index:06d}.png", {}), ("img_{index}.png", {}), ("{cam}_{index:>4}.png", {"cam": "left"}),
+    ("{{x}}{index:x}.png", {}), ("{cam!r}-{index:+d}.png", {"cam": "c"}), ("{index}_{index:03d}.png", {}),
+    ("{n:03d}/{index:04}.png", {"n": 7}), ("{index:{width}}.png", {"width": 5}),
+])
+def test_file_names_are_what_str_format_gives(template, fields, photos, tmp_path, writer):
+    writer.save(photos[:3], str(tmp_path / template), start=8, fields=fields)
+    expected = {template.format(index=i, **fields) for i in range(8, 11)}
+    found = {os.path.relpath(os.path.join(root, name), tmp_path)
+             for root, _, names in os.walk(tmp_path) for name in names}
+    assert found == expected
 
 
 def test_a_single_image_may_use_a_template_without_index(photos, tmp_path):
@@ -135,6 +149,31 @@ def test_overwrite_replaces_existing_files(photos, tmp_path):
     (tmp_path / "0.png").write_bytes(b"old")
     shmsave.save(photos[:2], str(tmp_path / "{index}.png"))
     assert read(tmp_path / "0.png") == imencode(photos[0])
+
+
+def test_overwrite_false_rewrites_empty_files(photos, tmp_path):
+    """An empty file is what a process killed between open() and write() leaves: not an image."""
+    template = str(tmp_path / "{index}.png")
+    (tmp_path / "1.png").write_bytes(b"")
+    (tmp_path / "2.png").write_bytes(b"keep me")
+    report = shmsave.save(photos[:3], template, overwrite=False)
+    assert report.count == 2 and report.skipped == 1
+    assert read(tmp_path / "1.png") == imencode(photos[1])
+    assert read(tmp_path / "2.png") == b"keep me"
+
+
+def test_small_files_are_written_whole_and_replace_old_ones(tmp_path, writer):
+    """Files of up to a page are written under their final name with one write()."""
+    y, x = np.mgrid[0:24, 0:24]
+    small = np.stack([(x * i + y) % 256 for i in range(1, 9)]).astype(np.uint8)
+    assert all(len(imencode(image, ".jpg")) <= mmap.PAGESIZE for image in small)
+    template = str(tmp_path / "{index}.jpg")
+    (tmp_path / "0.jpg").write_bytes(b"x" * 100_000)  # longer than what replaces it
+    writer.save(small[:4], template)
+    writer.save(small[4:], template)
+    assert sorted(os.listdir(tmp_path)) == [f"{i}.jpg" for i in range(4)]
+    for i in range(4):
+        assert read(tmp_path / f"{i}.jpg") == imencode(small[4 + i], ".jpg")
 
 
 def test_errors_collect_reports_each_failure_with_index_and_path(photos, tmp_path, writer):
