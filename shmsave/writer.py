@@ -43,7 +43,10 @@ _TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
 _SECONDS_PER_IMAGE = 60e-6
 _SECONDS_PER_BYTE = 5e-9
 _INLINE_BELOW_S = 0.004  # a call to the workers costs ~1-3 ms of latency on this VM
-_PROCESSES_ABOVE_S = 0.3  # starting worker processes (~0.2 s) pays off above this
+# Starting the workers costs ~0.4 s here (2 cores: 10,000 tiny images take 0.65 s
+# with the start, 0.23 s without). n workers pay it back once a request's
+# single-core time W satisfies W > start + W / n.
+_POOL_START_S = 0.4
 # Big images go to threads: OpenCV releases the GIL for the whole encode, so
 # threads scale like processes, and they read the caller's array where it is,
 # with no copy into shared memory (benchmarks: 1080p JPEG, threads 0.22 s,
@@ -202,7 +205,7 @@ class Writer:
                 engine = "inline"
             elif request.nbytes >= request.count * _THREADS_FROM_IMAGE_BYTES:
                 engine = "thread"
-            elif self._pool.ready() or seconds > _PROCESSES_ABOVE_S:
+            elif self._pool.ready() or seconds > _POOL_START_S * self.workers / (self.workers - 1):
                 engine = "process"
             else:
                 engine = "inline"

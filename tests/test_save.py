@@ -229,7 +229,7 @@ def test_auto_engine_keeps_tiny_batches_in_process(tmp_path, rng):
         assert report.engine == "inline" and writer.pids == []
         report = writer.save(rng.integers(0, 255, (20, 160, 160, 3), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "thread" and writer.pids == []  # big images: threads encode in parallel
-        report = writer.save(rng.integers(0, 255, (6000, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
+        report = writer.save(rng.integers(0, 255, (15000, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "process" and len(writer.pids) == 2  # enough work to start processes
         report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "process"  # once running, the workers take everything but trifles
