@@ -92,9 +92,10 @@ def profile_once(images: np.ndarray, target: Target) -> dict[str, float]:
 
 
 def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> dict[str, float]:
-    """shmsave's crash-safe write of the same bytes, and its whole per-image loop."""
+    """shmsave's two ways of writing the same bytes, and its whole per-image loop."""
     try:
         from shmsave import _worker
+        from shmsave.request import make_request
     except ImportError:
         return {}
     count, out = len(images), {}
@@ -111,7 +112,7 @@ def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> di
             os.close(fd)
         shutil.rmtree(folder)
     folder = _fresh(target, "shmsave-loop")
-    job = (str(folder / "{index:06d}.jpg"), (), ".jpg", tuple(PARAMS), False, True, True)
+    job = make_request(images, str(folder / "{index:06d}.jpg"), quality=PARAMS[1]).job()
     out["shmsave worker loop (whole save)"] = _per_image_us(
         lambda: _worker.write_images(images, 0, job), count)
     shutil.rmtree(folder)

@@ -26,14 +26,14 @@ _NUMPY = {"PyArray_NewFromDescr_int", "array_dealloc", "_buffer_info_free", "PyD
 
 
 def run(folder: str, rounds: int = 40, count: int = 2000) -> None:
-    import cv2
     import numpy as np
 
     from benchmarks.workloads import tiny
     from shmsave._worker import write_images
+    from shmsave.request import make_request
 
     images = tiny(np.random.default_rng(0), count)
-    job = (os.path.join(folder, "{index:06d}.jpg"), (), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 95), False, True, True)
+    job = make_request(images, os.path.join(folder, "{index:06d}.jpg"), quality=95).job()
     for _ in range(rounds):
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)

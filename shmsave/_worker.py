@@ -37,18 +37,17 @@ _RGB_TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
 def write_images(images, first_index: int, job: tuple) -> tuple[int, int, int, list]:
     """Encode and write ``images`` (a sequence of arrays) numbered from ``first_index``.
 
-    ``job`` is ``(template, fields, extension, params, rgb, overwrite, stop_on_error)``.
+    ``job`` is ``(template, folder, fields, extension, params, rgb, overwrite, stop_on_error)``
+    (``Request.job()``); ``folder`` is the folder every path shares, or None.
     Returns ``(written, bytes_written, skipped, failures)`` where each failure
     is ``(index, path, message, errno)``. See ``_write_file`` for what a reader
     of the folder can see while it runs.
     """
-    template, fields, extension, params, rgb, overwrite, stop_on_error = job
+    template, fixed_folder, fields, extension, params, rgb, overwrite, stop_on_error = job
     fields = dict(fields)
-    head, tail = os.path.split(template)
     # This loop is the hot path for tiny images: with a fixed folder, shmsave's
     # own work per image is ~0.4 us (no path arithmetic, a pre-parsed name).
-    fixed_folder = None if "{" in head.replace("{{", "") else head.format(index=first_index, **fields)
-    name_of = name_maker(tail if fixed_folder is not None else template, fields)
+    name_of = name_maker(os.path.basename(template) if fixed_folder is not None else template, fields)
     folders = _Folders(fixed_folder)
     convert = _RGB_TO_BGR if rgb else {}
     written = total = skipped = 0
@@ -147,11 +146,13 @@ def _write_file(folder: int, name: str, data: np.ndarray) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=folder)
         elif not isinstance(error, OSError):  # an interrupt right after open() returned: maybe an empty file
-            _remove_if_empty(folder, name)
+            remove_if_empty(name, folder)
         raise
 
 
-def _remove_if_empty(folder: int, name: str) -> None:
+def remove_if_empty(name: str, folder: int | None = None) -> None:
+    """Remove ``name`` (relative to the folder fd ``folder``, if given) if it is an empty file:
+    what a writer killed or interrupted between open() and write() leaves."""
     with contextlib.suppress(OSError):
         if os.stat(name, dir_fd=folder, follow_symlinks=False).st_size == 0:
             os.unlink(name, dir_fd=folder)
@@ -183,7 +184,7 @@ def _write_atomically(folder: int, name: str, data: np.ndarray) -> int:
             if error.errno not in _NO_TMPFILE:
                 raise
             _tmpfile_works = False
-    temporary = f".{name}.{_PID}.part"
+    temporary = _part_name(name, _PID)
     linked = False
     try:
         if fd < 0:
@@ -204,16 +205,18 @@ def _write_atomically(folder: int, name: str, data: np.ndarray) -> int:
         if fd >= 0:  # -1 when opening the temporary file failed: keep that error
             os.close(fd)
         if linked:  # the temporary name exists but was not renamed: an error is on its way
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=folder)
-            except OSError:
-                pass
 
 
 def temporary_name(path: str, pid: int) -> str:
     """Where the worker ``pid`` writes ``path`` before renaming it."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{pid}.part")
+    return os.path.join(folder, _part_name(name, pid))
+
+
+def _part_name(name: str, pid: int) -> str:
+    return f".{name}.{pid}.part"
 
 
 _mapped: dict[str, object] = {}  # shared-memory name -> mapping, kept across tasks (no re-faulting)

@@ -32,7 +32,7 @@ class Request:
 
     def job(self) -> tuple:
         """What every task carries besides its pixels (see ``_worker.write_images``)."""
-        return (self.template.text, self.template.fields, self.encoding.extension,
+        return (self.template.text, self.template.folder, self.template.fields, self.encoding.extension,
                 self.encoding.params, self.encoding.rgb, self.overwrite, not self.collect)
 
     def path(self, index: int) -> str:

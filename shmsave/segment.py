@@ -18,7 +18,6 @@ turns that registration off.
 from __future__ import annotations
 
 import contextlib
-import glob
 import mmap
 import os
 import secrets
@@ -161,13 +160,22 @@ def attach(kind: str, locator: str) -> mmap.mmap:
         return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _segment_files():
+    """``(path, owner pid)`` of every shmsave segment in /dev/shm and of every file-backed one."""
+    for folder in (SHM_DIR, tempfile.gettempdir()):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                owner = name[len(PREFIX):].split("_", 1)[0]
+                if name.startswith(PREFIX) and owner.isdigit():
+                    yield os.path.join(folder, name), int(owner)
+
+
 def unlink_owned_by(pid: int) -> None:
     """Unlink every segment that process ``pid`` created (it has died)."""
-    pattern = f"{PREFIX}{pid}_*"
-    for path in glob.glob(os.path.join(SHM_DIR, pattern)) + glob.glob(
-            os.path.join(tempfile.gettempdir(), pattern)):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    for path, owner in _segment_files():
+        if owner == pid:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 _swept = False
@@ -179,10 +187,7 @@ def sweep_orphans(again: bool = False) -> None:
     if _swept and not again:
         return
     _swept = True
-    for folder in (SHM_DIR, tempfile.gettempdir()):
-        with contextlib.suppress(OSError):
-            for name in os.listdir(folder):
-                owner = name[len(PREFIX):].split("_", 1)[0]
-                if name.startswith(PREFIX) and owner.isdigit() and not psutil.pid_exists(int(owner)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))
+    for path, owner in _segment_files():
+        if not psutil.pid_exists(owner):
+            with contextlib.suppress(OSError):
+                os.unlink(path)

@@ -21,7 +21,7 @@ except ImportError:
     from numpy import byte_bounds
 
 from . import segment
-from ._worker import temporary_name, write_images
+from ._worker import remove_if_empty, temporary_name, write_images
 from .errors import InvalidRequest, WorkerDied, WriteFailed, WriterClosed
 from .pool import Pool, Wait, usable_cpus
 from .report import Failure, Report
@@ -51,8 +51,8 @@ _POOL_START_S = 0.4
 # threads scale like processes, and they read the caller's array where it is,
 # with no copy into shared memory (benchmarks: 1080p JPEG, threads 0.22 s,
 # processes 0.24 s zero-copy / 0.26 s staged, loop 0.42 s). Tiny images go to
-# processes: six GIL hand-offs per image (encode, open, write, link, close)
-# make threads slower than one core.
+# processes: four GIL hand-offs per image (encode, open, write, close)
+# make threads slower than one core (0.5-0.7x the loop on 2 cores).
 _THREADS_FROM_IMAGE_BYTES = 64 * 1024
 
 ENGINES = ("auto", "process", "thread", "inline")
@@ -200,7 +200,7 @@ class Writer:
     def _choose_engine(self, request: Request) -> tuple[str, int]:
         engine = self.engine
         if engine == "auto":
-            seconds = request.count * _SECONDS_PER_IMAGE + request.nbytes * _SECONDS_PER_BYTE
+            seconds = _single_core_seconds(request)
             if self.workers == 1 or request.count == 1 or seconds < _INLINE_BELOW_S:
                 engine = "inline"
             elif request.nbytes >= request.count * _THREADS_FROM_IMAGE_BYTES:
@@ -467,9 +467,8 @@ class _Chunks:
 
     def __init__(self, request: Request, workers: int) -> None:
         per_image = max(1, request.nbytes // request.count)
-        seconds = _SECONDS_PER_IMAGE + per_image * _SECONDS_PER_BYTE
         self.most = max(1, min(_TASK_BYTES // per_image, _TASK_IMAGES))
-        self.least = min(self.most, max(1, math.ceil(_TASK_MIN_S / seconds)))
+        self.least = min(self.most, max(1, math.ceil(_TASK_MIN_S * request.count / _single_core_seconds(request))))
         self.share = workers * _TASKS_PER_WORKER
         self.left = request.count
 
@@ -487,6 +486,11 @@ class _Chunks:
             lo += size
 
 
+def _single_core_seconds(request: Request) -> float:
+    """What the request would take on one core, roughly (the engine choice and task sizes use it)."""
+    return request.count * _SECONDS_PER_IMAGE + request.nbytes * _SECONDS_PER_BYTE
+
+
 def _aligned(nbytes: int) -> int:
     return (nbytes + 63) // 64 * 64
 
@@ -499,9 +503,7 @@ def _remove_partial_files(request: Request, task: tuple, pid: int) -> None:
         path = request.path(index)
         with contextlib.suppress(OSError):
             os.unlink(temporary_name(path, pid))
-        with contextlib.suppress(OSError):
-            if os.stat(path, follow_symlinks=False).st_size == 0:
-                os.unlink(path)
+        remove_if_empty(path)
 
 
 def _release_buffer(buffers: dict, key: int, pool: Pool | None = None) -> None:
