@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     workers.add_argument("--scaling", type=_worker_list, metavar="N,N,...",
                          help="run the whole study once per worker count; also write scaling.md/png")
     parser.add_argument("--repeat", type=int, metavar="R",
-                        help=f"repetitions per method (default {FULL_REPEAT}, {QUICK_REPEAT} with --quick)")
+                        help=f"repetitions per method (default {FULL_REPEAT}, {QUICK_REPEAT} with --quick); "
+                             "a full run repeats the short workloads more: "
+                             + ", ".join(f"{s.name} at least {s.min_repeat}" for s in SPECS.values() if s.min_repeat > 1))
     parser.add_argument("--only", type=_name_list(SPECS), default=list(SPECS), metavar="WORKLOAD[,..]",
                         help=f"workloads to run: {', '.join(SPECS)}")
     parser.add_argument("--methods", type=_name_list(METHODS), default=list(METHODS), metavar="M[,..]",
@@ -104,9 +106,12 @@ def _stop_stray_children() -> None:
 
 
 def _settings(args: argparse.Namespace, workers: list[int]) -> list[str]:
+    floors = [] if args.quick else [f"{name} {SPECS[name].min_repeat}" for name in args.only
+                                     if SPECS[name].min_repeat > args.repeat]
+    at_least = f" (at least {', '.join(floors)})" if floors else ""
     return [
         f"workers: {', '.join(map(str, workers))} (usable cores here: {machine.usable_cores()})",
-        f"repetitions: {args.repeat} per method; in each repetition every method runs once, "
+        f"repetitions: {args.repeat} per method{at_least}; in each repetition every method runs once, "
         f"in a fresh random order (seed {args.seed}), all in this one run",
         "each call writes one file per image into a fresh empty folder; creating and deleting the "
         "folder (and os.sync on disk) happen outside the timing; nothing is fsynced inside it",

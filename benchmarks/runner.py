@@ -148,7 +148,8 @@ def _measure(workload: Workload, target: Target, workers: int, methods: list[Met
 
 def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], worker_counts: list[int],
               repeat: int, quick: bool, seed: int, scratch: Path) -> Study:
-    """Generate each workload once, then measure it on every target for every worker count.
+    """Generate each workload once, then measure it on every target for every worker count,
+    ``repeat`` times (in a full run at least the workload's ``min_repeat``).
 
     Only one workload is in memory at a time; its scratch files are deleted before the next.
     """
@@ -159,6 +160,7 @@ def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], w
         start = time.perf_counter()
         workload = build(spec, quick, seed, scratch / spec.name)
         generated = time.perf_counter() - start
+        repeats = repeat if quick else max(repeat, spec.min_repeat)
         study.workloads.append(WorkloadInfo(spec.name, spec.summary, workload.count, spec.count,
                                             workload.nbytes / 1e6, spec.ext, generated))
         _log(f"{spec.name}: {workload.count} images, {workload.nbytes / 1e6:.0f} MB "
@@ -166,7 +168,7 @@ def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], w
         try:
             for workers in worker_counts:
                 for target in targets:
-                    _measure(workload, target, workers, methods, repeat, rng, folders, study)
+                    _measure(workload, target, workers, methods, repeats, rng, folders, study)
         finally:
             shutil.rmtree(workload.scratch, ignore_errors=True)
         del workload

@@ -142,7 +142,8 @@ def _params(ext: str, quality: int | None) -> list[int]:
 
 @dataclass(frozen=True)
 class Spec:
-    """How to build one workload: its size in full and --quick runs, and its output format."""
+    """How to build one workload: its size in full and --quick runs, its output format, and the
+    fewest repetitions of a full run (a call of a few milliseconds needs many to give a stable median)."""
 
     name: str
     summary: str
@@ -151,11 +152,12 @@ class Spec:
     ext: str
     quality: int | None
     make: Callable[[np.random.Generator, int], "np.ndarray | list[np.ndarray]"]
+    min_repeat: int = 1
 
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("tiny100", "50x50x1 uint8 -> .jpg q95", 100, 100, ".jpg", 95, tiny),
-    Spec("tiny1000", "50x50x1 uint8 -> .jpg q95", 1000, 1000, ".jpg", 95, tiny),
+    Spec("tiny100", "50x50x1 uint8 -> .jpg q95", 100, 100, ".jpg", 95, tiny, 25),
+    Spec("tiny1000", "50x50x1 uint8 -> .jpg q95", 1000, 1000, ".jpg", 95, tiny, 11),
     Spec("tiny10000", "50x50x1 uint8 -> .jpg q95", 10000, 10000, ".jpg", 95, tiny),
     Spec("video", "1080x1920x3 uint8 frames -> .jpg q95", 48, 12, ".jpg", 95, video),
     Spec("dataset", "256x256x3 uint8 -> .png (OpenCV default compression)", 2000, 100, ".png", None, dataset),
