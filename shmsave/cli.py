@@ -190,35 +190,41 @@ def _run(args) -> int:
     seconds = time.perf_counter() - began
     for failure in failures:
         _say(f"failed: image {failure.index} -> {failure.path}: {failure.message}")
-    if stopped:
+    if stopped == _AT_AN_IMAGE:
         _say("error: stopped at the first failure" + (" (--errors collect writes the other images and "
                                                       "lists every failure)" if args.errors == "raise" else ""))
     if args.json:
         print(json.dumps(_summary_object(units, failures, seconds)), flush=True)
-    elif not args.quiet:
+    elif not args.quiet and stopped != _AT_THE_FOLDER:  # its one failure line says it all
         _say(_summary_line(units, failures, seconds, args.output))
     return EXIT_FAILED if failures or stopped else EXIT_OK
 
 
-def _save_all(units: list[_Unit], template: str, options: dict, writer: Writer, bar) -> tuple[list, bool]:
-    """Save the units in order; return the failures and whether a failure stopped the run."""
+_AT_AN_IMAGE, _AT_THE_FOLDER = "at an image", "at the folder"
+
+
+def _save_all(units: list[_Unit], template: str, options: dict, writer: Writer,
+              bar) -> tuple[list, str | None]:
+    """Save the units in order; return the failures and where a failure stopped the run
+    (``_AT_AN_IMAGE``, ``_AT_THE_FOLDER``: it cannot be written, so no image was tried) or None."""
     failures: list[Failure] = []
     for unit in units:
         if bar is not None and len(units) > 1:
             bar.set_description(unit.label, refresh=False)
-        stopped = False
+        stopped = None
         try:
             report = _save(unit, template, options, writer, bar.update if bar is not None else False)
         except (WriteFailed, WorkerDied) as error:  # --errors raise, or the output folder cannot be written
-            stopped, report = True, getattr(error, "report", None)
-            if report is None:  # raised before any image of this unit was tried
-                return [*failures, _failure_of(error, unit)], True
+            stopped, report = _AT_AN_IMAGE, getattr(error, "report", None)
+            if report is None:
+                unit.failed = 1
+                return [*failures, _failure_of(error, unit)], _AT_THE_FOLDER
         unit.written, unit.bytes, unit.skipped, unit.failed = (report.count, report.bytes, report.skipped,
                                                                len(report.failed))
         failures += report.failed
         if stopped:
-            return failures, True
-    return failures, False
+            return failures, stopped
+    return failures, None
 
 
 def _save(unit: _Unit, template: str, options: dict, writer: Writer, progress):
@@ -257,7 +263,7 @@ def _load_member(unit: _Unit, writer: Writer) -> np.ndarray:
 
 def _failure_of(error: ShmsaveError, unit: _Unit) -> Failure:
     if isinstance(error, WriteFailed):
-        return Failure(error.index, error.path, error.strerror, error.errno)
+        return Failure(error.index, error.path, error.message, error.errno)
     return Failure(unit.start, "", str(error))
 
 

@@ -40,18 +40,13 @@ class WriteFailed(ShmsaveError, OSError):
         self.index = index
         self.path = path
         self.filename = path
+        self.message = message  # what went wrong, without the index and path
 
     def __str__(self) -> str:
         return self.strerror
 
     def __reduce__(self):
-        return (_rebuild_write_failed, (self.index, self.path, self.strerror, self.errno))
-
-
-def _rebuild_write_failed(index, path, message, errno):
-    error = WriteFailed(index, path, "")
-    OSError.__init__(error, errno, f"image {index} -> {path}: {message}")
-    return error
+        return (WriteFailed, (self.index, self.path, self.message, self.errno))
 
 
 def describe_oserror(error: OSError) -> str:
@@ -62,8 +57,8 @@ def describe_oserror(error: OSError) -> str:
         _errno.ENOSPC: "the disk is full; free space or write elsewhere",
         _errno.EDQUOT: "the disk quota is exceeded",
         _errno.EROFS: "the file system is read-only",
-        _errno.EACCES: "permission denied; check the folder's permissions",
-        _errno.EPERM: "operation not permitted; check the folder's permissions",
+        _errno.EACCES: "check the permissions of the file and its folder",
+        _errno.EPERM: "check the permissions of the file and its folder",
         _errno.EISDIR: "a folder already has this name",
         _errno.ENOTDIR: "a part of the path is a file, not a folder",
     }

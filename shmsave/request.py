@@ -127,15 +127,16 @@ def prepare_folder(request: Request) -> None:
     folder = request.template.folder
     if folder is None:
         return
-    first = request.path(request.start)
+    doing = f"cannot create folder {folder!r}"
     try:
         if folder and not os.path.isdir(folder):
             os.makedirs(folder, exist_ok=True)
+        doing = f"cannot write in folder {folder or '.'!r}"
         if os.access(folder or ".", os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             return
         probe = os.path.join(folder or ".", f".shmsave-probe-{os.getpid()}")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as error:
-        raise WriteFailed(request.start, first, f"cannot write in folder {folder or '.'!r}: "
-                          f"{describe_oserror(error)}", error.errno) from error
+        raise WriteFailed(request.start, request.path(request.start), f"{doing}: {describe_oserror(error)}",
+                          error.errno) from error

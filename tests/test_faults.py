@@ -47,6 +47,7 @@ import json
 import math
 import mmap
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -545,6 +546,21 @@ def test_target_is_a_folder(engine, tmp_path):
     assert (tmp_path / "out" / "3.png").is_dir() and not os.listdir(tmp_path / "out" / "3.png")
     os.rmdir(tmp_path / "out" / "3.png")
     assert assert_complete(tmp_path / "out", _expect_tile()) == set(range(8)) - {3}
+
+
+def test_errors_survive_pickling(tmp_path):
+    """Errors cross process boundaries (concurrent.futures, multiprocessing) unchanged."""
+    (tmp_path / "3.png").mkdir()
+    with pytest.raises(shmsave.WriteFailed) as info:
+        shmsave.save(_frames(4), str(tmp_path / "{index}.png"))
+    for error in (info.value, shmsave.WorkerDied(-9, 8, 16)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert copy.args == error.args
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.index, copy.path, copy.errno, copy.message) == (3, str(tmp_path / "3.png"), errno.EISDIR,
+                                                                 info.value.message)
+    assert str(copy).count(copy.path) == 1
 
 
 def test_folder_in_path_is_a_file(tmp_path):
