@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import subprocess
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -151,9 +152,16 @@ def _save(writer, images, pattern: str, job: Job) -> None:
 
 def _warm_up(writer, images, job: Job) -> None:
     """Put the writer in the state a long-lived writer is in (untimed): its worker processes
-    running (``Writer.start()``) and the same batch saved once into the spare folder."""
+    running (``Writer.start()``) and the same batch saved once into the spare folder.
+
+    The spare files are then removed and synced, so the timed call starts with the disk as
+    idle as every other method's does, not during the writeback of the warm-up's files
+    (10,000 tiny files on disk, warm Writer: median 6.1 s unsynced, 2.3 s synced, two runs)."""
     writer.start()
     _save(writer, images, str(job.spare / ("{index:06d}" + job.workload.ext)), job)
+    for entry in os.scandir(job.spare):
+        os.unlink(entry.path)
+    os.sync()
 
 
 @contextlib.contextmanager
