@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks import charts, machine, report
+from benchmarks import charts, goals, machine, report
 from benchmarks.methods import METHODS, PER_IMAGE_PROCESS_LIMIT, shmsave_import
 from benchmarks.runner import Study, run_study
 from benchmarks.summary import summarize
@@ -121,10 +121,20 @@ def _settings(args: argparse.Namespace, workers: list[int]) -> list[str]:
     ]
 
 
-def _write_study(out: Path, name: str, head: str, rows, payload: dict, workers: int) -> list[Path]:
+def _summary(rows, study: Study) -> str:
+    """The compact speed-up table per target and the goals of issue 5, as Markdown sections."""
+    parts = [f"## Speed-up over the loop, {target}\n\n{goals.compact_table(rows, target)}\n"
+             for target in dict.fromkeys(row.target for row in rows)]
+    checks = goals.check_goals(rows, {info.name: info.count for info in study.workloads})
+    if checks:
+        parts.append(f"## Goals (issue 5)\n\n{goals.goals_table(checks)}\n")
+    return "\n".join(parts)
+
+
+def _write_study(out: Path, name: str, head: str, rows, summary: str, payload: dict, workers: int) -> list[Path]:
     """Write <name>.md, .json and .png; return their paths."""
     paths = [out / f"{name}.md", out / f"{name}.json", out / f"{name}.png"]
-    paths[0].write_text(report.results_document(head, rows))
+    paths[0].write_text(report.results_document(head, rows, summary))
     report.write_json(paths[1], payload)
     charts.speedup_chart(rows, paths[2], f"Speed-up over the cv2.imwrite loop — {workers} workers", workers)
     return paths
@@ -172,8 +182,9 @@ def _write_outputs(args: argparse.Namespace, study: Study, description: dict[str
                              _settings(args, [workers]), study.workloads, notes)
         payload = {"command": command, "machine": description, "notes": notes, "workers": workers,
                    **study.to_json(), "rows": [asdict(r) for r in rows]}
-        print(f"\n## {name}\n\n{report.results_table(rows)}")
-        written += _write_study(args.out, name, head, rows, payload, workers)
+        summary = _summary(rows, study)
+        print(f"\n## {name}\n\n{report.results_table(rows)}\n{summary}")
+        written += _write_study(args.out, name, head, rows, summary, payload, workers)
     if args.scaling:
         head = report.header("shmsave benchmark — scaling", command, description,
                              _settings(args, args.worker_counts), study.workloads, notes)

@@ -84,9 +84,9 @@ def header(title: str, command: str, machine: dict[str, str], settings: list[str
     return "\n".join(parts)
 
 
-def results_document(head: str, rows: list[Row]) -> str:
-    """Header, results table and the legend explaining its columns."""
-    return f"{head}\n## Results\n\n{results_table(rows)}\n{LEGEND}"
+def results_document(head: str, rows: list[Row], summary: str = "") -> str:
+    """Header, ``summary`` (Markdown sections), results table and the legend explaining its columns."""
+    return f"{head}\n{summary}## Results\n\n{results_table(rows)}\n{LEGEND}"
 
 
 def _scaling_cell(row: Row) -> str:
