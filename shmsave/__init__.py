@@ -6,10 +6,17 @@
         writer.save(batch, "run/{index}.png")
 """
 
-from .api import save
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import InvalidRequest, ShmsaveError, WorkerDied, WriteFailed, WriterClosed
-from .report import Failure, Report
-from .writer import Writer
+
+if TYPE_CHECKING:
+    from .api import save
+    from .report import Failure, Report
+    from .writer import Writer
 
 __version__ = "0.1.0"
 
@@ -25,3 +32,19 @@ __all__ = [
     "WriterClosed",
     "__version__",
 ]
+
+# Imported on first use: every worker process imports this file too (it runs
+# shmsave._worker), and the parent's modules cost it ~30 ms of a ~120 ms start.
+_LAZY = {"save": "api", "Writer": "writer", "Report": "report", "Failure": "report"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(importlib.import_module(f".{module}", __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -301,6 +301,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, _stop)
     cv2.setNumThreads(1)  # one process per core already
     conn = Connection(fd)
+    from . import segment  # noqa: F401 - every task maps memory: import it before saying ready
     try:
         conn.send(("ready", os.getpid()))
         _serve(conn, parent_pid)

@@ -27,7 +27,6 @@ import threading
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
-import psutil
 
 SHM_DIR = "/dev/shm"
 PREFIX = "shmsave_"
@@ -64,9 +63,10 @@ def _reserve(fd: int, nbytes: int) -> None:
 def shm_free_bytes() -> int | None:
     """Free bytes on the shared-memory mount, or None where there is none."""
     try:
-        return psutil.disk_usage(SHM_DIR).free
+        usage = os.statvfs(SHM_DIR)
     except OSError:
         return None
+    return usage.f_bavail * usage.f_frsize
 
 
 class Segment:
@@ -187,6 +187,8 @@ def sweep_orphans(again: bool = False) -> None:
     if _swept and not again:
         return
     _swept = True
+    import psutil  # here, not at the top: workers import this module and never sweep (~5 ms of their start)
+
     for path, owner in _segment_files():
         if not psutil.pid_exists(owner):
             with contextlib.suppress(OSError):
