@@ -27,6 +27,7 @@ class Row:
     efficiency: float | None
     peak_mb: float | None
     note: str = ""
+    quartiles: tuple[float, float] | None = None  # first and third quartile of the seconds (2+ runs)
 
 
 def _failure_note(errors: list[str], runs: int) -> str:
@@ -74,10 +75,12 @@ def summarize(study: Study, workers: int) -> list[Row]:
                                 None, None, None, None, None, None, note))
                 continue
             median = statistics.median(times)
+            quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else None
             speedup = loop_median / median if loop_median else None
             has_efficiency = speedup is not None and (method.parallel or name == BASELINE)
             rows.append(Row(workload, target, name, method.label, used, len(times),
                             median, min(times), max(times), speedup,
                             speedup / used if has_efficiency else None,
-                            max(t.peak_mb for t in trials if t.peak_mb is not None), note))
+                            max(t.peak_mb for t in trials if t.peak_mb is not None), note,
+                            None if quartiles is None else (quartiles[0], quartiles[2])))
     return rows
