@@ -43,16 +43,19 @@ _TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
 _SECONDS_PER_IMAGE = 60e-6
 _SECONDS_PER_BYTE = 5e-9
 _INLINE_BELOW_S = 0.004  # a call to the workers costs ~1-3 ms of latency on this VM
-# Starting the workers costs ~0.4 s here (2 cores: 10,000 tiny images take 0.65 s
-# with the start, 0.23 s without). n workers pay it back once a request's
-# single-core time W satisfies W > start + W / n.
+# Starting the workers costs ~0.4 s on the host these figures come from (2 cores:
+# 10,000 tiny images take 0.65 s with the start, 0.23 s without). n workers pay it
+# back once a request's single-core time W satisfies W > start + W / n. Both the
+# start and the per-image estimate are CPU-bound and move together from host to
+# host (a host twice as fast measured 0.14 s and ~18 us): their ratio is what counts.
 _POOL_START_S = 0.4
 # Big images go to threads: OpenCV releases the GIL for the whole encode, so
 # threads scale like processes, and they read the caller's array where it is,
 # with no copy into shared memory (benchmarks: 1080p JPEG, threads 0.22 s,
 # processes 0.24 s zero-copy / 0.26 s staged, loop 0.42 s). Tiny images go to
-# processes: four GIL hand-offs per image (encode, open, write, close)
-# make threads slower than one core (0.5-0.7x the loop on 2 cores).
+# processes: with four GIL hand-offs per image (encode, open, write, close),
+# two threads ran at 0.5-0.7x the loop on one host and swung between 0.8x and
+# 1.5x within minutes on another (10,000 images), where processes held 1.9x.
 _THREADS_FROM_IMAGE_BYTES = 64 * 1024
 
 ENGINES = ("auto", "process", "thread", "inline")
