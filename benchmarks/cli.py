@@ -121,7 +121,7 @@ def _settings(args: argparse.Namespace, workers: list[int]) -> list[str]:
     ]
 
 
-def _summary(rows, study: Study) -> str:
+def summary_sections(rows, study: Study) -> str:
     """The compact speed-up table per target and the goals of issue 5, as Markdown sections."""
     parts = [f"## Speed-up over the loop, {target}\n\n{goals.compact_table(rows, target)}\n"
              for target in dict.fromkeys(row.target for row in rows)]
@@ -131,7 +131,7 @@ def _summary(rows, study: Study) -> str:
     return "\n".join(parts)
 
 
-def _write_study(out: Path, name: str, head: str, rows, summary: str, payload: dict, workers: int) -> list[Path]:
+def write_study(out: Path, name: str, head: str, rows, summary: str, payload: dict, workers: int) -> list[Path]:
     """Write <name>.md, .json and .png; return their paths."""
     paths = [out / f"{name}.md", out / f"{name}.json", out / f"{name}.png"]
     paths[0].write_text(report.results_document(head, rows, summary))
@@ -182,9 +182,9 @@ def _write_outputs(args: argparse.Namespace, study: Study, description: dict[str
                              _settings(args, [workers]), study.workloads, notes)
         payload = {"command": command, "machine": description, "notes": notes, "workers": workers,
                    **study.to_json(), "rows": [asdict(r) for r in rows]}
-        summary = _summary(rows, study)
+        summary = summary_sections(rows, study)
         print(f"\n## {name}\n\n{report.results_table(rows)}\n{summary}")
-        written += _write_study(args.out, name, head, rows, summary, payload, workers)
+        written += write_study(args.out, name, head, rows, summary, payload, workers)
     if args.scaling:
         head = report.header("shmsave benchmark — scaling", command, description,
                              _settings(args, args.worker_counts), study.workloads, notes)

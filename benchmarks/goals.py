@@ -47,7 +47,7 @@ class Check:
     workload: str
     target: str
     figures: str
-    verdict: str  # "met", "level" (missed within the spreads) or "not met"
+    verdict: str  # "met", "level", "bound by files", "out of reach" or "not met" (see the module docstring)
 
 
 def _timed(rows: list[Row]) -> dict[tuple[str, str], dict[str, Row]]:

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.cli import _summary, _write_study
+from benchmarks.cli import summary_sections, write_study
 from benchmarks.runner import Skip, Study, Trial, WorkloadInfo
 from benchmarks.summary import summarize
 
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     head = _header(args.json.with_suffix(".md").read_text())
     rows = summarize(study, workers)
     payload["rows"] = [asdict(row) for row in rows]
-    for path in _write_study(args.json.parent, args.json.stem, head, rows, _summary(rows, study), payload, workers):
+    summary = summary_sections(rows, study)
+    for path in write_study(args.json.parent, args.json.stem, head, rows, summary, payload, workers):
         print(f"wrote {path}")
     return 0
 

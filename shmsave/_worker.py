@@ -123,9 +123,10 @@ def _write_file(folder: int, name: str, data: np.ndarray) -> int:
     A file of up to one page is opened under its final name and written with
     a single write(), which the kernel carries out whole or not at all: the
     fastest way (tmpfs, 1.9 KB JPEGs: 7.4 us per file against 13.9 us through
-    O_TMPFILE + linkat; benchmarks/results/profile_tiny.md). An error or an interrupt removes it; a process killed
-    between open and write leaves an empty file, which the parent of a killed
-    worker removes and ``overwrite=False`` does not count as written.
+    O_TMPFILE + linkat; benchmarks/results/profile_tiny.md). An error or an
+    interrupt removes it; a process killed between open and write leaves an
+    empty file, which the parent of a killed worker removes and
+    ``overwrite=False`` does not count as written.
 
     Bigger files go through ``_write_atomically``: never seen partial, even
     when the process is killed.
