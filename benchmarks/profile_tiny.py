@@ -94,14 +94,14 @@ def profile_once(images: np.ndarray, target: Target) -> dict[str, float]:
 def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> dict[str, float]:
     """shmsave's two ways of writing the same bytes, and its whole per-image loop."""
     try:
-        from shmsave import _worker
+        from shmsave import _files
         from shmsave.request import make_request
     except ImportError:
         return {}
     count, out = len(images), {}
     encoded = [np.frombuffer(blob, np.uint8) for blob in blobs]
-    writers = {"shmsave write, one page or less (open + one write + close)": _worker._write_file,
-               "shmsave write, bigger files (O_TMPFILE + write + linkat)": _worker._write_atomically}
+    writers = {"shmsave write, one page or less (open + one write + close)": _files._create_small,
+               "shmsave write, bigger files (O_TMPFILE + write + linkat)": _files._create_unnamed}
     for label, write in writers.items():
         folder = _fresh(target, "shmsave-write")
         fd = os.open(folder, os.O_RDONLY)
@@ -114,7 +114,7 @@ def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> di
     folder = _fresh(target, "shmsave-loop")
     job = make_request(images, str(folder / "{index:06d}.jpg"), quality=PARAMS[1]).job()
     out["shmsave worker loop (whole save)"] = _per_image_us(
-        lambda: _worker.write_images(images, 0, job), count)
+        lambda: _files.write_images(images, 0, job), count)
     shutil.rmtree(folder)
     return out
 

@@ -29,7 +29,7 @@ def run(folder: str, rounds: int = 40, count: int = 2000) -> None:
     import numpy as np
 
     from benchmarks.workloads import tiny
-    from shmsave._worker import write_images
+    from shmsave._files import write_images
     from shmsave.request import make_request
 
     images = tiny(np.random.default_rng(0), count)

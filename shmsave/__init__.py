@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import InvalidRequest, ShmsaveError, WorkerDied, WriteFailed, WriterClosed
+from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
 
 if TYPE_CHECKING:
     from .api import save
@@ -29,6 +29,7 @@ __all__ = [
     "InvalidRequest",
     "WriteFailed",
     "WorkerDied",
+    "WorkerFailed",
     "WriterClosed",
     "__version__",
 ]

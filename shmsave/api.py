@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from .report import Report
@@ -9,6 +10,15 @@ from .writer import Writer
 
 _shared: Writer | None = None
 _shared_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets a process-wide Writer of its own on first use, as a fresh process would."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def save(images, template, *, workers: int | None = None, quality=None, compression=None, params=None,

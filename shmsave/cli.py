@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import re
 import string
 import sys
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
-from .errors import InvalidRequest, ShmsaveError, WorkerDied, WriteFailed
+from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed
 from .report import Failure
 from .request import make_request
 from .writer import Writer
@@ -68,6 +69,10 @@ class _UsageError(Exception):
     """The command line or an input is wrong; nothing has been written."""
 
 
+class _UnreadableInput(Exception):
+    """An input turned out wrong only when its data was read (a corrupt .npz member)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump: the same shape as every other error
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -87,6 +92,7 @@ class _Unit:
     bytes: int = 0
     skipped: int = 0
     failed: int = 0
+    error: str = ""  # why none of its images was written, when its data could not be used
 
     @property
     def label(self) -> str:
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return _run(args)
     except (_UsageError, InvalidRequest) as error:
-        _say(f"error: {error}")
+        _say(f"error: {_as_flags(str(error))}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         _say("interrupted; the files written so far are complete. "
@@ -190,17 +196,27 @@ def _run(args) -> int:
     seconds = time.perf_counter() - began
     for failure in failures:
         _say(f"failed: image {failure.index} -> {failure.path}: {failure.message}")
-    if stopped == _AT_AN_IMAGE:
+    for unit in units:
+        if unit.error:
+            _say(f"failed: {unit.label}: {unit.error}; none of its {unit.count} images was written")
+    if stopped in (_AT_AN_IMAGE, _AT_AN_INPUT):
         _say("error: stopped at the first failure" + (" (--errors collect writes the other images and "
                                                       "lists every failure)" if args.errors == "raise" else ""))
     if args.json:
         print(json.dumps(_summary_object(units, failures, seconds)), flush=True)
     elif not args.quiet and stopped != _AT_THE_FOLDER:  # its one failure line says it all
         _say(_summary_line(units, failures, seconds, args.output))
-    return EXIT_FAILED if failures or stopped else EXIT_OK
+    return EXIT_FAILED if failures or stopped or any(unit.error for unit in units) else EXIT_OK
 
 
-_AT_AN_IMAGE, _AT_THE_FOLDER = "at an image", "at the folder"
+def _as_flags(message: str) -> str:
+    """The library's wording of an option, as this command's flag."""
+    message = re.sub(r"params=\{cv2\.(\w+): (\d+)\}", r"--param \1=\2", message)
+    message = re.sub(r"\b(quality|compression)=", r"--\1 ", message)
+    return re.sub(r"(?<![-\w])(quality|compression)\b", r"--\1", message)
+
+
+_AT_AN_IMAGE, _AT_THE_FOLDER, _AT_AN_INPUT = "at an image", "at the folder", "at an input"
 
 
 def _save_all(units: list[_Unit], template: str, options: dict, writer: Writer,
@@ -214,7 +230,12 @@ def _save_all(units: list[_Unit], template: str, options: dict, writer: Writer,
         stopped = None
         try:
             report = _save(unit, template, options, writer, bar.update if bar is not None else False)
-        except (WriteFailed, WorkerDied) as error:  # --errors raise, or the output folder cannot be written
+        except (InvalidRequest, _UnreadableInput) as error:  # found only in the data: NaN, a corrupt member
+            unit.error, unit.failed = _as_flags(str(error)), unit.count
+            if options["errors"] == "raise":
+                return failures, _AT_AN_INPUT
+            continue
+        except (WriteFailed, WorkerDied, WorkerFailed) as error:  # --errors raise, or the folder cannot be written
             stopped, report = _AT_AN_IMAGE, getattr(error, "report", None)
             if report is None:
                 unit.failed = 1
@@ -252,10 +273,10 @@ def _load_member(unit: _Unit, writer: Writer) -> np.ndarray:
             while done < len(target):
                 got = stream.readinto(target[done:done + _READ_CHUNK_BYTES])
                 if not got:
-                    raise _UsageError(f"{unit.label} is truncated: {done} of {len(target)} bytes")
+                    raise _UnreadableInput(f"it is truncated: {done} of {len(target)} bytes")
                 done += got
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise _UsageError(f"cannot read {unit.label}: {error}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, _UsageError) as error:
+        raise _UnreadableInput(f"cannot read it: {error}") from None
     finally:
         target.release()
     return images
@@ -315,7 +336,13 @@ def _open_npz(path: str, keys: list[str] | None) -> list[_Unit]:
             units = []
             for key in members:
                 with archive.open(key + ".npy") as stream:
-                    shape, dtype = _read_header(stream, f"{path}[{key}]")
+                    try:
+                        shape, dtype = _read_header(stream, f"{path}[{key}]")
+                    except _UsageError as error:
+                        if keys or len(members) < 2:
+                            raise
+                        raise _UsageError(f"{error}. To save only the image arrays of {path}, name them with "
+                                          f"--key (it holds {', '.join(members)})") from None
                 units.append(_Unit(path, key, shape, dtype, fields={"stem": _stem(path), "key": key}))
             return units
     except (zipfile.BadZipFile, EOFError) as error:
@@ -446,7 +473,7 @@ def _summary_object(units: list[_Unit], failures: list, seconds: float) -> dict:
         "failed": [{"index": f.index, "path": f.path, "message": f.message} for f in failures],
         "inputs": [{"path": unit.path, "key": unit.key, "shape": list(unit.shape), "dtype": unit.dtype.name,
                     "start": unit.start, "written": unit.written, "skipped": unit.skipped,
-                    "failed": unit.failed} for unit in units],
+                    "failed": unit.failed, "error": unit.error or None} for unit in units],
     }
 
 

@@ -29,6 +29,7 @@ class Format:
     quality_scale: int = 1  # JPEG 2000 counts quality in thousandths
     compression_flag: int | None = None
     compression_range: tuple[int, int] | None = None
+    max_side: int | None = None  # the encoder's limit on width and height, in pixels
 
 
 def _flag(name: str) -> int | None:
@@ -40,10 +41,11 @@ _U8_U16 = frozenset({"uint8", "uint16"})
 _F32 = frozenset({"float32"})
 _ANY_CHANNELS = frozenset({1, 3, 4})
 
-_JPEG = Format("JPEG", _U8, _ANY_CHANNELS, _flag("IMWRITE_JPEG_QUALITY"))
+# libjpeg's JPEG_MAX_DIMENSION; libwebp's WEBP_MAX_DIMENSION (encoding fails silently above them)
+_JPEG = Format("JPEG", _U8, _ANY_CHANNELS, _flag("IMWRITE_JPEG_QUALITY"), max_side=65500)
 _PNG = Format("PNG", _U8_U16, _ANY_CHANNELS, None, compression_flag=_flag("IMWRITE_PNG_COMPRESSION"),
               compression_range=(0, 9))
-_WEBP = Format("WebP", _U8, _ANY_CHANNELS, _flag("IMWRITE_WEBP_QUALITY"), (1, 101))
+_WEBP = Format("WebP", _U8, _ANY_CHANNELS, _flag("IMWRITE_WEBP_QUALITY"), (1, 101), max_side=16383)
 _TIFF = Format("TIFF", frozenset({"uint8", "int8", "uint16", "int16", "int32", "float32", "float64"}),
                _ANY_CHANNELS, compression_flag=_flag("IMWRITE_TIFF_COMPRESSION"))
 _BMP = Format("BMP", _U8, _ANY_CHANNELS)
@@ -129,8 +131,32 @@ def plan_encoding(
             allowed = f"from {bounds[0]} to {bounds[1]}" if bounds else "(an OpenCV compression code)"
             raise InvalidRequest(f"compression for {fmt.name} must be an integer {allowed}, got {compression!r}")
         flat += [fmt.compression_flag, int(compression)]
-    flat += _flatten_params(params)
+    raw = _flatten_params(params)
+    for code, value in zip(raw[::2], raw[1::2]):
+        _check_raw_param(fmt, ext, code, value)
+    flat += raw
     return Encoding(ext, tuple(flat), bool(rgb))
+
+
+def _check_raw_param(fmt: Format, ext: str, code: int, value: int) -> None:
+    """A quality or compression flag passed in ``params`` gets the checks of the keyword option."""
+    if code == fmt.quality_flag:
+        low, high = fmt.quality_range
+        if not low * fmt.quality_scale <= value <= high * fmt.quality_scale:
+            raise InvalidRequest(f"params: the quality of {fmt.name} must be from {low * fmt.quality_scale} to "
+                                 f"{high * fmt.quality_scale}, got {value}")
+        return
+    if code == fmt.compression_flag:
+        bounds = fmt.compression_range
+        if bounds and not bounds[0] <= value <= bounds[1]:
+            raise InvalidRequest(f"params: the compression of {fmt.name} must be from {bounds[0]} to "
+                                 f"{bounds[1]}, got {value}")
+        return
+    owners = sorted({f.name for f in _BY_EXTENSION.values()
+                     if code in (f.quality_flag, f.compression_flag) and f is not fmt})
+    if owners:
+        raise InvalidRequest(f"params: OpenCV flag {code} sets the quality or compression of "
+                             f"{' and '.join(owners)}, not of {fmt.name} ({ext})")
 
 
 def format_for(extension: str) -> Format:
@@ -168,8 +194,28 @@ def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str) 
         counts = " or ".join(str(c) for c in sorted(fmt.channels))
         raise InvalidRequest(f"{what} has {channels} channel(s); {fmt.name} ({encoding.extension}) "
                              f"takes {counts}")
-    if fmt is _AVIF and name == "uint16" and cv2.IMWRITE_AVIF_DEPTH not in encoding.params[::2]:
-        raise InvalidRequest("16-bit AVIF needs a bit depth: pass params={cv2.IMWRITE_AVIF_DEPTH: 10} (or 12)")
+    if fmt is _AVIF:
+        _check_avif_depth(encoding, name)
+
+
+def _check_avif_depth(encoding: Encoding, dtype_name: str) -> None:
+    flags = dict(zip(encoding.params[::2], encoding.params[1::2]))
+    depth = flags.get(cv2.IMWRITE_AVIF_DEPTH)
+    if dtype_name == "uint16" and depth not in (10, 12):
+        raise InvalidRequest("16-bit AVIF needs a bit depth of 10 or 12: pass params={cv2.IMWRITE_AVIF_DEPTH: 10} "
+                             f"(or 12){'' if depth is None else f'; got {depth}'}")
+    if dtype_name == "uint8" and depth not in (None, 8):
+        raise InvalidRequest(f"AVIF of uint8 pixels is 8 bits deep; got IMWRITE_AVIF_DEPTH {depth}. "
+                             "For 10 or 12 bits, pass uint16 pixels")
+
+
+def check_size(encoding: Encoding, height: int, width: int, what: str) -> None:
+    """Refuse an image larger than the format's encoder can write (it fails only when encoding)."""
+    limit = format_for(encoding.extension).max_side
+    if limit is not None and max(height, width) > limit:
+        raise InvalidRequest(f"{what} is {height}x{width} pixels; {format_for(encoding.extension).name} "
+                             f"({encoding.extension}) images can be at most {limit} pixels on a side. "
+                             "Use .png or .tiff, or split the image")
 
 
 def _dtype_advice(name: str, fmt: Format) -> str:

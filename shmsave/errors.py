@@ -4,13 +4,21 @@
     ├── InvalidRequest(ValueError)   bad input; raised before anything is written
     ├── WriterClosed(RuntimeError)   the Writer was closed
     ├── WriteFailed(OSError)         one image could not be encoded or written
-    └── WorkerDied(RuntimeError)     a worker process ended in the middle of a slice
+    ├── WorkerDied(RuntimeError)     a worker process ended in the middle of a slice
+    └── WorkerFailed(RuntimeError)   an unexpected exception while writing a slice
+
+The last three carry the call's ``report`` (every image written, every failure)
+when they end a call.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import Report
 
 
 class ShmsaveError(Exception):
@@ -34,6 +42,8 @@ class WriteFailed(ShmsaveError, OSError):
     ``errno`` is the operating system's error number (``None`` when encoding
     failed). Files reported written before this error are complete.
     """
+
+    report: Report | None = None  # the call's Report, when this error ended a call
 
     def __init__(self, index: int, path: str, message: str, errno: int | None = None) -> None:
         OSError.__init__(self, errno, f"image {index} -> {path}: {message}")
@@ -74,6 +84,8 @@ class WorkerDied(ShmsaveError, RuntimeError):
     renamed into place only once whole); rerun with ``overwrite=False``.
     """
 
+    report: Report | None = None  # the call's Report, when this error ended a call
+
     def __init__(self, exitcode: int | None, start: int, end: int) -> None:
         self.exitcode = exitcode
         self.start = start
@@ -85,6 +97,38 @@ class WorkerDied(ShmsaveError, RuntimeError):
 
     def __reduce__(self):
         return (WorkerDied, (self.exitcode, self.start, self.end))
+
+
+class WorkerFailed(ShmsaveError, RuntimeError):
+    """An unexpected exception (not an OS or encoder error) while writing images ``start`` to ``end - 1``.
+
+    A bug, or an input that changed under the call (a truncated ``.npy``).
+    ``__cause__`` is the original exception: in a worker process, a
+    ``RemoteTraceback`` holding the worker's traceback. The other workers
+    keep running; with ``errors="collect"`` the images count as failed.
+    """
+
+    report: Report | None = None  # the call's Report, when this error ended a call
+
+    def __init__(self, start: int, end: int, description: str) -> None:
+        self.start = start
+        self.end = end
+        self.description = description
+        super().__init__(f"writing images {start} to {end - 1} failed unexpectedly: {description}")
+
+    def __reduce__(self):
+        return (WorkerFailed, (self.start, self.end, self.description))
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text (``WorkerFailed.__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""
 
 
 def _cause(exitcode: int | None) -> str:
@@ -112,5 +156,7 @@ __all__ = [
     "WriterClosed",
     "WriteFailed",
     "WorkerDied",
+    "WorkerFailed",
+    "RemoteTraceback",
     "describe_oserror",
 ]

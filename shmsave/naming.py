@@ -43,6 +43,7 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
     if not isinstance(template, str) or not template.strip():
         raise InvalidRequest(f"the path template must be a non-empty string like 'out/{{index:06d}}.png', "
                              f"got {template!r}")
+    template = _expand_home(template)
     fields = dict(fields or {})
     try:
         parts = list(string.Formatter().parse(template))
@@ -67,6 +68,9 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
         first = template.format(index=start, **fields)
     except (ValueError, TypeError, KeyError, IndexError) as error:
         raise InvalidRequest(f"the path template {template!r} cannot format index {start}: {error}") from None
+    if any(_separator_in(spec, i) for spec in specs for i in (start, start + max(count, 1) - 1)):
+        raise InvalidRequest(f"the {{index}} format of the path template {template!r} puts {os.sep!r} in "
+                             "file names; use a fill character that is not a path separator, e.g. {index:06d}")
     if "\0" in first:
         raise InvalidRequest(f"the path template {template!r} gives a path with a NUL character ('\\0'), "
                              "which no file name can hold; remove it")
@@ -76,9 +80,36 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
         if len(paths) < count:
             raise InvalidRequest(f"the path template {template!r} gives several images the same path "
                                  f"(its {{index}} format hides digits); use e.g. {{index:06d}}")
-    folder_names = {name for _, name, _, _ in string.Formatter().parse(os.path.dirname(template))}
-    folder = None if "index" in folder_names else os.path.dirname(first)
+    folder = None if _index_in_folder(parts) else os.path.dirname(first)
     return Template(template, tuple(sorted(fields.items())), extension, folder)
+
+
+def _separator_in(spec: str, index: int) -> bool:
+    try:
+        return os.sep in format(index, spec or "")
+    except (ValueError, TypeError):  # a nested spec such as {index:{width}}: its fill is a field's value
+        return False
+
+
+def _expand_home(template: str) -> str:
+    """``~`` or ``~user`` at the start means a home folder, as in a shell and ``cv2.imwrite``'s callers expect."""
+    if not template.startswith("~"):
+        return template
+    head, sep, rest = template.partition(os.sep)
+    home = os.path.expanduser(head)
+    if home == head:  # an unknown user: leave it as it is
+        return template
+    return home.replace("{", "{{").replace("}", "}}") + sep + rest
+
+
+def _index_in_folder(parts: list) -> bool:
+    """Whether an ``{index}`` field comes before the last path separator (the folder varies)."""
+    seen_index = False
+    for literal, name, _, _ in parts:
+        if seen_index and os.sep in literal:
+            return True
+        seen_index = seen_index or name == "index"
+    return False
 
 
 def name_maker(text: str, fields: dict) -> Callable[[int], str]:

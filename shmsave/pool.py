@@ -17,6 +17,10 @@ worker: ``shmsave._worker.main`` in its own interpreter (``python -c``); it
 results: ``(task_id, written, bytes, skipped, failures, traceback)``.
 
 A dead worker's tasks go to ``on_death``; the worker is replaced at once.
+
+A forked child never talks to its parent's workers: at the fork it drops its
+copies of their sockets (``_after_fork_in_child``), and its Pools start workers
+of their own on first use.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from multiprocessing.connection import Connection, wait
 
 _DEPTH = 2  # tasks queued per worker: one running, one ready
@@ -118,6 +123,15 @@ class Pool:
         self.size = size
         self._workers: list[_Worker] = []
         self._forgotten: collections.deque[str] = collections.deque()
+        _pools.add(self)
+
+    def _drop_inherited(self) -> None:
+        """In a forked child: forget the parent's workers without a word to them."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.close()  # our copy of the socket; the parent's stays open
+        self._forgotten.clear()
 
     def forget(self, locator: str) -> None:
         """Tell the workers, before their next task, to unmap a released segment.
@@ -243,3 +257,14 @@ class Pool:
                 worker.conn.send(None)
         for worker in workers:
             worker.stop(graceful=True)
+
+
+_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool._drop_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

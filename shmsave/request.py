@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import codec
+from ._protocol import Job
 from .errors import InvalidRequest, WriteFailed, describe_oserror
 from .naming import Template, parse_template
 
@@ -29,14 +31,22 @@ class Request:
     encoding: codec.Encoding
     overwrite: bool
     collect: bool
+    cwd: str  # the caller's working folder when the request was made: relative paths resolve here
+    umask: int  # the caller's umask then
 
-    def job(self) -> tuple:
+    def job(self) -> Job:
         """What every task carries besides its pixels (see ``_worker.write_images``)."""
-        return (self.template.text, self.template.folder, self.template.fields, self.encoding.extension,
-                self.encoding.params, self.encoding.rgb, self.overwrite, not self.collect)
+        return Job(self.template.text, self.template.folder, self.template.fields, self.encoding.extension,
+                   self.encoding.params, self.encoding.rgb, self.overwrite, not self.collect, self.cwd,
+                   self.umask)
 
     def path(self, index: int) -> str:
+        """The path of image ``index`` as the caller wrote it (relative paths stay relative)."""
         return self.template.path(index)
+
+    def absolute_path(self, index: int) -> str:
+        """The path of image ``index``, resolved against the caller's folder at the time of the call."""
+        return os.path.join(self.cwd, self.template.path(index))
 
 
 def make_request(images, template, *, quality=None, compression=None, params=None, rgb=False,
@@ -54,16 +64,44 @@ def make_request(images, template, *, quality=None, compression=None, params=Non
     if stack is not None:
         channels = stack.shape[3] if stack.ndim == 4 else 1
         codec.check_pixels(encoding, stack.dtype, channels, "the image stack")
+        codec.check_size(encoding, stack.shape[1], stack.shape[2], "each image of the stack")
         _check_finite(stack, "the image stack")
         nbytes = stack.nbytes
     else:
         for i, image in enumerate(listed):
             channels = image.shape[2] if image.ndim == 3 else 1
             codec.check_pixels(encoding, image.dtype, channels, f"image {i}")
+            codec.check_size(encoding, image.shape[0], image.shape[1], f"image {i}")
             _check_finite(image, f"image {i}")
         nbytes = sum(image.nbytes for image in listed)
     return Request(stack, listed, count, nbytes, int(start), parsed, encoding, bool(overwrite),
-                   errors == "collect")
+                   errors == "collect", _working_folder(parsed.text), current_umask())
+
+
+def _working_folder(template: str) -> str:
+    """The folder relative paths resolve in: the caller's, now (workers run elsewhere)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        if os.path.isabs(template):
+            return "/"
+        raise InvalidRequest("the working folder of this process no longer exists, so the relative path "
+                             f"template {template!r} cannot be resolved; use an absolute path or "
+                             "os.chdir() to an existing folder") from None
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (Linux >= 4.7), else by setting it back at once."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _normalize(images):
@@ -74,24 +112,38 @@ def _normalize(images):
             hint = " For one image, pass [image] or image[None]." if images.ndim == 2 else ""
             raise InvalidRequest(f"images must be an (N, H, W) or (N, H, W, C) array, got {images.ndim} "
                                  f"dimension(s) with shape {images.shape}.{hint}")
-        if images.ndim == 3 and images.shape[2] in (3, 4) and images.shape[1] >= 16:
+        if images.ndim == 3 and images.shape[2] in (3, 4):
+            n, h, c = images.shape
             raise InvalidRequest(
-                f"an array of shape {images.shape} looks like one color image, not {images.shape[0]} "
-                f"gray images of {images.shape[1]}x{images.shape[2]} pixels. Pass [image] or image[None] "
-                "for one image; for gray images that narrow, add the channel axis: images[..., None]")
+                f"an array of shape {images.shape} is ambiguous: one {n}x{h} image with {c} color channels, "
+                f"or {n} gray images of {h}x{c} pixels. Say which: images[None] for one color image, "
+                "images[..., None] for gray images")
         if len(images) and 0 in images.shape[1:]:
             raise InvalidRequest(f"images of shape {images.shape[1:]} have no pixels")
         return images, None
     if isinstance(images, (list, tuple)):
         return None, _normalize_list(list(images))
-    raise InvalidRequest(f"images must be a numpy array or a list of arrays, got {type(images).__name__}")
+    raise InvalidRequest(f"images must be a numpy array or a list of arrays, got {_type_name(images)}"
+                         + _asarray_hint(images))
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _asarray_hint(value) -> str:
+    if hasattr(value, "__array__") or hasattr(value, "__array_interface__"):
+        return "; convert it with np.asarray(...) first"
+    return ""
 
 
 def _normalize_list(images: list) -> list:
     dtype = None
     for i, image in enumerate(images):
         if not isinstance(image, np.ndarray):
-            raise InvalidRequest(f"image {i} is a {type(image).__name__}, not a numpy array")
+            raise InvalidRequest(f"image {i} is a {_type_name(image)}, not a numpy array"
+                                 + (_asarray_hint(image) or "; each image must be a numpy array"))
         if image.ndim not in (2, 3):
             raise InvalidRequest(f"image {i} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
         if 0 in image.shape:
@@ -124,19 +176,33 @@ def prepare_folder(request: Request) -> None:
     once per image. The check is ``access()`` (one syscall); only when it
     says no is an empty file created and removed, to report the real error.
     """
-    folder = request.template.folder
-    if folder is None:
+    shown = request.template.folder
+    if shown is None:
         return
-    doing = f"cannot create folder {folder!r}"
+    folder = os.path.join(request.cwd, shown)
+    doing = f"cannot create folder {shown!r}"
     try:
-        if folder and not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-        doing = f"cannot write in folder {folder or '.'!r}"
-        if os.access(folder or ".", os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        if not os.path.isdir(folder):
+            make_folders(folder)
+        doing = f"cannot write in folder {shown or '.'!r}"
+        if os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             return
-        probe = os.path.join(folder or ".", f".shmsave-probe-{os.getpid()}")
+        probe = os.path.join(folder, f".shmsave-probe-{os.getpid()}")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as error:
         raise WriteFailed(request.start, request.path(request.start), f"{doing}: {describe_oserror(error)}",
                           error.errno) from error
+
+
+def make_folders(folder: str) -> None:
+    """``os.makedirs(folder, exist_ok=True)``, but a part of the path that is a file is named as such."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        part = folder
+        while part and not os.path.lexists(part):
+            part = os.path.dirname(part)
+        if part and not os.path.isdir(part):
+            raise NotADirectoryError(errno.ENOTDIR, f"{part!r} is a file, not a folder") from None
+        raise

@@ -1,10 +1,21 @@
 """Shared-memory segments: create, attach, release, and clean up after crashes.
 
 A segment is a ``multiprocessing.shared_memory.SharedMemory`` named
-``shmsave_<pid>_<token>``, where ``pid`` is the process that owns it. Only the
-owner unlinks it. If the owner dies without unlinking (SIGKILL), its workers
-notice the closed pipe and unlink ``shmsave_<pid>_*``; if they die too, the
-next Writer started on the machine unlinks segments whose owner is gone.
+``shmsave_<pid>_<token>``, where ``pid`` is the process that made it. Only that
+process unlinks it. Ownership is proven by a lock, not by the pid: the owner
+holds a shared ``flock`` on the segment for the segment's whole life, through a
+descriptor of its own that nothing maps, so the lock ends exactly when the
+owner does (however it dies). Whoever cleans up takes the lock exclusively
+first and unlinks only a segment nobody holds: containers that share /dev/shm
+but not their PID namespace (a Kubernetes pod, ``docker run --ipc=host``) never
+delete each other's live segments, whatever their pids say.
+
+If the owner dies without unlinking (SIGKILL), its workers notice the closed
+pipe and unlink the abandoned ``shmsave_<pid>_*``; if they die too, the next
+Writer started on the machine sweeps every abandoned segment.
+
+A forked child inherits its parent's segments but never owns them: it neither
+unlinks them nor keeps their lock (``_after_fork_in_child``).
 
 When ``/dev/shm`` lacks room, a segment is a file in the temporary folder
 instead (the same name, mapped the same way), so nothing dies of SIGBUS.
@@ -18,12 +29,14 @@ turns that registration off.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import secrets
 import sys
 import tempfile
 import threading
+import weakref
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -73,19 +86,22 @@ class Segment:
     """A block of memory that worker processes can map by its ``locator``.
 
     ``kind`` is ``"shm"`` (``locator`` is a shared-memory name) or ``"file"``
-    (``locator`` is a path). The segment holds one mapping of its own and no
-    file descriptor; arrays made by ``array()`` keep that mapping alive, as
-    ``np.memmap`` does. ``release()`` removes the name (once, by the owner)
-    and is idempotent.
+    (``locator`` is a path). The segment holds one mapping of its own and one
+    descriptor that carries the owner's lock; arrays made by ``array()`` keep
+    the mapping alive, as ``np.memmap`` does. ``release()`` removes the name
+    (in the owning process only) and is idempotent.
     """
 
-    def __init__(self, kind: str, locator: str, mapping: mmap.mmap) -> None:
+    def __init__(self, kind: str, locator: str, mapping: mmap.mmap, lock_fd: int) -> None:
         self.kind = kind
         self.locator = locator
         self.nbytes = len(mapping)
         self._mapping = mapping
+        self._lock_fd = lock_fd
+        self._owner = os.getpid()
         # the address of the first byte, to tell whether an array lives here
         self.address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+        _segments.add(self)
 
     @classmethod
     def create(cls, nbytes: int, *, on_disk: bool = False) -> Segment:
@@ -93,41 +109,106 @@ class Segment:
 
         Reserving (``posix_fallocate``) turns a lack of room into an OSError
         here instead of SIGBUS while copying, and halves the cost of the first
-        copy into the segment (DESIGN.md: 1.1 s -> 0.6 s for 622 MB).
+        copy into a fresh segment (622 MB: 1.1 s -> 0.6 s; docs/design.md).
         """
         nbytes = max(int(nbytes), 1)
-        name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
-        if on_disk:
-            path = os.path.join(tempfile.gettempdir(), name)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _reserve(fd, nbytes)
-                return cls("file", path, mmap.mmap(fd, nbytes))
-            except BaseException:
-                os.unlink(path)
-                raise
-            finally:
-                os.close(fd)
-        shm = _shared_memory(name, create=True, size=nbytes)
-        try:
-            _reserve(shm._fd, nbytes)
-            return cls("shm", name, mmap.mmap(shm._fd, nbytes))
-        except BaseException:
-            with _untracked():
-                shm.unlink()
-            raise
-        finally:
-            shm.close()
+        while True:
+            name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
+            made = _create_file(name, nbytes) if on_disk else _create_shm(name, nbytes)
+            if made is not None:
+                return cls(*made)
 
     def array(self, shape, dtype, offset: int = 0) -> np.ndarray:
         """A writable ndarray over this segment's memory."""
         return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
 
     def release(self) -> None:
-        """Remove the segment's name; its memory goes once nothing maps it."""
+        """Remove the segment's name (if this process owns it) and drop the lock; idempotent.
+
+        The memory goes once nothing maps it.
+        """
         locator, self.locator = self.locator, ""
-        if locator:
+        if locator and self._owner == os.getpid():
             unlink(self.kind, locator)
+        self._disown()
+
+    def _disown(self) -> None:
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_segments: weakref.WeakSet[Segment] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child drops its copies of its parent's locks: the parent's segments stay the
+    parent's (the child never unlinks them), and end with the parent as they would without the child."""
+    for block in list(_segments):
+        block._owner = -1
+        block._disown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _lock_owned(path: str) -> int | None:
+    """Open ``path`` anew and hold a shared lock on it: the proof of ownership.
+
+    None if the name was removed before the lock was taken (a sweep saw the
+    file unlocked in the instant after it was created): the caller starts again
+    under a new name.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink > 0:
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def _create_shm(name: str, nbytes: int):
+    shm = _shared_memory(name, create=True, size=nbytes)
+    lock_fd = -1
+    try:
+        lock_fd = _lock_owned(os.path.join(SHM_DIR, name))
+        if lock_fd is None:
+            return None
+        _reserve(shm._fd, nbytes)
+        return "shm", name, mmap.mmap(shm._fd, nbytes), lock_fd
+    except BaseException:
+        if lock_fd is not None and lock_fd >= 0:
+            os.close(lock_fd)
+        with contextlib.suppress(FileNotFoundError), _untracked():
+            shm.unlink()
+        raise
+    finally:
+        shm.close()
+
+
+def _create_file(name: str, nbytes: int):
+    path = os.path.join(tempfile.gettempdir(), name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    lock_fd = None
+    try:
+        lock_fd = _lock_owned(path)
+        if lock_fd is None:
+            return None
+        _reserve(fd, nbytes)
+        return "file", path, mmap.mmap(fd, nbytes), lock_fd
+    except BaseException:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
 
 
 def unlink(kind: str, locator: str) -> None:
@@ -170,26 +251,45 @@ def _segment_files():
                     yield os.path.join(folder, name), int(owner)
 
 
+def unlink_if_abandoned(path: str) -> bool:
+    """Unlink the segment file ``path`` if no process holds its owner's lock; True if it did.
+
+    The exclusive lock is held while unlinking, so an owner cannot take the
+    segment in between (``_lock_owned`` would see the name gone and retry).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # its owner is alive (in this PID namespace or another)
+        os.close(fd)
+        return False
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def unlink_owned_by(pid: int) -> None:
-    """Unlink every segment that process ``pid`` created (it has died)."""
+    """Unlink the abandoned segments whose names say process ``pid`` made them (it has died)."""
     for path, owner in _segment_files():
         if owner == pid:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            unlink_if_abandoned(path)
 
 
 _swept = False
 
 
 def sweep_orphans(again: bool = False) -> None:
-    """Unlink segments whose owner process no longer exists; once per process unless ``again``."""
+    """Unlink every abandoned segment (its owner's lock is gone); once per process unless ``again``."""
     global _swept
     if _swept and not again:
         return
     _swept = True
-    import psutil  # here, not at the top: workers import this module and never sweep (~5 ms of their start)
-
-    for path, owner in _segment_files():
-        if not psutil.pid_exists(owner):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    for path, _ in _segment_files():
+        unlink_if_abandoned(path)

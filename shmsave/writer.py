@@ -21,8 +21,9 @@ except ImportError:
     from numpy import byte_bounds
 
 from . import segment
-from ._worker import remove_if_empty, temporary_name, write_images
-from .errors import InvalidRequest, WorkerDied, WriteFailed, WriterClosed
+from ._protocol import Task
+from ._files import Written, remove_if_empty, temporary_path, write_images
+from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
 from .pool import Pool, Wait, usable_cpus
 from .report import Failure, Report
 from .request import Request, make_request, prepare_folder
@@ -93,6 +94,20 @@ class Writer:
         self._small_calls = 0  # calls too small to start the workers for
         segment.sweep_orphans()
         self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots, self._buffers)
+        _writers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Become, in a forked child, a Writer that has not started yet.
+
+        The parent's workers, slots and buffers stay the parent's (pool.py and
+        segment.py drop the child's hold on them); threads did not survive the
+        fork, and a lock another thread held would never be released.
+        """
+        self._lock = threading.Lock()
+        self._threads = self._submitter = None
+        self._slots.clear()
+        self._buffers.clear()
+        self._small_calls = 0
 
     # -- public -----------------------------------------------------------
 
@@ -193,7 +208,7 @@ class Writer:
                 elif engine == "thread":
                     self._run_threads(request, tally, workers)
                 else:
-                    tally.add(write_images(_images(request), request.start, request.job()))
+                    self._run_inline(request, tally)
             finally:
                 tally.close()
             report = tally.report(time.perf_counter() - began, engine, workers)
@@ -217,41 +232,45 @@ class Writer:
                     self._pool.start()
         return engine, (1 if engine == "inline" else self.workers)
 
+    def _run_inline(self, request: Request, tally: _Tally) -> None:
+        """Write in this thread, a task at a time, so that progress is told as it goes."""
+        images, job = _images(request), request.job()
+        for lo, hi in _Chunks(request, 1).split(0, request.count):
+            if tally.add(write_images(images[lo:hi], request.start + lo, job), request.start + hi) is False:
+                break
+
     def _run_threads(self, request: Request, tally: _Tally, workers: int) -> None:
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
         images, job = _images(request), request.job()
-        futures = [self._threads.submit(write_images, images[lo:hi], request.start + lo, job)
-                   for lo, hi in _Chunks(request, workers).split(0, request.count)]
+        ends = {self._threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
+                for lo, hi in _Chunks(request, workers).split(0, request.count)}
         counted = set()
         try:
-            for future in concurrent.futures.as_completed(futures):
+            for future in concurrent.futures.as_completed(ends):
                 counted.add(future)
-                if tally.add(future.result()) is False:
+                if tally.add(future.result(), ends[future]) is False:
                     break
         finally:
-            for future in futures:
+            for future in ends:
                 future.cancel()
-            concurrent.futures.wait(futures)
-        for future in futures:  # tasks already running when we stopped: report what they wrote
+            concurrent.futures.wait(ends)
+        for future, end in ends.items():  # tasks already running when we stopped: report what they wrote
             if future not in counted and not future.cancelled() and future.exception() is None:
-                tally.add(future.result())
+                tally.add(future.result(), end)
 
     def _run_processes(self, request: Request, tally: _Tally) -> None:
         outstanding = [0] * _SLOTS
         slot_of: dict[int, int] = {}
 
         def finished(task):
-            slot = slot_of.pop(task[0], None)
+            slot = slot_of.pop(task.id, None)
             if slot is not None:
                 outstanding[slot] -= 1
 
         def on_result(task, result):
             finished(task)
-            if result[5] is not None:
-                raise RuntimeError(f"a worker failed on images {task[4]} to {task[4] + task[3] - task[2] - 1}"
-                                   f":\n{result[5]}")
-            return tally.add(result[1:5])
+            return tally.add(Written(*result[1:]), task.end)
 
         def on_death(task, exitcode, pid):
             finished(task)
@@ -276,7 +295,7 @@ class Writer:
             source = self._shared_source(stack)
             if source is not None:
                 for lo, hi in chunks.split(0, request.count):
-                    yield next(task_ids), source, lo, hi, request.start + lo, job
+                    yield Task(next(task_ids), source, lo, hi, request.start + lo, job)
                 return
             # Each task's images are copied just before it is sent, so the first
             # worker starts at once and every copy overlaps the encoding of the tasks before it.
@@ -299,7 +318,7 @@ class Writer:
                 task_id = next(task_ids)
                 slot_of[task_id] = number
                 outstanding[number] += 1
-                yield task_id, source, 0, hi - lo, request.start + lo, job
+                yield Task(task_id, source, 0, hi - lo, request.start + lo, job)
             return
         images = request.listed
         largest = max(_aligned(image.nbytes) for image in images)
@@ -319,8 +338,8 @@ class Writer:
                 slot_of[task_id] = number
                 outstanding[number] += 1
                 chunk = entries[first:last]
-                yield (task_id, ("list", slot.kind, slot.locator, chunk), 0, len(chunk),
-                       request.start + lo + first, job)
+                yield Task(task_id, ("list", slot.kind, slot.locator, chunk), 0, len(chunk),
+                           request.start + lo + first, job)
 
     # -- memory -----------------------------------------------------------
 
@@ -380,6 +399,17 @@ class Writer:
             slot.release()
 
 
+_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_writers):
+        writer._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _warn_caller(message: str) -> None:
     """Warn (UserWarning: shown by default) pointing at the first frame outside shmsave."""
     package = os.path.dirname(os.path.abspath(__file__))
@@ -410,7 +440,7 @@ class _Tally:
         self.request = request
         self.count = self.bytes = self.skipped = 0
         self.failed: list[Failure] = []
-        self.deaths: list[WorkerDied] = []
+        self.errors: list[WorkerDied | WorkerFailed] = []  # failures of whole tasks, not of one image
         self.bar = None
         self.tick = progress if callable(progress) else None  # tick(n): n more images finished
         if progress and self.tick is None:
@@ -419,25 +449,32 @@ class _Tally:
             self.bar = tqdm(total=request.count, unit="img", dynamic_ncols=True)
             self.tick = self.bar.update
 
-    def add(self, result) -> bool:
-        """Count one task's ``(written, bytes, skipped, failures)``; False means stop."""
-        written, nbytes, skipped, failures = result
-        self.count += written
-        self.bytes += nbytes
-        self.skipped += skipped
-        self.failed.extend(Failure(*failure) for failure in failures)
+    def add(self, result: Written, end: int) -> bool:
+        """Count one task's result (``end``: one past its last index); False means stop."""
+        self.count += result.written
+        self.bytes += result.bytes
+        self.skipped += result.skipped
+        self.failed.extend(Failure(*failure) for failure in result.failures)
+        finished = result.written + result.skipped + len(result.failures)
+        if result.unexpected is not None:
+            index, description, cause = result.unexpected
+            error = WorkerFailed(index, end, description)
+            error.__cause__ = cause
+            self.errors.append(error)
+            self.failed.extend(Failure(i, self.request.path(i), f"unexpected error: {description}")
+                               for i in range(index, end))
+            finished += end - index
         if self.tick is not None:
-            self.tick(written + skipped + len(failures))
-        return self.request.collect or not failures
+            self.tick(finished)
+        return self.request.collect or not (result.failures or result.unexpected)
 
-    def died(self, task, exitcode) -> bool:
-        _, _, lo, hi, first, _ = task
-        error = WorkerDied(exitcode, first, first + hi - lo)
-        self.deaths.append(error)
+    def died(self, task: Task, exitcode) -> bool:
+        error = WorkerDied(exitcode, task.first, task.end)
+        self.errors.append(error)
         self.failed.extend(Failure(index, self.request.path(index), str(error))
-                           for index in range(first, first + hi - lo))
+                           for index in range(task.first, task.end))
         if self.tick is not None:
-            self.tick(hi - lo)
+            self.tick(task.end - task.first)
         return self.request.collect
 
     def close(self) -> None:
@@ -451,8 +488,8 @@ class _Tally:
     def raise_first_error(self, report: Report) -> None:
         if self.request.collect or not report.failed:
             return
-        if self.deaths:
-            error = min(self.deaths, key=lambda e: e.start)
+        if self.errors:
+            error = min(self.errors, key=lambda e: e.start)
         else:
             first = report.failed[0]
             error = WriteFailed(first.index, first.path, first.message, first.errno)
@@ -498,14 +535,13 @@ def _aligned(nbytes: int) -> int:
     return (nbytes + 63) // 64 * 64
 
 
-def _remove_partial_files(request: Request, task: tuple, pid: int) -> None:
+def _remove_partial_files(request: Request, task: Task, pid: int) -> None:
     """Delete what a dead worker may have left of the files of ``task``: a temporary file, or an
-    empty file under the final name (killed between open and write; see ``_worker._write_file``)."""
-    _, _, lo, hi, first, _ = task
-    for index in range(first, first + hi - lo):
-        path = request.path(index)
+    empty file under the final name (killed between open and write; see ``_files._write_file``)."""
+    for index in range(task.first, task.end):
+        path = request.absolute_path(index)
         with contextlib.suppress(OSError):
-            os.unlink(temporary_name(path, pid))
+            os.unlink(temporary_path(path, pid))
         remove_if_empty(path)
 
 

@@ -34,6 +34,12 @@ def _nan(value):
     return images
 
 
+def _pil():
+    from PIL import Image
+
+    return Image.new("RGB", (30, 20))
+
+
 def _closed(writer):
     writer.close()
     return writer
@@ -45,8 +51,16 @@ IR, WC = shmsave.InvalidRequest, shmsave.WriterClosed
 CASES = [
     # shapes
     ("one-gray-image-2d", lambda w, d: w.save(_u8(20, 30), d + "/{index}.png"), IR, "image[None]"),
-    ("one-color-image-3d", lambda w, d: w.save(_u8(480, 640, 3), d + "/{index}.png"), IR,
-     "looks like one color image"),
+    ("one-color-image-3d", lambda w, d: w.save(_u8(480, 640, 3), d + "/{index}.png"), IR, "is ambiguous"),
+    ("small-color-image-3d", lambda w, d: w.save(_u8(12, 12, 3), d + "/{index}.png"), IR, "images[None]"),
+    ("gray-stack-4-wide", lambda w, d: w.save(_u8(5, 20, 4), d + "/{index}.png"), IR, "images[..., None]"),
+    ("pil-image", lambda w, d: w.save(_pil(), d + "/{index}.png"), IR, "np.asarray"),
+    ("pil-image-in-list", lambda w, d: w.save([_pil()], d + "/{index}.png"), IR,
+     "image 0 is a PIL.Image.Image, not a numpy array; convert it with np.asarray"),
+    ("webp-wider-than-16383", lambda w, d: w.save(_u8(1, 4, 16384), d + "/{index}.webp"), IR,
+     "at most 16383 pixels"),
+    ("jpeg-taller-than-65500", lambda w, d: w.save([_u8(65501, 2)], d + "/{index}.jpg"), IR,
+     "at most 65500 pixels"),
     ("5d-array", lambda w, d: w.save(_u8(2, 3, 20, 30, 3), d + "/{index}.png"), IR, "(N, H, W, C)"),
     ("1d-array", lambda w, d: w.save(_u8(30), d + "/{index}.png"), IR, "(N, H, W) or (N, H, W, C)"),
     ("channels-first", lambda w, d: w.save(_u8(2, 3, 20, 30), d + "/{index}.png"), IR, "np.moveaxis"),
@@ -89,6 +103,8 @@ CASES = [
     ("index-hides-digits", lambda w, d: w.save(_stack(n=20), d + "/{index:.0e}.png"), IR, "same path"),
     ("index-str-truncated", lambda w, d: w.save(_stack(n=12), d + "/{index!s:.1}.png"), IR, "same path"),
     ("index-digit-fill-left", lambda w, d: w.save(_stack(n=101), d + "/{index:0<3}.png"), IR, "same path"),
+    ("index-fill-is-a-slash", lambda w, d: w.save(_stack(n=12), d + "/{index:/>5}.png"), IR,
+     "path separator"),
     ("index-digit-fill-right", lambda w, d: w.save(_stack(n=12), d + "/{index:1>2}.png"), IR, "same path"),
     ("unknown-field", lambda w, d: w.save(_stack(), d + "/{frame}.png"), IR, "it may use {index}"),
     ("positional-field", lambda w, d: w.save(_stack(), d + "/{}.png"), IR, "it may use {index}"),
@@ -106,12 +122,21 @@ CASES = [
     ("compression-on-jpg", lambda w, d: w.save(_stack(), d + "/{index}.jpg", compression=3), IR,
      "compression does not apply to JPEG"),
     ("compression-10-png", lambda w, d: w.save(_stack(), d + "/{index}.png", compression=10), IR, "from 0 to 9"),
+    ("params-jpeg-quality-500", lambda w, d: w.save(_stack(), d + "/{index}.jpg",
+                                                    params={cv2.IMWRITE_JPEG_QUALITY: 500}), IR, "from 0 to 100"),
+    ("params-png-compression-12", lambda w, d: w.save(_stack(), d + "/{index}.png",
+                                                      params={"PNG_COMPRESSION": 12}), IR, "from 0 to 9"),
+    ("params-png-compression-on-jpg", lambda w, d: w.save(_stack(), d + "/{index}.jpg",
+                                                          params={cv2.IMWRITE_PNG_COMPRESSION: 3}), IR,
+     "not of JPEG"),
     ("params-odd-length", lambda w, d: w.save(_stack(), d + "/{index}.png", params=[cv2.IMWRITE_PNG_COMPRESSION]),
      IR, "of even length"),
     ("params-unknown-name", lambda w, d: w.save(_stack(), d + "/{index}.png", params={"PNG_SPEED": 1}), IR,
      "use a cv2.IMWRITE_* constant"),
     ("params-value-not-int", lambda w, d: w.save(_stack(), d + "/{index}.png",
                                                  params={"IMWRITE_PNG_STRATEGY": "fast"}), IR, "must be an integer"),
+    ("avif-8-bit-depth-10", lambda w, d: w.save(_stack(), d + "/{index}.avif", params={"AVIF_DEPTH": 10}), IR,
+     "8 bits deep"),
     ("avif-16-bit-no-depth", lambda w, d: w.save(_stack("uint16"), d + "/{index}.avif"), IR,
      "IMWRITE_AVIF_DEPTH"),
     ("negative-start", lambda w, d: w.save(_stack(), d + "/{index}.png", start=-1), IR, "non-negative integer"),

@@ -201,6 +201,7 @@ def inputs(photos, tmp_path):
     (folder / "garbage.npz").write_bytes(b"not a zip file")
     (folder / "truncated.npy").write_bytes((folder / "good.npy").read_bytes()[:-100])
     (folder / "notes.txt").write_text("hello")
+    np.savez(folder / "labels.npz", color=photos, labels=np.arange(len(photos)))
     return folder
 
 
@@ -229,6 +230,8 @@ USAGE_ERRORS = [
     (["good.npy", "--param", "IMWRITE_NOPE=1"], "unknown OpenCV write flag"),
     (["good.npy", "--param", "IMWRITE_PNG_STRATEGY"], "FLAG=VALUE"),
     (["good.npy", "--quality", "90"], "quality does not apply to PNG"),
+    (["good.npy", "--quality", "90"], "for PNG use --compression 0..9"),
+    (["labels.npz", "-o", "{out}/{key}/{index}.png"], "name them with --key (it holds color, labels)"),
     (["good.npy", "-o", "{out}/{index}.jpg", "--quality", "101"], "quality for JPEG must be"),
     (["good.npy", "--compression", "12"], "compression for PNG must be"),
     (["good.npy", "--workers", "0"], "--workers must be 1 or more"),
@@ -264,6 +267,51 @@ def test_every_input_is_checked_before_anything_is_written(inputs, tmp_path):
 
 
 # -- failures: exit 1 -----------------------------------------------------------
+
+def _corrupt_member(path, key: str) -> None:
+    """Flip the last data byte of an uncompressed .npz member: its header reads, its CRC fails."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(key + ".npy")
+    with open(path, "r+b") as file:
+        file.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(file.read(4), "<u2")
+        last = info.header_offset + 30 + int(name_length) + int(extra_length) + info.file_size - 1
+        file.seek(last)
+        byte = file.read(1)[0]
+        file.seek(last)
+        file.write(bytes([byte ^ 0xFF]))
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+@pytest.mark.parametrize("bad", ["nan", "corrupt-npz-member"])
+def test_an_input_found_bad_while_saving_is_named_and_exits_1(bad, errors, photos, tmp_path):
+    """What only reading the data shows (NaN, a corrupt .npz member) fails that input, by name, with
+    exit 1; the inputs before it are written; with --errors collect the inputs after it are too."""
+    floats = photos.astype(np.float32) / 255
+    np.save(tmp_path / "a.npy", floats)
+    if bad == "nan":
+        broken = floats.copy()
+        broken[3, 4, 5, 1] = np.nan
+        np.save(tmp_path / "b.npy", broken)
+        label = "b.npy"
+    else:
+        np.savez(tmp_path / "b.npz", frames=floats)
+        _corrupt_member(tmp_path / "b.npz", "frames")
+        label = "b.npz[frames]"
+    np.save(tmp_path / "c.npy", floats)
+    second = "b.npy" if bad == "nan" else "b.npz"
+    result = shmsave_cli("a.npy", second, "c.npy", "-o", tmp_path / "out" / "{stem}/{index}.tiff",
+                         "--errors", errors, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"failed: {label}: " in result.stderr and "none of its 8 images was written" in result.stderr
+    assert ("NaN" if bad == "nan" else "cannot read it") in result.stderr
+    assert len(os.listdir(tmp_path / "out" / "a")) == 8
+    assert not (tmp_path / "out" / "b").exists()
+    assert (tmp_path / "out" / "c").exists() == (errors == "collect")
+
 
 def test_failed_images_are_listed_and_exit_1_when_collected(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import gc
 import glob
@@ -63,7 +64,7 @@ import psutil
 import pytest
 
 import shmsave
-from shmsave import _worker, segment
+from shmsave import _files, segment
 from shmsave._sample import frames
 
 from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
@@ -315,8 +316,8 @@ _CHILD = textwrap.dedent("""
 
     out, count, engine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if sys.argv[4] == "no-O_TMPFILE":  # write through named temporary files, as on NFS
-        import shmsave._worker
-        shmsave._worker._tmpfile_works = False
+        import shmsave._files
+        shmsave._files._tmpfile_works = False
     tile = frames(4, 480, 640)
     if sys.argv[5] == "small":  # 32x32 gray JPEGs of ~1 KB: one write() under the final name
         stack, name, options = np.resize(tile[:, :32, :32, 1].copy(), (count, 32, 32)), "{index}.jpg", {}
@@ -363,17 +364,28 @@ def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O
 
 def test_segments_of_dead_processes_are_swept():
     """What a parent killed together with its workers leaves is removed by the next process's
-    first Writer (and ``sweep_orphans(again=True)``); segments of live processes stay."""
+    first Writer (and ``sweep_orphans(again=True)``); segments whose owner holds its lock stay,
+    whatever pid their name carries (another PID namespace may reuse any number)."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead, alive = f"/dev/shm/shmsave_{int(done.stdout)}_orphan", f"/dev/shm/shmsave_{os.getpid()}_mine"
-    for path in (dead, alive):
+    dead_pid = int(done.stdout)
+    abandoned = [f"/dev/shm/shmsave_{dead_pid}_orphan", f"/dev/shm/shmsave_{os.getpid()}_unlocked"]
+    held_elsewhere = f"/dev/shm/shmsave_{dead_pid}_heldelsewhere"  # a pid this namespace does not have
+    for path in (*abandoned, held_elsewhere):
         open(path, "wb").close()
+    lock = os.open(held_elsewhere, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # what its owner in the other namespace holds
+    mine = segment.Segment.create(4096)
     try:
         segment.sweep_orphans(again=True)
-        assert not os.path.exists(dead)
-        assert os.path.exists(alive)
+        assert not any(os.path.exists(path) for path in abandoned)
+        assert os.path.exists(held_elsewhere), "a segment whose owner holds its lock was deleted"
+        assert os.path.exists(f"/dev/shm/{mine.locator}")
+        segment.unlink_owned_by(dead_pid)  # what the workers of a dead parent run
+        assert os.path.exists(held_elsewhere)
     finally:
-        for path in (dead, alive):
+        mine.release()
+        os.close(lock)
+        for path in (*abandoned, held_elsewhere):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -466,7 +478,7 @@ WRITE_PATHS = [pytest.param((engine, True), id=engine) for engine in ENGINES] + 
 def write_path(request, monkeypatch):
     engine, tmpfile = request.param
     if not tmpfile:
-        monkeypatch.setattr(_worker, "_tmpfile_works", False)
+        monkeypatch.setattr(_files, "_tmpfile_works", False)
     return engine
 
 
@@ -568,7 +580,8 @@ def test_folder_in_path_is_a_file(tmp_path):
     with shmsave.Writer(2, engine="process") as writer:
         with pytest.raises(shmsave.WriteFailed) as info:
             writer.save(_frames(4), str(tmp_path / "notes.txt" / "{index}.png"))
-        assert str(tmp_path / "notes.txt") in str(info.value)
+        assert f"{str(tmp_path / 'notes.txt')!r} is a file, not a folder" in str(info.value)
+        assert "EEXIST" not in str(info.value)
         assert writer.pids == []
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]

@@ -47,7 +47,7 @@ import numpy as np
 import pytest
 
 import shmsave
-from shmsave import _worker
+from shmsave import _files
 
 from .conftest import shmsave_segments
 
@@ -252,7 +252,7 @@ def save_and_catch(how: str, template: str) -> dict:
                     pids = writer.pids
     except shmsave.WriteFailed as error:
         return {"raised": True, "errno": error.errno, "index": error.index, "path": error.path,
-                "message": str(error), "after_images": hasattr(error, "report"), "pids": pids}
+                "message": str(error), "after_images": getattr(error, "report", None) is not None, "pids": pids}
     return {"raised": False}
 
 
@@ -262,7 +262,7 @@ def save_and_collect(engine: str, template: str, size: str, tmpfile: bool = True
     ``tmpfile=False``: big files go through a named temporary file, as where O_TMPFILE is missing
     (only the inline engine runs in this process, where that switch holds)."""
     images = _tiny(3) if size == "small" else _noisy(3)
-    with mock.patch.object(_worker, "_tmpfile_works", tmpfile and _worker._tmpfile_works):
+    with mock.patch.object(_files, "_tmpfile_works", tmpfile and _files._tmpfile_works):
         with shmsave.Writer(2, engine=engine) as writer:
             report = writer.save(images, template, errors="collect")
     return {"count": report.count, "failed": [dataclasses.asdict(failure) for failure in report.failed]}

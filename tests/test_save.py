@@ -237,6 +237,15 @@ def test_auto_engine_keeps_tiny_batches_in_process(tmp_path, rng):
         assert report.engine == "thread"  # except big images: threads need no copy
 
 
+def test_inline_engine_tells_progress_while_it_runs(tmp_path, rng):
+    images = rng.integers(0, 256, (3000, 8, 8), np.uint8)
+    told = []
+    with shmsave.Writer(2, engine="inline") as writer:
+        writer.save(images, str(tmp_path / "{index}.png"), progress=told.append)
+    assert sum(told) == 3000
+    assert len(told) > 2, "progress came only at the end"
+
+
 def test_submit_returns_a_future_of_the_report(photos, tmp_path):
     with shmsave.Writer(workers=2, engine="process") as writer:
         futures = [writer.submit(photos, str(tmp_path / f"run{r}" / "{index}.png")) for r in range(3)]
@@ -456,9 +465,9 @@ def test_no_resource_tracker_warning_at_exit(tmp_path):
 
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "rename"])
 def test_both_ways_of_writing_atomically_create_and_replace_files(tmpfile, monkeypatch, photos, tmp_path):
-    from shmsave import _worker
+    from shmsave import _files
 
-    monkeypatch.setattr(_worker, "_tmpfile_works", tmpfile and _worker._tmpfile_works)
+    monkeypatch.setattr(_files, "_tmpfile_works", tmpfile and _files._tmpfile_works)
     with shmsave.Writer(engine="inline") as writer:
         writer.save(photos[:3], str(tmp_path / "{index}.png"))
         writer.save(photos[3:6], str(tmp_path / "{index}.png"))  # replaces the first three
