@@ -251,12 +251,16 @@ def _segment_files():
                     yield os.path.join(folder, name), int(owner)
 
 
-def unlink_if_abandoned(path: str) -> bool:
+def unlink_if_abandoned(path: str, owner: int) -> bool:
     """Unlink the segment file ``path`` if no process holds its owner's lock; True if it did.
 
     The exclusive lock is held while unlinking, so an owner cannot take the
     segment in between (``_lock_owned`` would see the name gone and retry).
+    A segment whose ``owner`` pid is alive in this namespace is kept whatever
+    its lock says: a shmsave older than the locks may own it.
     """
+    if _alive(owner):
+        return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
@@ -275,11 +279,21 @@ def unlink_if_abandoned(path: str) -> bool:
         os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def unlink_owned_by(pid: int) -> None:
     """Unlink the abandoned segments whose names say process ``pid`` made them (it has died)."""
     for path, owner in _segment_files():
         if owner == pid:
-            unlink_if_abandoned(path)
+            unlink_if_abandoned(path, owner)
 
 
 _swept = False
@@ -291,5 +305,5 @@ def sweep_orphans(again: bool = False) -> None:
     if _swept and not again:
         return
     _swept = True
-    for path, _ in _segment_files():
-        unlink_if_abandoned(path)
+    for path, owner in _segment_files():
+        unlink_if_abandoned(path, owner)

@@ -365,12 +365,14 @@ def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O
 def test_segments_of_dead_processes_are_swept():
     """What a parent killed together with its workers leaves is removed by the next process's
     first Writer (and ``sweep_orphans(again=True)``); segments whose owner holds its lock stay,
-    whatever pid their name carries (another PID namespace may reuse any number)."""
+    whatever pid their name carries (another PID namespace may reuse any number), and so do
+    segments of a live pid without a lock (a shmsave from before the locks)."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(done.stdout)
-    abandoned = [f"/dev/shm/shmsave_{dead_pid}_orphan", f"/dev/shm/shmsave_{os.getpid()}_unlocked"]
+    abandoned = [f"/dev/shm/shmsave_{dead_pid}_orphan"]
     held_elsewhere = f"/dev/shm/shmsave_{dead_pid}_heldelsewhere"  # a pid this namespace does not have
-    for path in (*abandoned, held_elsewhere):
+    unlocked_live = f"/dev/shm/shmsave_{os.getpid()}_unlocked"
+    for path in (*abandoned, held_elsewhere, unlocked_live):
         open(path, "wb").close()
     lock = os.open(held_elsewhere, os.O_RDONLY)
     fcntl.flock(lock, fcntl.LOCK_SH)  # what its owner in the other namespace holds
@@ -379,13 +381,14 @@ def test_segments_of_dead_processes_are_swept():
         segment.sweep_orphans(again=True)
         assert not any(os.path.exists(path) for path in abandoned)
         assert os.path.exists(held_elsewhere), "a segment whose owner holds its lock was deleted"
+        assert os.path.exists(unlocked_live), "a segment of a live process was deleted"
         assert os.path.exists(f"/dev/shm/{mine.locator}")
         segment.unlink_owned_by(dead_pid)  # what the workers of a dead parent run
         assert os.path.exists(held_elsewhere)
     finally:
         mine.release()
         os.close(lock)
-        for path in (*abandoned, held_elsewhere):
+        for path in (*abandoned, held_elsewhere, unlocked_live):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

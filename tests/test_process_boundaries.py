@@ -279,10 +279,10 @@ def test_segment_lock_ends_with_its_owner(tmp_path):
     try:
         name = owner.stdout.readline().strip()
         path = f"/dev/shm/{name}"
-        assert not segment.unlink_if_abandoned(path) and os.path.exists(path)
+        assert not segment.unlink_if_abandoned(path, owner.pid) and os.path.exists(path)
         owner.kill()
         owner.wait(10)
-        assert segment.unlink_if_abandoned(path) and not os.path.exists(path)
+        assert segment.unlink_if_abandoned(path, owner.pid) and not os.path.exists(path)
     finally:
         if owner.poll() is None:
             owner.kill()
