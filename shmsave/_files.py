@@ -24,12 +24,11 @@ import mmap
 import os
 import stat
 import traceback
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from ._protocol import Job
+from ._protocol import Job, Outcome
 from .errors import describe_oserror
 from .naming import name_maker
 
@@ -45,23 +44,7 @@ _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 _RGB_TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
 
 
-class Written(NamedTuple):
-    """What writing one task's images did.
-
-    ``failures``: ``(index, path, message, errno)`` per image that failed.
-    ``unexpected``: ``(index, description, exception)`` when an exception that
-    is not an OS or encoder error stopped the task at image ``index``; that
-    image and the rest of the task were not written.
-    """
-
-    written: int
-    bytes: int
-    skipped: int
-    failures: list
-    unexpected: tuple | None = None
-
-
-def write_images(images, first_index: int, job: Job) -> Written:
+def write_images(images, first_index: int, job: Job) -> Outcome:
     """Encode and write ``images`` (a sequence of arrays) numbered from ``first_index``.
 
     Never raises for one image: an OS or encoder error becomes a failure (and
@@ -101,18 +84,18 @@ def write_images(images, first_index: int, job: Job) -> Written:
                 if job.stop_on_error:
                     break
     except Exception as error:  # noqa: BLE001 - reported to the caller as WorkerFailed, never lost
-        return Written(written, total, skipped, failures, (index, _describe(error), error))
+        return Outcome(written, total, skipped, failures, (index, _describe(error), error))
     finally:
         folders.close()
-    return Written(written, total, skipped, failures)
+    return Outcome(written, total, skipped, failures)
 
 
-def unexpected_in_task(first_index: int, error: BaseException) -> Written:
+def unexpected_in_task(first_index: int, error: BaseException) -> Outcome:
     """The result of a task that failed before writing anything (its pixels could not be read)."""
-    return Written(0, 0, 0, [], (first_index, _describe(error), error))
+    return Outcome(0, 0, 0, [], (first_index, _describe(error), error))
 
 
-def for_another_process(result: Written) -> Written:
+def for_another_process(result: Outcome) -> Outcome:
     """``result`` with an unexpected exception replaced by its traceback text (which always pickles)."""
     if result.unexpected is None:
         return result

@@ -1,16 +1,20 @@
 """The messages between the parent and its workers (threads or processes).
 
+    parent ── Task(source, lo, hi, first, job) ──▶ worker        (Forget(locator) between tasks,
+    parent ◀── Result(task_id, Outcome) ────────── worker         None to stop)
+    parent ◀── Ready(pid) ───────────────────────── worker once it has started
+
 Everything here is small and pickles by value: pixels never travel in a
-message, only the name of the memory that holds them.
+message, only the name of the memory that holds them (a source).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 
 class Job(NamedTuple):
-    """How to write every image of one request; the same for all its tasks."""
+    """How to write every image of one request; the same object for all its tasks."""
 
     template: str  # str.format template of each path, e.g. "out/{index:06d}.png"
     folder: str | None  # the folder every path shares, or None when it depends on the index
@@ -24,11 +28,34 @@ class Job(NamedTuple):
     umask: int  # the caller's umask at the time of the call (worker processes adopt it)
 
 
+class StackSource(NamedTuple):
+    """An N-D array of images in memory a worker can map: ``kind`` ``"shm"`` (``locator`` is
+    a shared-memory name) or ``"file"`` (a path, e.g. a ``.npy``)."""
+
+    kind: str
+    locator: str
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: str
+
+
+class ListSource(NamedTuple):
+    """Images of different shapes packed in one segment: ``(offset, shape, dtype)`` each."""
+
+    kind: str
+    locator: str
+    entries: tuple[tuple[int, tuple[int, ...], str], ...]
+
+
+Source = Union[StackSource, ListSource]
+
+
 class Task(NamedTuple):
-    """Write images ``lo:hi`` of the array that ``source`` describes, numbered from ``first``."""
+    """Write images ``lo:hi`` of the images that ``source`` describes, numbered from ``first``."""
 
     id: int
-    source: tuple  # names the memory that holds the pixels (see ``_worker.images_of``), never pixels
+    source: Source
     lo: int
     hi: int
     first: int  # the index of image ``lo``
@@ -38,3 +65,38 @@ class Task(NamedTuple):
     def end(self) -> int:
         """One past the index of the task's last image."""
         return self.first + self.hi - self.lo
+
+
+class Outcome(NamedTuple):
+    """What writing one task's images did.
+
+    ``failures``: ``(index, path, message, errno)`` per image that failed.
+    ``unexpected``: ``(index, description, exception)`` when an exception that
+    is not an OS or encoder error stopped the task at image ``index``; that
+    image and the rest of the task were not written.
+    """
+
+    written: int
+    bytes: int
+    skipped: int
+    failures: list[tuple[int, str, str, int | None]]
+    unexpected: tuple[int, str, BaseException] | None = None
+
+
+class Result(NamedTuple):
+    """A worker's answer to the task ``task_id``."""
+
+    task_id: int
+    outcome: Outcome
+
+
+class Ready(NamedTuple):
+    """A worker has imported everything and waits for tasks."""
+
+    pid: int
+
+
+class Forget(NamedTuple):
+    """The parent released the segment ``locator``: unmap it."""
+
+    locator: str

@@ -18,24 +18,20 @@ import cv2
 import numpy as np
 
 from ._files import for_another_process, unexpected_in_task, write_images
+from ._protocol import Forget, Ready, Result, Source, StackSource, Task
 
 _mapped: dict[str, object] = {}  # shared-memory name -> mapping, kept across tasks (no re-faulting)
 _MAPPED_MAX = 8
 
 
-def images_of(source: tuple, lo: int, hi: int):
-    """The images ``lo:hi`` that a task's ``source`` describes, mapped read-only.
-
-    ``("stack", kind, locator, offset, shape, strides, dtype)``: an N-D array;
-    ``("list", kind, locator, entries)``: one ``(offset, shape, dtype)`` per image.
-    """
-    if source[0] == "stack":
-        _, kind, locator, offset, shape, strides, dtype = source
-        stack = np.ndarray(shape, dtype, buffer=_map(kind, locator), offset=offset, strides=strides)
+def images_of(source: Source, lo: int, hi: int):
+    """The images ``lo:hi`` that a task's ``source`` describes, mapped read-only."""
+    mapping = _map(source.kind, source.locator)
+    if isinstance(source, StackSource):
+        stack = np.ndarray(source.shape, source.dtype, buffer=mapping, offset=source.offset,
+                           strides=source.strides)
         return stack[lo:hi]
-    _, kind, locator, entries = source
-    mapping = _map(kind, locator)
-    return [np.ndarray(shape, dtype, buffer=mapping, offset=offset) for offset, shape, dtype in entries]
+    return [np.ndarray(shape, dtype, buffer=mapping, offset=offset) for offset, shape, dtype in source.entries[lo:hi]]
 
 
 def _map(kind: str, locator: str):
@@ -65,18 +61,19 @@ def _serve(conn, parent_pid: int) -> None:
             return
         if task is None:
             return
-        if task[0] == "forget":  # the parent released this segment: let its memory go
-            _mapped.pop(task[1], None)
+        if isinstance(task, Forget):  # the parent released this segment: let its memory go
+            _mapped.pop(task.locator, None)
             continue
-        task_id, source, lo, hi, first_index, job = task
-        os.umask(job.umask)  # this task's files get the caller's permissions
-        try:
-            images = images_of(source, lo, hi)
-        except Exception as error:  # noqa: BLE001 - e.g. a .npy truncated after the call was checked
-            result = unexpected_in_task(first_index, error)
-        else:
-            result = write_images(images, first_index, job)
-        conn.send((task_id, *for_another_process(result)))
+        conn.send(Result(task.id, for_another_process(_run(task))))
+
+
+def _run(task: Task):
+    os.umask(task.job.umask)  # this task's files get the caller's permissions
+    try:
+        images = images_of(task.source, task.lo, task.hi)
+    except Exception as error:  # noqa: BLE001 - e.g. a .npy truncated after the call was checked
+        return unexpected_in_task(task.first, error)
+    return write_images(images, task.first, task.job)
 
 
 def _stop(signum, frame):
@@ -93,7 +90,7 @@ def main(argv: list[str]) -> None:
     conn = Connection(fd)
     from . import segment  # noqa: F401 - every task maps memory: import it before saying ready
     try:
-        conn.send(("ready", os.getpid()))
+        conn.send(Ready(os.getpid()))
         _serve(conn, parent_pid)
     except (BrokenPipeError, ConnectionResetError):  # the parent closed our socket
         if os.getppid() != parent_pid:  # it died mid-task: nobody else will remove its segments

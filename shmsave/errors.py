@@ -55,8 +55,8 @@ class WriteFailed(ShmsaveError, OSError):
     def __str__(self) -> str:
         return self.strerror
 
-    def __reduce__(self):
-        return (WriteFailed, (self.index, self.path, self.message, self.errno))
+    def __reduce__(self):  # the report travels too (e.g. from a Dask worker to the client)
+        return (WriteFailed, (self.index, self.path, self.message, self.errno), {"report": self.report})
 
 
 def describe_oserror(error: OSError) -> str:
@@ -96,7 +96,7 @@ class WorkerDied(ShmsaveError, RuntimeError):
         )
 
     def __reduce__(self):
-        return (WorkerDied, (self.exitcode, self.start, self.end))
+        return (WorkerDied, (self.exitcode, self.start, self.end), {"report": self.report})
 
 
 class WorkerFailed(ShmsaveError, RuntimeError):
@@ -117,7 +117,7 @@ class WorkerFailed(ShmsaveError, RuntimeError):
         super().__init__(f"writing images {start} to {end - 1} failed unexpectedly: {description}")
 
     def __reduce__(self):
-        return (WorkerFailed, (self.start, self.end, self.description))
+        return (WorkerFailed, (self.start, self.end, self.description), {"report": self.report})
 
 
 class RemoteTraceback(Exception):

@@ -1,20 +1,20 @@
 """A pool of long-lived worker processes fed with task descriptors.
 
-    Writer ──tasks──▶ Pool.run ──socket──▶ worker: map pixels, encode, write
-       ▲                 │                     │
-       └──on_result──────┴◀──result tuple──────┘
+    Stager ──Task──▶ Pool.run ──socket──▶ worker: map pixels, encode, write
+       ▲                │                     │
+       └──on_result─────┴◀──────Result────────┘
 
-Writer: validates the request, puts pixels in shared memory (or points at a
-    segment or file already there) and yields tasks
-    ``(task_id, source, lo, hi, first_index, job)``; ``source`` names the
-    memory, never holds pixels.
+Stager (``_staging.py``): puts pixels in shared memory (or points at a
+    segment or file already there) and yields ``Task``s (``_protocol.py``);
+    a task's source names the memory, never holds pixels. It may yield a
+    ``Wait`` instead: nothing more is sent until a slot is free again.
 Pool.run: keeps each worker ``_DEPTH`` tasks ahead, so a worker never waits
     for the parent's round trip. It blocks only in ``connection.wait`` on the
     workers' sockets, which also report a worker's death at once (EOF).
 worker: ``shmsave._worker.main`` in its own interpreter (``python -c``); it
     imports only shmsave, so it works under scripts without a ``__main__``
     guard, REPLs, notebooks and threads, and never forks the caller.
-results: ``(task_id, written, bytes, skipped, failures, traceback)``.
+results: ``Result(task_id, Outcome)``; a worker says ``Ready(pid)`` once started.
 
 A dead worker's tasks go to ``on_death``; the worker is replaced at once.
 
@@ -35,6 +35,9 @@ import subprocess
 import sys
 import weakref
 from multiprocessing.connection import Connection, wait
+from typing import Callable
+
+from ._protocol import Forget, Ready
 
 _DEPTH = 2  # tasks queued per worker: one running, one ready
 _STOP_TIMEOUT_S = 5.0
@@ -45,7 +48,7 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Wait:
     """Yielded by a task source: send nothing more until ``ready()`` is true."""
 
-    def __init__(self, ready):
+    def __init__(self, ready: Callable[[], bool]) -> None:
         self.ready = ready
 
 
@@ -90,7 +93,7 @@ class _Worker:
         """Whether the worker has finished starting (never blocks)."""
         if not self.ready:
             try:
-                if self.conn.poll(0) and self.conn.recv()[0] == "ready":
+                if self.conn.poll(0) and isinstance(self.conn.recv(), Ready):
                     self.ready = True
             except (EOFError, OSError):  # it died: run() replaces it
                 pass
@@ -142,7 +145,7 @@ class Pool:
 
     def _send_forgotten(self) -> None:
         while self._forgotten:
-            message = ("forget", self._forgotten.popleft())
+            message = Forget(self._forgotten.popleft())
             for worker in self._workers:
                 with contextlib.suppress(OSError):  # a dead worker is replaced when next sent a task
                     worker.conn.send(message)
@@ -153,7 +156,7 @@ class Pool:
         for worker in self._workers:
             while not worker.ready:
                 message = worker.conn.recv()  # EOFError if it died while starting
-                worker.ready = message[0] == "ready"
+                worker.ready = isinstance(message, Ready)
 
     def ready(self) -> bool:
         """Whether workers run and have finished starting (they import for ~0.2 s); never blocks."""
@@ -219,7 +222,7 @@ class Pool:
                         if not self._replace(worker, on_death):
                             exhausted = True
                         continue
-                    if message[0] == "ready":
+                    if isinstance(message, Ready):
                         worker.ready = True
                         continue
                     if on_result(worker.tasks.popleft(), message) is False:

@@ -1,8 +1,15 @@
-"""What a save returns."""
+"""What a save returns (``Report``, ``Failure``), and the tally that builds it from task outcomes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Union
+
+from .errors import WorkerDied, WorkerFailed, WriteFailed
+
+if TYPE_CHECKING:
+    from ._protocol import Outcome, Task
+    from .request import Request
 
 
 @dataclass(frozen=True)
@@ -48,3 +55,74 @@ class Report:
         if self.failed:
             text += f", {len(self.failed)} failed"
         return text
+
+
+Progress = Union[bool, Callable[[int], None]]
+
+
+class Tally:
+    """Adds up the outcomes of a request's tasks into a Report; remembers the first error."""
+
+    def __init__(self, request: Request, progress: Progress) -> None:
+        self.request = request
+        self.count = self.bytes = self.skipped = 0
+        self.failed: list[Failure] = []
+        self.errors: list[WorkerDied | WorkerFailed] = []  # failures of whole tasks, not of one image
+        self.bar = None
+        self.tick: Callable[[int], None] | None = progress if callable(progress) else None
+        if progress and self.tick is None:
+            from tqdm import tqdm  # imported only when asked for: it costs ~0.1 s
+
+            self.bar = tqdm(total=request.count, unit="img", dynamic_ncols=True)
+            self.tick = self.bar.update
+
+    def add(self, outcome: Outcome, end: int) -> bool:
+        """Count one task's outcome (``end``: one past its last index); False means stop."""
+        self.count += outcome.written
+        self.bytes += outcome.bytes
+        self.skipped += outcome.skipped
+        self.failed.extend(Failure(*failure) for failure in outcome.failures)
+        finished = outcome.written + outcome.skipped + len(outcome.failures)
+        if outcome.unexpected is not None:
+            index, description, cause = outcome.unexpected
+            error = WorkerFailed(index, end, description)
+            error.__cause__ = cause
+            self.errors.append(error)
+            self.failed.extend(Failure(i, self.request.path(i), f"unexpected error: {description}")
+                               for i in range(index, end))
+            finished += end - index
+        if self.tick is not None:
+            self.tick(finished)
+        return self.request.collect or not (outcome.failures or outcome.unexpected)
+
+    def died(self, task: Task, exitcode: int | None) -> bool:
+        """Count the images of a task whose worker died; False means stop."""
+        error = WorkerDied(exitcode, task.first, task.end)
+        self.errors.append(error)
+        self.failed.extend(Failure(index, self.request.path(index), str(error))
+                           for index in range(task.first, task.end))
+        if self.tick is not None:
+            self.tick(task.end - task.first)
+        return self.request.collect
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def report(self, seconds: float, engine: str, workers: int) -> Report:
+        failed = tuple(sorted(self.failed, key=lambda f: f.index))
+        return Report(self.count, self.bytes, seconds, failed, self.skipped, engine, workers)
+
+    def raise_first_error(self, report: Report) -> None:
+        """Under ``errors="raise"``, raise the first failure (by index) with ``report`` attached."""
+        if self.request.collect or not report.failed:
+            return
+        first = report.failed[0]
+        error: WriteFailed | WorkerDied | WorkerFailed
+        error = WriteFailed(first.index, first.path, first.message, first.errno)
+        if self.errors:
+            whole_task = min(self.errors, key=lambda e: e.start)
+            if whole_task.start <= first.index:
+                error = whole_task
+        error.report = report
+        raise error

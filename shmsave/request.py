@@ -199,7 +199,7 @@ def make_folders(folder: str) -> None:
     """``os.makedirs(folder, exist_ok=True)``, but a part of the path that is a file is named as such."""
     try:
         os.makedirs(folder, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as error:
+    except (FileExistsError, NotADirectoryError):
         part = folder
         while part and not os.path.lexists(part):
             part = os.path.dirname(part)

@@ -405,7 +405,10 @@ def test_ctrl_c_stops_cleanly(name, big_inputs, tmp_path):
             process.wait()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "shmsave: interrupted" in stderr
-    assert workers and wait_until(lambda: not any(_alive(w) for w in workers), 30), "workers outlived the command"
+    # a big .npy is always written by worker processes (the parent never reads it); an .npz array,
+    # already in this process's shared memory, may be written by threads
+    assert workers or name.endswith(".npz")
+    assert wait_until(lambda: not any(_alive(w) for w in workers), 30), "workers outlived the command"
     if name.endswith(".npz"):
         assert segments, "the .npz array should have been loaded into shared memory"
     else:

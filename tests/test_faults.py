@@ -568,11 +568,12 @@ def test_errors_survive_pickling(tmp_path):
     (tmp_path / "3.png").mkdir()
     with pytest.raises(shmsave.WriteFailed) as info:
         shmsave.save(_frames(4), str(tmp_path / "{index}.png"))
-    for error in (info.value, shmsave.WorkerDied(-9, 8, 16)):
+    for error in (info.value, shmsave.WorkerDied(-9, 8, 16), shmsave.WorkerFailed(8, 16, "TypeError: x")):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
         assert copy.args == error.args
     copy = pickle.loads(pickle.dumps(info.value))
+    assert copy.report == info.value.report and copy.report.count == 3  # the report travels along
     assert (copy.index, copy.path, copy.errno, copy.message) == (3, str(tmp_path / "3.png"), errno.EISDIR,
                                                                  info.value.message)
     assert str(copy).count(copy.path) == 1

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import shmsave
-from shmsave import writer as writer_module
+from shmsave import _staging
 from shmsave.pool import usable_cpus
 
 from .conftest import children, shmsave_segments, wait_until
@@ -297,7 +297,7 @@ def test_no_pixels_cross_the_pipe(as_list, sent_sizes, tmp_path, rng):
 
 
 def test_arrays_from_empty_are_saved_without_a_copy(monkeypatch, photos, tmp_path):
-    monkeypatch.setattr(writer_module.Writer, "_staging_slots", _no_staging)
+    monkeypatch.setattr(_staging.Stager, "_staging_slots", _no_staging)
     with shmsave.Writer(workers=2, engine="process") as writer:
         buffer = writer.empty(photos.shape, photos.dtype)
         buffer[...] = photos
@@ -310,7 +310,7 @@ def test_arrays_from_empty_are_saved_without_a_copy(monkeypatch, photos, tmp_pat
 
 
 def test_memory_mapped_files_are_saved_without_a_copy(monkeypatch, photos, tmp_path):
-    monkeypatch.setattr(writer_module.Writer, "_staging_slots", _no_staging)
+    monkeypatch.setattr(_staging.Stager, "_staging_slots", _no_staging)
     np.save(tmp_path / "stack.npy", photos)
     mapped = np.load(tmp_path / "stack.npy", mmap_mode="r")
     raw = np.memmap(tmp_path / "raw.bin", np.uint8, "w+", offset=4099, shape=photos.shape)
@@ -344,7 +344,7 @@ def test_empty_buffers_are_freed_with_their_array():
 
 
 def test_large_batches_stream_through_small_staging_slots(monkeypatch, tmp_path, rng):
-    monkeypatch.setattr(writer_module, "_SLOT_BYTES", 64 * 1024)  # many windows, slots reused
+    monkeypatch.setattr(_staging, "_SLOT_BYTES", 64 * 1024)  # many windows, slots reused
     stack = rng.integers(0, 255, (300, 64, 64, 3), np.uint8)
     images = [rng.integers(0, 255, (rng.integers(8, 90), rng.integers(8, 90), 3), np.uint8) for _ in range(200)]
     with shmsave.Writer(workers=2, engine="process") as writer:

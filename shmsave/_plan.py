@@ -1,0 +1,111 @@
+"""Planning a request: which engine writes it, and how it is cut into tasks.
+
+Pure functions of a request's size, the pool's state and where the pixels are;
+no process is started here. The figures come from docs/design.md and from the
+benchmarks (benchmarks/results/full.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+_MB = 2**20
+# Engine choice: estimated single-core seconds for a request (docs/design.md:
+# ~60 us per tiny image, ~3-12 ns per pixel byte for JPEG/PNG).
+_SECONDS_PER_IMAGE = 60e-6
+_SECONDS_PER_BYTE = 5e-9
+_INLINE_BELOW_S = 0.004  # a call to the workers costs ~1-3 ms of latency on the development VM
+# Starting the workers costs ~0.4 s on the host these figures come from (2 cores:
+# 10,000 tiny images take 0.65 s with the start, 0.23 s without). n workers pay it
+# back once a request's single-core time W satisfies W > start + W / n. Both the
+# start and the per-image estimate are CPU-bound and move together from host to
+# host (a host twice as fast measured 0.14 s and ~18 us): their ratio is what counts.
+_POOL_START_S = 0.4
+# Big images go to threads: OpenCV releases the GIL for the whole encode, so
+# threads scale like processes, and they read the caller's array where it is,
+# with no copy into shared memory (benchmarks: 1080p JPEG, threads 0.22 s,
+# processes 0.24 s zero-copy / 0.26 s staged, loop 0.42 s). Tiny images go to
+# processes: with four GIL hand-offs per image (encode, open, write, close),
+# two threads ran at 0.5-0.7x the loop on one host and swung between 0.8x and
+# 1.5x within minutes on another (10,000 images), where processes held 1.9x.
+_THREADS_FROM_IMAGE_BYTES = 64 * 1024
+# In-process engines read a memory-mapped file through this process's own pages: above
+# this many bytes, workers map the file themselves, so this process's memory stays small
+# whatever the file's size (tests/test_cli.py::test_parent_memory_stays_small_for_a_big_npy).
+_PARENT_MAY_READ_BYTES = 64 * _MB
+# A task is about this much work; small enough to balance, big enough that its
+# round trip (~0.1 ms) is noise.
+_TASK_BYTES = 4 * _MB
+_TASK_IMAGES = 512
+_TASK_MIN_S = 0.001
+_TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
+
+ENGINES = ("auto", "process", "thread", "inline")
+SOURCE_KINDS = ("array", "shared", "file", "list")  # caller's memory, Writer.empty, np.memmap, a list
+
+
+class Choice(NamedTuple):
+    """The engine for one request and how many workers it uses.
+
+    ``small``: the request ran inline only because starting the worker
+    processes would not pay for it; a Writer that gets a second such call
+    starts them in the background, for the calls to come.
+    """
+
+    engine: str
+    workers: int
+    small: bool = False
+
+
+def single_core_seconds(count: int, nbytes: int) -> float:
+    """What writing ``count`` images of ``nbytes`` in all would take on one core, roughly."""
+    return count * _SECONDS_PER_IMAGE + nbytes * _SECONDS_PER_BYTE
+
+
+def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: str, *,
+                  pool_ready: bool) -> Choice:
+    """The engine for a request of ``count`` images and ``nbytes`` pixel bytes.
+
+    ``engine``: the Writer's (``"auto"`` or a forced one); ``source``: one of
+    ``SOURCE_KINDS``; ``pool_ready``: the worker processes run and have
+    finished starting.
+    """
+    if engine != "auto":
+        return Choice(engine, 1 if engine == "inline" else workers)
+    if source == "file" and nbytes > _PARENT_MAY_READ_BYTES:
+        return Choice("process", workers)
+    seconds = single_core_seconds(count, nbytes)
+    if workers == 1 or count == 1 or seconds < _INLINE_BELOW_S:
+        return Choice("inline", 1)
+    if nbytes >= count * _THREADS_FROM_IMAGE_BYTES:
+        return Choice("thread", workers)
+    if pool_ready or seconds > _POOL_START_S * workers / (workers - 1):
+        return Choice("process", workers)
+    return Choice("inline", 1, small=True)
+
+
+class Chunks:
+    """Cuts a request into tasks: big ones first, shrinking toward the end (guided
+    scheduling), so that all workers finish at about the same time."""
+
+    def __init__(self, count: int, nbytes: int, workers: int) -> None:
+        per_image = max(1, nbytes // max(count, 1))
+        self.most = max(1, min(_TASK_BYTES // per_image, _TASK_IMAGES))
+        seconds = single_core_seconds(count, nbytes)
+        self.least = min(self.most, max(1, math.ceil(_TASK_MIN_S * count / seconds))) if seconds else 1
+        self.share = workers * _TASKS_PER_WORKER
+        self.left = count
+
+    def limit(self, most: int) -> None:
+        """Make no task longer than ``most`` images."""
+        self.most = min(self.most, most)
+        self.least = min(self.least, most)
+
+    def split(self, lo: int, hi: int):
+        """Yield ``(start, end)`` tasks covering images ``lo:hi``, the next part of the request."""
+        while lo < hi:
+            size = min(hi - lo, max(self.least, min(self.most, math.ceil(self.left / self.share))))
+            self.left -= size
+            yield lo, lo + size
+            lo += size
