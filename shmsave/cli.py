@@ -18,6 +18,7 @@ memory (never held twice), saved, and freed before the next.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -142,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--errors", choices=("raise", "collect"), default="raise",
                         help="stop at the first failed image (raise, default) or write the rest and "
                              "list the failures (collect)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="save .zarr inputs on this Dask cluster (e.g. tcp://10.0.0.5:8786); default: "
+                             "Dask's threads in this process. Needs pip install 'shmsave[dask]'")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout instead of the summary line")
     shown = parser.add_mutually_exclusive_group()
@@ -171,6 +175,9 @@ def _run(args) -> int:
     if args.start < 0:
         raise _UsageError(f"--start must be 0 or more, got {args.start}")
     units = _open_inputs(args.inputs, args.key)
+    on_dask = any(_is_zarr(unit.path) for unit in units)
+    if args.scheduler and not on_dask:
+        raise _UsageError("--scheduler runs .zarr inputs on a Dask cluster, and no .zarr input was given")
     _number(units, args.start, args.continue_index)
     options = dict(quality=args.quality, compression=args.compression, params=dict(args.param) or None,
                    rgb=args.rgb, overwrite=not args.no_overwrite, errors=args.errors)
@@ -182,7 +189,7 @@ def _run(args) -> int:
         bar = _bar(sum(unit.count for unit in units), units[0].label if len(units) > 1 else None)
     began = time.perf_counter()
     try:
-        with Writer(args.workers, engine=engine) as writer:
+        with Writer(args.workers, engine=engine) as writer, _dask_scheduler(args.scheduler, on_dask):
             failures, stopped = _save_all(units, args.output, options, writer, bar)
     finally:
         if bar is not None:
@@ -228,7 +235,12 @@ def _save_all(units: list[_Unit], template: str, options: dict, writer: Writer,
 
 
 def _save(unit: _Unit, template: str, options: dict, writer: Writer, progress):
-    """Save one unit: a .npy is mapped (its workers read the file), a .npz array is loaded."""
+    """Save one unit: a .npy is mapped (its workers read the file), a .npz array is loaded,
+    a .zarr store is saved by ``shmsave.dask`` where Dask reads its blocks."""
+    if _is_zarr(unit.path):
+        from .dask import save_zarr
+
+        return save_zarr(unit.path, template, start=unit.start, fields=unit.fields, progress=progress, **options)
     if unit.count == 0:
         images = np.empty(unit.shape, unit.dtype)
     elif unit.key is None:
@@ -273,9 +285,12 @@ def _open_inputs(paths: list[str], keys: list[str] | None) -> list[_Unit]:
     """A unit per .npy file and per (selected) .npz array, from the headers alone."""
     units: list[_Unit] = []
     for path in paths:
+        if _is_zarr(path):
+            units += _open_zarr(path)
+            continue
         extension = os.path.splitext(path)[1].lower()
         if extension not in (".npy", ".npz"):
-            raise _UsageError(f"{path}: shmsave reads .npy and .npz files, "
+            raise _UsageError(f"{path}: shmsave reads .npy and .npz files and .zarr stores, "
                               f"not {extension or 'files without extension'}")
         if not os.path.exists(path):
             raise _UsageError(f"{path}: no such file")
@@ -288,6 +303,34 @@ def _open_inputs(paths: list[str], keys: list[str] | None) -> list[_Unit]:
     if keys and not any(unit.key is not None for unit in units):
         raise _UsageError("--key selects arrays of .npz inputs, and no .npz input was given")
     return units
+
+
+def _is_zarr(path: str) -> bool:
+    """A .zarr store, or an array inside one (a folder with zarr metadata)."""
+    path = path.rstrip(os.sep)
+    return path.lower().endswith(".zarr") or (os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in (".zarray", "zarr.json")))
+
+
+def _open_zarr(path: str) -> list[_Unit]:
+    """A unit for a zarr array, from its metadata; its blocks are read by Dask when saved."""
+    try:
+        from .dask import open_zarr
+    except ImportError as error:
+        raise _UsageError(f"{path}: {error}") from None
+    if not os.path.exists(path):
+        raise _UsageError(f"{path}: no such zarr store")
+    array = open_zarr(path)
+    return [_Unit(path, None, tuple(int(n) for n in array.shape), array.dtype, fields={"stem": _stem(path)})]
+
+
+def _dask_scheduler(address: str | None, needed: bool):
+    """Where .zarr inputs are saved (``shmsave.dask.scheduler``); nothing when there are none."""
+    if not needed:
+        return contextlib.nullcontext()
+    from .dask import scheduler
+
+    return scheduler(address)
 
 
 def _open_npy(path: str) -> list[_Unit]:
@@ -357,7 +400,7 @@ def _read_header(stream, label: str) -> tuple[tuple, np.dtype]:
 
 
 def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
+    return os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
 
 
 def _number(units: list[_Unit], start: int, continue_index: bool) -> None:
