@@ -409,8 +409,9 @@ def save_zarr(path, template, *, fields: dict | None = None, **options) -> Repor
 def scheduler(address: str | None):
     """Run what is inside on the Dask scheduler at ``address``, or, when None, on dask's threaded
     scheduler in this process (faster than a LocalCluster for the command: see the note below)."""
-    # Measured, 2 cores, 2,000 x 256x256x3 uint8 zarr store (blocks of 100) -> PNG, median of 3:
-    # see _SCHEDULER_NOTE.
+    # Measured as whole processes, 2 cores, 2,000 x 256x256x3 uint8 zarr store (chunks of 100) -> PNG,
+    # medians of 3 (benchmarks/results/dask.md): threads 8.45 s, LocalCluster 2 workers x 1 thread
+    # 9.02 s, 1 x 2 9.41 s; a cluster's start (~2.5 s here) is not paid back on one machine.
     if address is None:
         with dask.config.set(scheduler="threads"):
             yield None
