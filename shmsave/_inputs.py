@@ -68,9 +68,12 @@ def open_inputs(paths: list[str], keys: list[str] | None) -> list[Unit]:
     """A unit per .npy file and per (selected) .npz array, from the headers alone."""
     units: list[Unit] = []
     for path in paths:
+        if is_zarr(path):
+            units += _open_zarr(path)
+            continue
         extension = os.path.splitext(path)[1].lower()
         if extension not in (".npy", ".npz"):
-            raise UsageError(f"{path}: shmsave reads .npy and .npz files, "
+            raise UsageError(f"{path}: shmsave reads .npy and .npz files and .zarr stores, "
                               f"not {extension or 'files without extension'}")
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file")
@@ -83,6 +86,25 @@ def open_inputs(paths: list[str], keys: list[str] | None) -> list[Unit]:
     if keys and not any(unit.key is not None for unit in units):
         raise UsageError("--key selects arrays of .npz inputs, and no .npz input was given")
     return units
+
+
+def is_zarr(path: str) -> bool:
+    """A .zarr store, or an array inside one (a folder with zarr metadata)."""
+    path = path.rstrip(os.sep)
+    return path.lower().endswith(".zarr") or (os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in (".zarray", "zarr.json")))
+
+
+def _open_zarr(path: str) -> list[Unit]:
+    """A unit for a zarr array, from its metadata; its blocks are read by Dask when saved."""
+    try:
+        from .dask import open_zarr
+    except ImportError as error:
+        raise UsageError(f"{path}: {error}") from None
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such zarr store")
+    array = open_zarr(path)
+    return [Unit(path, None, tuple(int(n) for n in array.shape), array.dtype, fields={"stem": _stem(path)})]
 
 
 def _open_npy(path: str) -> list[Unit]:
@@ -158,7 +180,7 @@ def _read_header(stream, label: str) -> tuple[tuple, np.dtype]:
 
 
 def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
+    return os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
 
 
 def number(units: list[Unit], start: int, continue_index: bool) -> None:

@@ -18,6 +18,7 @@ memory (never held twice), saved, and freed before the next.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
 import os
@@ -29,7 +30,7 @@ import warnings
 import numpy as np
 
 from . import __version__
-from ._inputs import UnreadableInput, Unit, UsageError, check, load_member, number, open_inputs
+from ._inputs import UnreadableInput, Unit, UsageError, check, is_zarr, load_member, number, open_inputs
 from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed
 from .report import Failure
 from .writer import Writer
@@ -101,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--errors", choices=("raise", "collect"), default="raise",
                         help="stop at the first failed image (raise, default) or write the rest and "
                              "list the failures (collect)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="save .zarr inputs on this Dask cluster (e.g. tcp://10.0.0.5:8786); default: "
+                             "Dask's threads in this process. Needs pip install 'shmsave[dask]'")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout instead of the summary line")
     shown = parser.add_mutually_exclusive_group()
@@ -130,6 +134,9 @@ def _run(args) -> int:
     if args.start < 0:
         raise UsageError(f"--start must be 0 or more, got {args.start}")
     units = open_inputs(args.inputs, args.key)
+    on_dask = any(is_zarr(unit.path) for unit in units)
+    if args.scheduler and not on_dask:
+        raise UsageError("--scheduler runs .zarr inputs on a Dask cluster, and no .zarr input was given")
     number(units, args.start, args.continue_index)
     options = dict(quality=args.quality, compression=args.compression, params=dict(args.param) or None,
                    rgb=args.rgb, overwrite=not args.no_overwrite, errors=args.errors)
@@ -140,7 +147,7 @@ def _run(args) -> int:
         bar = _bar(sum(unit.count for unit in units), units[0].label if len(units) > 1 else None)
     began = time.perf_counter()
     try:
-        with Writer(args.workers) as writer:
+        with Writer(args.workers) as writer, _dask_scheduler(args.scheduler, on_dask):
             failures, stopped = _save_all(units, args.output, options, writer, bar)
     finally:
         if bar is not None:
@@ -205,7 +212,12 @@ def _save_all(units: list[Unit], template: str, options: dict, writer: Writer,
 
 
 def _save(unit: Unit, template: str, options: dict, writer: Writer, progress):
-    """Save one unit: a .npy is mapped (its workers read the file), a .npz array is loaded."""
+    """Save one unit: a .npy is mapped (its workers read the file), a .npz array is loaded,
+    a .zarr store is saved by ``shmsave.dask`` where Dask reads its blocks."""
+    if is_zarr(unit.path):
+        from .dask import save_zarr
+
+        return save_zarr(unit.path, template, start=unit.start, fields=unit.fields, progress=progress, **options)
     if unit.count == 0:
         images = np.empty(unit.shape, unit.dtype)
     elif unit.key is None:
@@ -216,6 +228,15 @@ def _save(unit: Unit, template: str, options: dict, writer: Writer, progress):
         return writer.save(images, template, start=unit.start, fields=unit.fields, progress=progress, **options)
     finally:
         del images  # a loaded .npz array leaves shared memory before the next is read
+
+
+def _dask_scheduler(address: str | None, needed: bool):
+    """Where .zarr inputs are saved (``shmsave.dask.scheduler``); nothing when there are none."""
+    if not needed:
+        return contextlib.nullcontext()
+    from .dask import scheduler
+
+    return scheduler(address)
 
 
 def _failure_of(error: ShmsaveError, unit: Unit) -> Failure:
