@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
-import hashlib
 import mmap
 import os
 import stat
-import traceback
 
 import cv2
 import numpy as np
@@ -57,7 +55,7 @@ def write_images(images, first_index: int, job: Job) -> Outcome:
     name_of = name_maker(os.path.basename(job.template) if job.folder is not None else job.template, fields)
     folders = _Folders(job.folder, job.cwd)
     convert = _RGB_TO_BGR if job.rgb else {}
-    extension, params, overwrite = job.extension, job.params, job.overwrite
+    extension, params, overwrite, cast = job.extension, job.params, job.overwrite, job.cast
     written = total = skipped = 0
     failures: list = []
     index = first_index
@@ -68,6 +66,8 @@ def write_images(images, first_index: int, job: Job) -> Outcome:
                 if not overwrite and _exists(name, folder):
                     skipped += 1
                     continue
+                if cast is not None and image.dtype != cast:  # values checked to fit (request.py)
+                    image = image.astype(cast)
                 if convert and image.ndim == 3 and image.shape[2] in convert:
                     image = cv2.cvtColor(image, convert[image.shape[2]])
                 ok, data = cv2.imencode(extension, image, params)
@@ -102,6 +102,8 @@ def for_another_process(result: Outcome) -> Outcome:
     from .errors import RemoteTraceback
 
     index, description, error = result.unexpected
+    import traceback  # only worker processes send tracebacks
+
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return result._replace(unexpected=(index, description, RemoteTraceback(text)))
 
@@ -334,5 +336,7 @@ def temporary_path(path: str, pid: int) -> str:
 
 def part_name(name: str, pid: int) -> str:
     """A temporary name of fixed, short length: any name a folder can hold can be written."""
+    import hashlib  # only replacing an existing file needs it: keep it out of a script's first call
+
     digest = hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()
     return f".shmsave-{digest}.{pid}.part"

@@ -8,6 +8,7 @@ benchmarks (benchmarks/results/full.md).
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 _MB = 2**20
@@ -30,6 +31,15 @@ _POOL_START_S = 0.4
 # two threads ran at 0.5-0.7x the loop on one host and swung between 0.8x and
 # 1.5x within minutes on another (10,000 images), where processes held 1.9x.
 _THREADS_FROM_IMAGE_BYTES = 64 * 1024
+# Tiny images on threads: the GIL serializes shmsave's Python work per image (16 % of
+# it, benchmarks/results/profile_tiny.md) and the hand-offs around each encode and
+# file call, so threads top out near 4x however many cores there are; 2 threads ran
+# 10,000 tiny images at 1.8x the loop (issue 12's fresh-interpreter measurement). With
+# the worker processes not yet started, threads win a request unless starting n
+# processes and running at n x beats them: start + W / n < W / min(n, 4). On 2 cores
+# that never happens: a script's one-shot call of tiny images runs on threads.
+_THREAD_SPEEDUP_MOST = 4
+_THREADS_FROM_S = 0.01  # below ~10 ms of work, starting threads is not paid back: inline
 # In-process engines read a memory-mapped file through this process's own pages: above
 # this many bytes, workers map the file themselves, so this process's memory stays small
 # whatever the file's size (tests/test_cli.py::test_parent_memory_stays_small_for_a_big_npy).
@@ -48,9 +58,9 @@ SOURCE_KINDS = ("array", "shared", "file", "list")  # caller's memory, Writer.em
 class Choice(NamedTuple):
     """The engine for one request and how many workers it uses.
 
-    ``small``: the request ran inline only because starting the worker
-    processes would not pay for it; a Writer that gets a second such call
-    starts them in the background, for the calls to come.
+    ``small``: the request runs inline or on threads only because starting
+    the worker processes would not pay for it; a Writer that gets a second
+    such call starts them in the background, for the calls to come.
     """
 
     engine: str
@@ -80,9 +90,27 @@ def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: st
         return Choice("inline", 1)
     if nbytes >= count * _THREADS_FROM_IMAGE_BYTES:
         return Choice("thread", workers)
-    if pool_ready or seconds > _POOL_START_S * workers / (workers - 1):
+    if pool_ready or _POOL_START_S + seconds / workers < seconds / min(workers, _THREAD_SPEEDUP_MOST):
         return Choice("process", workers)
+    if seconds >= _THREADS_FROM_S:
+        return Choice("thread", workers, small=True)
     return Choice("inline", 1, small=True)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may really use: its affinity and its cgroup quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as file:
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 class Chunks:

@@ -10,7 +10,7 @@ message, only the name of the memory that holds them (a source).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Union
 
 
 class Job(NamedTuple):
@@ -26,6 +26,7 @@ class Job(NamedTuple):
     stop_on_error: bool  # errors="raise": stop at the first failure
     cwd: str  # relative paths resolve here: the caller's working folder at the time of the call
     umask: int  # the caller's umask at the time of the call (worker processes adopt it)
+    cast: str | None = None  # integer images whose values fit are cast to this dtype before encoding
 
 
 class StackSource(NamedTuple):
@@ -100,3 +101,11 @@ class Forget(NamedTuple):
     """The parent released the segment ``locator``: unmap it."""
 
     locator: str
+
+
+class Wait:
+    """Not a message: a task source yields it instead of a task, and the dispatcher sends
+    nothing more from that source until ``ready()`` is true (a staging slot is free again)."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self.ready = ready

@@ -23,7 +23,7 @@ import sys
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -32,11 +32,12 @@ try:
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy import byte_bounds
 
-from . import segment
 from ._plan import Chunks
-from ._protocol import ListSource, StackSource, Task
-from .pool import Wait
+from ._protocol import ListSource, StackSource, Task, Wait
 from .request import Request
+
+if TYPE_CHECKING:
+    from .segment import Segment
 
 _MB = 2**20
 # Pixels that are not in shared memory yet pass through a few warm slots, so the
@@ -53,8 +54,8 @@ class Stager:
 
     def __init__(self, forget: Callable[[str], None]) -> None:
         self._forget = forget
-        self._slots: list[segment.Segment] = []
-        self._buffers: dict[int, segment.Segment] = {}
+        self._slots: list[Segment] = []
+        self._buffers: dict[int, Segment] = {}
         self._outstanding: list[int] = []  # per slot: tasks sent and not yet done
         self._slot_of: dict[int, int] = {}  # task id -> the slot it reads
         self._ids = itertools.count()
@@ -125,7 +126,8 @@ class Stager:
             self._outstanding[slot] -= 1
 
     def _staged_stack(self, request: Request, stack: np.ndarray, chunks: Chunks) -> Iterator[Task | Wait]:
-        job, image_bytes = request.job(), stack[0].nbytes
+        dtype = request.cast or stack.dtype  # integers are cast while they are copied
+        job, image_bytes = request.job(), stack[0].size * dtype.itemsize
         slots = self._staging_slots(image_bytes, request.nbytes)
         per_slot = slots[0].nbytes // image_bytes
         chunks.limit(per_slot)
@@ -135,25 +137,27 @@ class Stager:
                 number, used = (number + 1) % len(slots), 0
                 yield from self._wait_for(number)
             slot = slots[number]
-            staged = slot.array((hi - lo, *stack.shape[1:]), stack.dtype, used * image_bytes)
-            np.copyto(staged, stack[lo:hi])
+            staged = slot.array((hi - lo, *stack.shape[1:]), dtype, used * image_bytes)
+            np.copyto(staged, stack[lo:hi], casting="unsafe")
             source = StackSource(slot.kind, slot.locator, used * image_bytes, staged.shape, staged.strides,
-                                 stack.dtype.str)
+                                 dtype.str)
             used += hi - lo
             yield self._sent_from(number, Task(next(self._ids), source, 0, hi - lo, request.start + lo, job))
 
     def _staged_list(self, request: Request, chunks: Chunks) -> Iterator[Task | Wait]:
-        images, job = request.listed, request.job()
-        largest = max(_aligned(image.nbytes) for image in images)
-        slots = self._staging_slots(largest, sum(_aligned(image.nbytes) for image in images))
-        for window, (lo, placed) in enumerate(_pack(images, slots[0].nbytes)):
+        images, job, cast = request.listed, request.job(), request.cast
+        itemsize = (cast or images[0].dtype).itemsize
+        largest = max(_aligned(image.size * itemsize) for image in images)
+        slots = self._staging_slots(largest, sum(_aligned(image.size * itemsize) for image in images))
+        for window, (lo, placed) in enumerate(_pack(images, slots[0].nbytes, itemsize)):
             number = window % len(slots)
             yield from self._wait_for(number)
             slot = slots[number]
             entries = []
             for offset, image in placed:
-                slot.array(image.shape, image.dtype, offset)[...] = image
-                entries.append((offset, image.shape, image.dtype.str))
+                dtype = cast or image.dtype
+                np.copyto(slot.array(image.shape, dtype, offset), image, casting="unsafe")
+                entries.append((offset, image.shape, dtype.str))
             for first, last in chunks.split(0, len(entries)):
                 source = ListSource(slot.kind, slot.locator, tuple(entries[first:last]))
                 task = Task(next(self._ids), source, 0, last - first, request.start + lo + first, job)
@@ -170,7 +174,7 @@ class Stager:
 
     # -- memory -------------------------------------------------------------
 
-    def _staging_slots(self, unit: int, total: int) -> list[segment.Segment]:
+    def _staging_slots(self, unit: int, total: int) -> list[Segment]:
         """Warm slots of at least ``unit`` bytes, reused across calls while big enough."""
         size = max(unit, min(total, _SLOT_BYTES))
         count = min(_SLOTS, math.ceil(total / (size // unit * unit)))
@@ -178,8 +182,10 @@ class Stager:
         if len(self._slots) >= count and all(s.nbytes >= size for s in self._slots[:count]):
             self._outstanding = [0] * len(self._slots)
             return self._slots[:count]
+        from .segment import shm_free_bytes
+
         held = sum(s.nbytes for s in self._slots)
-        free = segment.shm_free_bytes()
+        free = shm_free_bytes()
         if free is not None and size * count > (free + held) // 2:
             # /dev/shm is small (containers often give 64 MB): use smaller windows
             size = max(unit, (free + held) // (2 * count) // unit * unit)
@@ -189,7 +195,9 @@ class Stager:
         self._outstanding = [0] * count
         return self._slots[:count]
 
-    def _new_segment(self, nbytes: int) -> segment.Segment:
+    def _new_segment(self, nbytes: int) -> Segment:
+        from . import segment  # multiprocessing.shared_memory & co: only once shared memory is used
+
         free = segment.shm_free_bytes()
         if free is None or nbytes <= free // 2:
             with contextlib.suppress(OSError):
@@ -229,11 +237,12 @@ def _release_buffer(buffers: dict, key: int, forget: Callable[[str], None] | Non
         block.release()
 
 
-def _pack(images: list, capacity: int):
-    """Yield ``(first_index, [(offset, image), ...])`` windows that fit in ``capacity`` bytes."""
+def _pack(images: list, capacity: int, itemsize: int):
+    """Yield ``(first_index, [(offset, image), ...])`` windows that fit in ``capacity`` bytes
+    (each image staged with ``itemsize`` bytes per value)."""
     placed, used, first = [], 0, 0
     for i, image in enumerate(images):
-        size = _aligned(image.nbytes)
+        size = _aligned(image.size * itemsize)
         if placed and used + size > capacity:
             yield first, placed
             placed, used, first = [], 0, i

@@ -170,10 +170,25 @@ def format_for(extension: str) -> Format:
     return fmt
 
 
-def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str) -> None:
+_CAST_ORDER = ("uint8", "int8", "uint16", "int16", "int32")  # narrowest first
+
+
+def integer_targets(encoding: Encoding, dtype: np.dtype) -> tuple[np.dtype, ...]:
+    """The integer types ``encoding``'s format holds that integers of ``dtype``, which it does not
+    hold, may be cast to when their values fit (narrowest first); () when no cast applies."""
+    fmt = format_for(encoding.extension)
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu" or dtype.name in fmt.dtypes or not dtype.isnative:
+        return ()
+    return tuple(np.dtype(name) for name in _CAST_ORDER if name in fmt.dtypes)
+
+
+def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str, castable: bool = False) -> None:
     """Refuse pixels that ``encoding``'s format cannot hold unchanged.
 
     ``channels`` is 1 for a 2-D image; ``what`` names the image(s) in the message.
+    ``castable``: the values will be checked against ``integer_targets`` (the
+    dtype itself is then not refused here).
     """
     fmt = format_for(encoding.extension)
     dtype = np.dtype(dtype)
@@ -187,15 +202,21 @@ def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str) 
             f"{what} has {channels} channels; images need 1 (gray), 3 (BGR) or 4 (BGRA) channels "
             "as the last axis. If the channels are first, move them: np.moveaxis(images, 1, -1)"
         )
-    if name not in fmt.dtypes:
+    if name not in fmt.dtypes and not castable:
         raise InvalidRequest(f"{what} is {name}, which {fmt.name} ({encoding.extension}) cannot hold; "
-                             + _dtype_advice(name, fmt))
+                             + dtype_advice(name, fmt))
     if channels not in fmt.channels:
         counts = " or ".join(str(c) for c in sorted(fmt.channels))
         raise InvalidRequest(f"{what} has {channels} channel(s); {fmt.name} ({encoding.extension}) "
                              f"takes {counts}")
-    if fmt is _AVIF:
+    if fmt is _AVIF and name in fmt.dtypes:
         _check_avif_depth(encoding, name)
+
+
+def check_cast(encoding: Encoding, target: np.dtype) -> None:
+    """The checks that depend on the dtype, for the one integers are cast to."""
+    if format_for(encoding.extension) is _AVIF:
+        _check_avif_depth(encoding, np.dtype(target).name)
 
 
 def _check_avif_depth(encoding: Encoding, dtype_name: str) -> None:
@@ -218,7 +239,8 @@ def check_size(encoding: Encoding, height: int, width: int, what: str) -> None:
                              "Use .png or .tiff, or split the image")
 
 
-def _dtype_advice(name: str, fmt: Format) -> str:
+def dtype_advice(name: str, fmt: Format) -> str:
+    """What to do with ``name`` pixels that ``fmt`` cannot hold."""
     holds = ", ".join(sorted(fmt.dtypes))
     if name.startswith("float"):
         if "uint8" in fmt.dtypes and "float32" not in fmt.dtypes:

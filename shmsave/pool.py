@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import os
 import signal
 import socket
@@ -35,37 +34,13 @@ import subprocess
 import sys
 import weakref
 from multiprocessing.connection import Connection, wait
-from typing import Callable
 
-from ._protocol import Forget, Ready
+from ._protocol import Forget, Ready, Wait
 
 _DEPTH = 2  # tasks queued per worker: one running, one ready
 _STOP_TIMEOUT_S = 5.0
 _WORKER_MAIN = "import sys; from shmsave._worker import main; main(sys.argv[1:])"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Wait:
-    """Yielded by a task source: send nothing more until ``ready()`` is true."""
-
-    def __init__(self, ready: Callable[[], bool]) -> None:
-        self.ready = ready
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may really use: its affinity and its cgroup quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:
-        count = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as file:
-            quota, period = file.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 class _Worker:

@@ -31,6 +31,7 @@ class Request:
     encoding: codec.Encoding
     overwrite: bool
     collect: bool
+    cast: np.dtype | None  # integers whose values all fit this type the format holds are saved as it
     cwd: str  # the caller's working folder when the request was made: relative paths resolve here
     umask: int  # the caller's umask then
 
@@ -38,7 +39,7 @@ class Request:
         """What every task carries besides its pixels (see ``_worker.write_images``)."""
         return Job(self.template.text, self.template.folder, self.template.fields, self.encoding.extension,
                    self.encoding.params, self.encoding.rgb, self.overwrite, not self.collect, self.cwd,
-                   self.umask)
+                   self.umask, None if self.cast is None else self.cast.str)
 
     def path(self, index: int) -> str:
         """The path of image ``index`` as the caller wrote it (relative paths stay relative)."""
@@ -61,21 +62,53 @@ def make_request(images, template, *, quality=None, compression=None, params=Non
     parsed = parse_template(template, max(count, 1), int(start), fields)
     encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression,
                                    params=params, rgb=rgb)
+    dtype = stack.dtype if stack is not None else (listed[0].dtype if listed else np.dtype(np.uint8))
+    targets = codec.integer_targets(encoding, dtype)
     if stack is not None:
         channels = stack.shape[3] if stack.ndim == 4 else 1
-        codec.check_pixels(encoding, stack.dtype, channels, "the image stack")
+        codec.check_pixels(encoding, stack.dtype, channels, "the image stack", castable=bool(targets))
         codec.check_size(encoding, stack.shape[1], stack.shape[2], "each image of the stack")
         _check_finite(stack, "the image stack")
-        nbytes = stack.nbytes
     else:
         for i, image in enumerate(listed):
             channels = image.shape[2] if image.ndim == 3 else 1
-            codec.check_pixels(encoding, image.dtype, channels, f"image {i}")
+            codec.check_pixels(encoding, image.dtype, channels, f"image {i}", castable=bool(targets))
             codec.check_size(encoding, image.shape[0], image.shape[1], f"image {i}")
             _check_finite(image, f"image {i}")
-        nbytes = sum(image.nbytes for image in listed)
+    cast = _integer_cast(stack if stack is not None else listed, dtype, targets, encoding) if targets else None
+    itemsize = (cast or dtype).itemsize
+    nbytes = sum(image.size for image in (stack if stack is not None else listed)) * itemsize \
+        if cast is not None else (stack.nbytes if stack is not None else sum(image.nbytes for image in listed))
     return Request(stack, listed, count, nbytes, int(start), parsed, encoding, bool(overwrite),
-                   errors == "collect", _working_folder(parsed.text), current_umask())
+                   errors == "collect", cast, _working_folder(parsed.text), current_umask())
+
+
+def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encoding: codec.Encoding) -> np.dtype:
+    """The narrowest of ``targets`` that holds every value of ``images``; InvalidRequest naming the
+    first image whose values no target holds.
+
+    OpenCV would saturate such values silently; a cast of values that fit is exact, so the files
+    are what ``cv2.imwrite(path, image.astype(target))`` writes.
+    """
+    if isinstance(images, np.ndarray):
+        axes = tuple(range(1, images.ndim))
+        lows, highs = images.min(axis=axes), images.max(axis=axes)
+    else:
+        lows = np.array([image.min() for image in images])
+        highs = np.array([image.max() for image in images])
+    low, high = int(lows.min()), int(highs.max())
+    for target in targets:
+        info = np.iinfo(target)
+        if info.min <= low and high <= info.max:
+            codec.check_cast(encoding, target)
+            return target
+    widest = [np.iinfo(t) for t in targets]
+    for i, (lo, hi) in enumerate(zip(lows.tolist(), highs.tolist())):
+        if not any(info.min <= lo and hi <= info.max for info in widest):
+            break
+    fmt = codec.format_for(encoding.extension)
+    raise InvalidRequest(f"image {i} is {dtype.name} with values from {lo} to {hi}, which {fmt.name} "
+                         f"({encoding.extension}) cannot hold; {codec.dtype_advice(dtype.name, fmt)}")
 
 
 def _working_folder(template: str) -> str:

@@ -112,6 +112,7 @@ class Segment:
         copy into a fresh segment (622 MB: 1.1 s -> 0.6 s; docs/design.md).
         """
         nbytes = max(int(nbytes), 1)
+        sweep_orphans()  # before this process's first segment, what crashed processes left goes
         while True:
             name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
             made = _create_file(name, nbytes) if on_disk else _create_shm(name, nbytes)

@@ -11,7 +11,6 @@ dispatches them over the ``Pool`` (``pool.py``); the in-process engines run
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import threading
@@ -21,22 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import segment
 from ._files import remove_if_empty, temporary_path, write_images
-from ._plan import ENGINES, Chunks, choose_engine
+from ._plan import ENGINES, Chunks, choose_engine, usable_cpus
 from ._protocol import Task
 from ._staging import Stager
 from .errors import InvalidRequest, WriterClosed
-from .pool import Pool, usable_cpus
 from .report import Progress, Report, Tally
 from .request import Request, make_request, prepare_folder
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Mapping, Sequence
 
     import numpy.typing as npt
 
     from ._protocol import Result
+    from .pool import Pool
 
 class Writer:
     """Saves image batches with a pool of long-lived worker processes.
@@ -60,15 +59,14 @@ class Writer:
             raise InvalidRequest(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.workers = int(workers) if workers is not None else usable_cpus()
         self.engine = engine
-        self._pool = Pool(self.workers)
-        self._stager = Stager(self._pool.forget)
+        self._processes = _Processes(self.workers)
+        self._stager = Stager(self._processes.forget)
         self._lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._small_calls = 0  # calls too small to start the workers for
-        segment.sweep_orphans()
-        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._stager)
+        self._finalizer = weakref.finalize(self, _shut_down, self._processes, self._stager)
         _writers.add(self)
 
     # -- public -----------------------------------------------------------
@@ -102,7 +100,9 @@ class Writer:
                               rgb=rgb, start=start, overwrite=overwrite, errors=errors, fields=fields)
         with self._lock:
             if self._submitter is None:
-                self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._submitter = ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
         return self._submitter.submit(self._run, request, progress)
 
     def start(self) -> Writer:
@@ -114,7 +114,7 @@ class Writer:
         with self._lock:
             if self._closed:
                 raise WriterClosed()
-            self._pool.wait_ready()
+            self._processes.pool().wait_ready()
         return self
 
     def empty(self, shape: int | Sequence[int], dtype: npt.DTypeLike = "uint8") -> np.ndarray:
@@ -146,7 +146,7 @@ class Writer:
     @property
     def pids(self) -> list[int]:
         """Process ids of the running workers (for monitoring and tests)."""
-        return self._pool.pids
+        return self._processes.pids
 
     # -- running ----------------------------------------------------------
 
@@ -164,11 +164,11 @@ class Writer:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
             prepare_folder(request)
             choice = choose_engine(self.engine, self.workers, request.count, request.nbytes,
-                                   self._stager.source_kind(request), pool_ready=self._pool.ready())
+                                   self._stager.source_kind(request), pool_ready=self._processes.ready())
             if choice.small:
                 self._small_calls += 1
                 if self._small_calls == 2:  # a Writer in use again: start the workers for the calls to come
-                    self._pool.start()
+                    self._processes.pool().start()
             tally = Tally(request, progress)
             try:
                 if choice.engine == "process":
@@ -191,6 +191,8 @@ class Writer:
                 break
 
     def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
+        import concurrent.futures  # here: a call that runs inline never needs it
+
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
         images, job = _images(request), request.job()
@@ -227,7 +229,7 @@ class Writer:
 
         tasks = stager.tasks(request, Chunks(request.count, request.nbytes, self.workers))
         try:
-            self._pool.run(tasks, on_result, on_death, on_abandon)
+            self._processes.pool().run(tasks, on_result, on_death, on_abandon)
         finally:
             tasks.close()
 
@@ -241,7 +243,47 @@ class Writer:
         self._lock = threading.Lock()
         self._threads = self._submitter = None
         self._stager.drop_inherited()
+        self._processes.drop_inherited()
         self._small_calls = 0
+
+
+class _Processes:
+    """A Writer's worker processes, started on first need.
+
+    ``pool.py`` (subprocess, sockets, multiprocessing) is imported only then:
+    a script whose call runs inline or on threads never pays for it.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: Pool | None = None
+
+    def pool(self) -> Pool:
+        if self._pool is None:
+            from .pool import Pool
+
+            self._pool = Pool(self.workers)
+        return self._pool
+
+    def ready(self) -> bool:
+        return self._pool is not None and self._pool.ready()
+
+    @property
+    def pids(self) -> list[int]:
+        return [] if self._pool is None else self._pool.pids
+
+    def forget(self, locator: str) -> None:
+        """Tell the workers, if any, to unmap a released segment."""
+        if self._pool is not None:
+            self._pool.forget(locator)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def drop_inherited(self) -> None:
+        """In a forked child: the parent's pool stays the parent's (pool.py drops our hold on it)."""
+        self._pool = None
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
@@ -269,6 +311,6 @@ def _remove_partial_files(request: Request, task: Task, pid: int) -> None:
         remove_if_empty(path)
 
 
-def _shut_down(pool: Pool, stager: Stager) -> None:
-    pool.close()
+def _shut_down(processes: _Processes, stager: Stager) -> None:
+    processes.close()
     stager.release()

@@ -28,6 +28,13 @@ def _stack(dtype="uint8", n=3, channels=3):
     return np.zeros(shape, dtype)
 
 
+def _wide(dtype, value):
+    """A stack of ``dtype`` (a type the format does not hold) with one value out of every range it holds."""
+    images = _stack(dtype)
+    images[1, 2, 3, 0] = value
+    return images
+
+
 def _nan(value):
     images = np.zeros((3, 20, 30, 3), np.float32)
     images[1, 4, 5, 2] = value
@@ -69,15 +76,19 @@ CASES = [
      "no pixels"),
     ("4d-image-in-list", lambda w, d: w.save([_u8(1, 20, 30, 3)], d + "/{index}.png"), IR, "(H, W) or (H, W, C)"),
     # dtypes
-    ("int64-to-png", lambda w, d: w.save(_stack("int64"), d + "/{index}.png"), IR, "np.clip(images, 0, 255)"),
-    ("int64-to-tiff", lambda w, d: w.save(_stack("int64"), d + "/{index}.tiff"), IR, "astype(np.int32)"),
+    ("int64-to-png", lambda w, d: w.save(_wide("int64", 70_000), d + "/{index}.png"), IR, "np.clip(images, 0, 255)"),
+    ("int64-to-png-names-image", lambda w, d: w.save(_wide("int64", -1), d + "/{index}.png"), IR,
+     "image 1 is int64 with values from -1 to 0"),
+    ("int64-to-jpg-names-range", lambda w, d: w.save(_wide("int64", 256), d + "/{index}.jpg"), IR,
+     "image 1 is int64 with values from 0 to 256, which JPEG (.jpg) cannot hold"),
+    ("int64-to-tiff", lambda w, d: w.save(_wide("int64", 2**40), d + "/{index}.tiff"), IR, "astype(np.int32)"),
     ("float64-unit-to-jpg", lambda w, d: w.save(np.full((3, 20, 30, 3), 0.5), d + "/{index}.jpg"), IR,
      "* 255).round().astype(np.uint8)"),
     ("float16-to-tiff", lambda w, d: w.save(_stack("float16"), d + "/{index}.tiff"), IR,
      "astype(np.float32)"),
     ("bool-to-png", lambda w, d: w.save(_stack("bool"), d + "/{index}.png"), IR, "astype(np.uint8) * 255"),
     ("complex-to-png", lambda w, d: w.save(_stack("complex64"), d + "/{index}.png"), IR, "Cast"),
-    ("uint16-to-jpg", lambda w, d: w.save(_stack("uint16"), d + "/{index}.jpg"), IR, "cannot hold"),
+    ("uint16-to-jpg", lambda w, d: w.save(_wide("uint16", 1000), d + "/{index}.jpg"), IR, "cannot hold"),
     ("big-endian-uint16", lambda w, d: w.save(_stack(">u2"), d + "/{index}.png"), IR, "byte order"),
     ("mixed-dtypes-in-list", lambda w, d: w.save([_u8(20, 30), np.zeros((20, 30), np.uint16)],
                                                  d + "/{index}.png"), IR, "share a dtype"),
@@ -145,7 +156,7 @@ CASES = [
      "'raise' or 'collect'"),
     ("unknown-fields-value", lambda w, d: w.save(_stack(), d + "/{stem}/{index}.png", fields={"name": "a"}), IR,
      "it may use"),
-    ("submit-bad-input", lambda w, d: w.submit(_stack("int64"), d + "/{index}.png"), IR, "Cast explicitly"),
+    ("submit-bad-input", lambda w, d: w.submit(_wide("int64", 70_000), d + "/{index}.png"), IR, "Cast explicitly"),
     # Writer construction and lifetime
     ("workers-0", lambda w, d: shmsave.Writer(workers=0), IR, "positive integer"),
     ("workers-negative", lambda w, d: shmsave.Writer(workers=-2), IR, "positive integer"),
@@ -179,7 +190,7 @@ def test_bad_request_leaves_existing_files_alone(tmp_path):
     (tmp_path / "0.png").write_bytes(b"keep")
     with shmsave.Writer(2, engine="process") as writer:
         with pytest.raises(shmsave.InvalidRequest):
-            writer.save(_stack("int64"), str(tmp_path / "{index}.png"))
+            writer.save(_wide("int64", -7), str(tmp_path / "{index}.png"))
         assert writer.pids == []
     assert os.listdir(tmp_path) == ["0.png"] and (tmp_path / "0.png").read_bytes() == b"keep"
 
@@ -196,7 +207,7 @@ def test_a_bad_workers_value_does_not_break_later_saves(tmp_path):
 
 def test_a_good_request_after_bad_ones_works(tmp_path):
     with shmsave.Writer(2, engine="process") as writer:
-        for bad in (_stack("int64"), _stack(channels=2), None):
+        for bad in (_wide("int64", -7), _stack(channels=2), None):
             with pytest.raises(shmsave.InvalidRequest):
                 writer.save(bad, str(tmp_path / "{index}.png"))
         report = writer.save(_stack(), str(tmp_path / "{index}.png"))

@@ -188,7 +188,7 @@ def test_bad_input_is_refused_before_computing(tmp_path):
     cases = [
         (da.zeros((4, 8), dtype="uint8"), "out/{index}.png", {}, "(N, H, W)"),
         (da.zeros((4, 8, 8, 2), dtype="uint8"), "out/{index}.png", {}, "channel"),
-        (da.zeros((4, 8, 8), dtype="int64"), "out/{index}.png", {}, "int64"),
+        (da.zeros((4, 8, 8), dtype="float64"), "out/{index}.png", {}, "float64"),
         (good, "out/all.png", {}, "{index}"),
         (good, "out/{index}.png", {"quality": 50}, "quality"),
         (good, "out/{index}.png", {"errors": "ignore"}, "errors"),

@@ -23,8 +23,13 @@ TABLE = [
     ("big-images-shared-threads", "auto", 4, 48, 48 * 6 * MB, "shared", True, Choice("thread", 4)),
     ("64KB-images-threads", "auto", 2, 100, 100 * 64 * KB, "array", False, Choice("thread", 2)),
     ("tiny-pool-ready", "auto", 2, 1000, 1000 * TINY, "array", True, Choice("process", 2)),
-    ("tiny-small-cold", "auto", 2, 1000, 1000 * TINY, "array", False, Choice("inline", 1, small=True)),
-    ("tiny-big-cold-pays", "auto", 2, 20_000, 20_000 * TINY, "array", False, Choice("process", 2)),
+    ("tiny-few-cold-inline", "auto", 2, 120, 120 * TINY, "array", False, Choice("inline", 1, small=True)),
+    ("tiny-small-cold-threads", "auto", 2, 1000, 1000 * TINY, "array", False, Choice("thread", 2, small=True)),
+    ("tiny-big-cold-2-cores-threads", "auto", 2, 50_000, 50_000 * TINY, "array", False,
+     Choice("thread", 2, small=True)),
+    ("tiny-big-cold-16-cores-pays", "auto", 16, 50_000, 50_000 * TINY, "array", False, Choice("process", 16)),
+    ("tiny-small-cold-16-cores-threads", "auto", 16, 10_000, 10_000 * TINY, "array", False,
+     Choice("thread", 16, small=True)),
     ("tiny-list-ready", "auto", 4, 1000, 1000 * TINY, "list", True, Choice("process", 4)),
     ("big-file-processes", "auto", 4, 300, 300 * MB, "file", False, Choice("process", 4)),
     ("big-file-one-worker", "auto", 1, 300, 300 * MB, "file", False, Choice("process", 1)),
@@ -40,13 +45,13 @@ def test_engine_choice(engine, workers, count, nbytes, source, ready, expected):
     assert children() == before
 
 
-def test_starting_workers_pays_from_start_plus_a_share_of_the_work():
-    # n workers pay back their start once W > start + W / n: with 2 workers, W > 0.8 s
-    below, above = 0.79, 0.81
+def test_cold_workers_pay_only_where_they_beat_threads():
+    # tiny images, workers not started: processes once start + W / n < W / min(n, 4);
+    # with 16 workers and a 0.4 s start that is W > 0.4 / (1/4 - 1/16) = 2.13 s
     per_image = single_core_seconds(1, TINY)
-    for seconds, engine in ((below, "inline"), (above, "process")):
+    for seconds, engine in ((2.10, "thread"), (2.16, "process")):
         count = int(seconds / per_image)
-        assert choose_engine("auto", 2, count, count * TINY, "array", pool_ready=False).engine == engine
+        assert choose_engine("auto", 16, count, count * TINY, "array", pool_ready=False).engine == engine
 
 
 def test_tasks_cover_every_image_once_and_shrink_toward_the_end():

@@ -18,7 +18,7 @@ import pytest
 
 import shmsave
 from shmsave import _staging
-from shmsave.pool import usable_cpus
+from shmsave._plan import usable_cpus
 
 from .conftest import children, shmsave_segments, wait_until
 
@@ -200,7 +200,7 @@ def test_workers_default_to_usable_cpus():
 
 
 def test_usable_cpus_respects_cpu_affinity():
-    code = "import os; os.sched_setaffinity(0, {0}); from shmsave.pool import usable_cpus; print(usable_cpus())"
+    code = "import os; os.sched_setaffinity(0, {0}); from shmsave._plan import usable_cpus; print(usable_cpus())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
 
@@ -230,7 +230,9 @@ def test_auto_engine_keeps_tiny_batches_in_process(tmp_path, rng):
         report = writer.save(rng.integers(0, 255, (20, 160, 160, 3), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "thread" and writer.pids == []  # big images: threads encode in parallel
         report = writer.save(rng.integers(0, 255, (15000, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
-        assert report.engine == "process" and len(writer.pids) == 2  # enough work to start processes
+        assert report.engine == "thread"  # tiny ones too, while processes do not run (2 cores) ...
+        assert len(writer.pids) == 2  # ... but a second such call starts them for the calls to come
+        writer.start()
         report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "process"  # once running, the workers take everything but trifles
         report = writer.save(rng.integers(0, 255, (20, 160, 160, 3), np.uint8), str(tmp_path / "{index}.jpg"))
@@ -498,10 +500,10 @@ def test_workers_keep_segments_mapped_until_the_parent_releases_them(photos, tmp
 def test_a_writer_used_again_starts_its_workers_for_later_calls(tmp_path, rng):
     stack = rng.integers(0, 255, (300, 50, 50, 1), np.uint8)  # too little work to start workers for
     with shmsave.Writer(workers=2) as writer:
-        assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "inline" and writer.pids == []
-        assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "inline"
+        assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "thread" and writer.pids == []
+        assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "thread"
         assert len(writer.pids) == 2  # started in the background during the second call
-        assert wait_until(writer._pool.ready, 30)  # they import for a moment: calls meanwhile stay inline
+        assert wait_until(writer._processes.ready, 30)  # they import for a moment: calls meanwhile use threads
         assert writer.save(stack, str(tmp_path / "c{index}.jpg")).engine == "process"
     for i in range(0, 300, 37):
         assert read(tmp_path / f"c{i}.jpg") == imencode(stack[i], ".jpg")
@@ -509,6 +511,49 @@ def test_a_writer_used_again_starts_its_workers_for_later_calls(tmp_path, rng):
 
 def test_start_makes_the_workers_ready_before_the_first_call(tmp_path, rng):
     with shmsave.Writer(workers=2) as writer:
-        assert writer.start() is writer and len(writer.pids) == 2 and writer._pool.ready()
+        assert writer.start() is writer and len(writer.pids) == 2 and writer._processes.ready()
         report = writer.save(rng.integers(0, 255, (100, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
         assert report.engine == "process"  # no call waits for the workers to import
+
+
+# -- the question that started the project ---------------------------------------------
+
+_QUESTION = """
+import sys, tempfile
+from pathlib import Path
+import cv2, numpy as np
+import shmsave
+
+# The question's third program (shared/seed): its loop as written, then shmsave.save in place of
+# the pools, with the question's own int64 arrays, unchanged.
+def save_img(idx, image, dst):
+    cv2.imwrite((Path(dst) / f'{idx}.jpg').as_posix(), image.astype(np.uint8))
+
+if __name__ == '__main__':
+    l1 = np.random.randint(0, 255, (100, 50, 50, 1))
+    l2 = np.random.randint(0, 255, (1000, 50, 50, 1))
+    l3 = np.random.randint(0, 255, (3000, 50, 50, 1))
+    out = Path(sys.argv[1])
+    for k, ll in enumerate((l1, l2, l3)):
+        loop_dir, shm_dir = out / f"loop{k}", out / f"shmsave{k}"
+        loop_dir.mkdir(parents=True)
+        for i, img in enumerate(ll):
+            save_img(i, img, loop_dir)
+        report = shmsave.save(ll, str(shm_dir / "{index}.jpg"))
+        assert report.count == len(ll), report
+    print("ok")
+"""
+
+
+def test_the_questions_program_with_shmsave_in_place_of_the_pools(tmp_path):
+    """The seed question saves np.random.randint(0, 255, (N, 50, 50, 1)) arrays: int64 whose values
+    fit uint8. shmsave saves them exactly as cv2.imwrite saves the cast array (the loop here casts
+    explicitly, as OpenCV 5 refuses int64)."""
+    script = tmp_path / "question.py"
+    script.write_text(_QUESTION)
+    done = run_python([str(script), str(tmp_path / "out")], tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    for k, count in enumerate((100, 1000, 3000)):
+        loop, ours = tmp_path / "out" / f"loop{k}", tmp_path / "out" / f"shmsave{k}"
+        assert sorted(os.listdir(ours)) == sorted(os.listdir(loop)) and len(os.listdir(loop)) == count
+        assert all((loop / name).read_bytes() == (ours / name).read_bytes() for name in os.listdir(loop))
