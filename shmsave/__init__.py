@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
 
@@ -39,7 +39,7 @@ __all__ = [
 _LAZY = {"save": "api", "Writer": "writer", "Report": "report", "Failure": "report"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

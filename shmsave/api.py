@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING, Any
 
-from .report import Report
+from .report import Progress, Report
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import numpy as np
 
 _shared: Writer | None = None
 _shared_lock = threading.Lock()
@@ -21,9 +27,11 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def save(images, template, *, workers: int | None = None, quality=None, compression=None, params=None,
-         rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
-         progress: bool = False) -> Report:
+def save(images: np.ndarray | Sequence[np.ndarray], template: str | os.PathLike[str], *,
+         workers: int | None = None, quality: int | None = None, compression: int | None = None,
+         params: Mapping[int | str, int] | Sequence[int | str] | None = None, rgb: bool = False,
+         start: int = 0, overwrite: bool = True, errors: str = "raise", progress: Progress = False,
+         fields: Mapping[str, Any] | None = None) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
     ``images``: an (N, H, W) or (N, H, W, C) array with C in 1, 3, 4, or a
@@ -35,7 +43,9 @@ def save(images, template, *, workers: int | None = None, quality=None, compress
     ``rgb=True`` means the pixels are RGB(A), not OpenCV's BGR(A).
     ``overwrite=False`` leaves existing files alone (resume an interrupted
     job). ``errors="collect"`` records failures in ``Report.failed`` instead
-    of raising WriteFailed or WorkerDied.
+    of raising WriteFailed, WorkerDied or WorkerFailed. ``progress``: True
+    for a tqdm bar, or a callable told ``progress(n)`` as n more images finish.
+    ``fields``: values of the template's other ``{name}`` fields.
 
     Bad input raises InvalidRequest before anything is written. Each file is
     byte-identical to what ``cv2.imwrite`` writes, and appears under its name
@@ -45,7 +55,7 @@ def save(images, template, *, workers: int | None = None, quality=None, compress
     """
     writer = _shared_writer(workers)
     return writer.save(images, template, quality=quality, compression=compression, params=params, rgb=rgb,
-                       start=start, overwrite=overwrite, errors=errors, progress=progress)
+                       start=start, overwrite=overwrite, errors=errors, progress=progress, fields=fields)
 
 
 def _shared_writer(workers: int | None) -> Writer:
