@@ -108,6 +108,18 @@ def test_importing_without_opencv_says_what_to_install(statement):
     assert 'pip install "shmsave[opencv]"' in last and "opencv-python" in last
 
 
+@pytest.mark.parametrize("version, ok", [("4.6.0", False), ("4.7.0", False), ("4.8.0", True), ("4.14.0", True),
+                                         ("5.0.0", True), ("4.10.0-dev", True), ("3.4.18", False)])
+def test_opencv_older_than_the_floor_is_refused_with_an_upgrade_hint(version, ok):
+    from shmsave._opencv import check_version
+
+    if ok:
+        check_version(version)
+    else:
+        with pytest.raises(ImportError, match=rf"needs OpenCV 4\.8 or newer, and this is OpenCV {version}; upgrade"):
+            check_version(version)
+
+
 # -- printf templates ------------------------------------------------------------
 
 @pytest.mark.parametrize("printf, fmt", [
