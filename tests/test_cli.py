@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,7 +159,7 @@ def test_help_and_version():
     for flag in ["--output", "--key", "--start", "--continue-index", "--workers", "--quality", "--compression",
                  "--param", "--rgb", "--no-overwrite", "--errors", "--json", "--progress", "--quiet"]:
         assert flag in shown.stdout
-    assert "-j N, --workers N" in shown.stdout
+    assert re.search(r"-j( N)?, --workers N", shown.stdout)  # Python 3.13 writes the metavar once
 
 
 def test_version_names_opencv_and_the_formats_it_writes():
