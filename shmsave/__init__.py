@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _opencv
 from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
+
+_opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
 if TYPE_CHECKING:
     from .api import save

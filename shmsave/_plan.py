@@ -8,8 +8,9 @@ benchmarks (benchmarks/results/full.md).
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
+
+from ._cpus import usable_cpus
 
 _MB = 2**20
 # Engine choice: estimated single-core seconds for a request (docs/design.md:
@@ -50,6 +51,8 @@ _TASK_BYTES = 4 * _MB
 _TASK_IMAGES = 512
 _TASK_MIN_S = 0.001
 _TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
+
+__all__ = ["ENGINES", "Choice", "Chunks", "choose_engine", "single_core_seconds", "usable_cpus"]
 
 ENGINES = ("auto", "process", "thread", "inline")
 SOURCE_KINDS = ("array", "shared", "file", "list")  # caller's memory, Writer.empty, np.memmap, a list
@@ -95,22 +98,6 @@ def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: st
     if seconds >= _THREADS_FROM_S:
         return Choice("thread", workers, small=True)
     return Choice("inline", 1, small=True)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may really use: its affinity and its cgroup quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:
-        count = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as file:
-            quota, period = file.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 class Chunks:

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shmsave", usage="shmsave INPUT [INPUT ...] -o TEMPLATE [options]",
-                     description=_DESCRIPTION, epilog=_EPILOG,
+                     description=_DESCRIPTION, epilog=_EPILOG, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy or .npz files")
     parser.add_argument("-o", "--output", required=True, metavar="TEMPLATE",
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", type=int, default=0, metavar="N", help="the first index (default 0)")
     parser.add_argument("--continue-index", action="store_true",
                         help="number on across inputs instead of restarting at --start for each")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default: all usable CPUs)")
+    parser.add_argument("-j", "--workers", type=int, metavar="N", help="worker processes (default: all usable CPUs)")
     parser.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP/AVIF/JPEG 2000 quality")
     parser.add_argument("--compression", type=int, metavar="C", help="PNG (0-9), TIFF, HDR or EXR compression")
     parser.add_argument("--param", action="append", type=_param, default=[], metavar="FLAG=VALUE",
@@ -111,8 +111,27 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument("--progress", action="store_true", help="show the progress bar even when stderr "
                                                                "is not a terminal")
     shown.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary; errors only")
-    parser.add_argument("--version", action="version", version=f"shmsave {__version__}")
+    parser.add_argument("--version", action=_Version, help="show shmsave's and OpenCV's versions and the "
+                                                           "formats this OpenCV writes, then exit")
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: computed only when asked (it probes every format)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """E.g. ``shmsave 0.1.0 (OpenCV 5.0.0; writes .jpg .png ...)``: the formats depend on the build."""
+    from .codec import cv2, writable_extensions
+
+    return f"shmsave {__version__} (OpenCV {cv2.__version__}; writes {' '.join(writable_extensions())})"
 
 
 def _param(text: str) -> tuple:

@@ -9,12 +9,16 @@ fix them.
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from ._opencv import import_cv2
 from .errors import InvalidRequest
+
+cv2 = import_cv2()
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,57 @@ _BY_EXTENSION = {
 
 def writable_extensions() -> list[str]:
     """The extensions this OpenCV build can write, in a stable order."""
-    return [ext for ext in _BY_EXTENSION if cv2.haveImageWriter("x" + ext)]
+    return [ext for ext in _BY_EXTENSION if can_write(ext)]
+
+
+_probed: dict[str, bool] = {}
+_probe_lock = threading.Lock()
+
+
+def can_write(extension: str) -> bool:
+    """Whether this OpenCV build writes ``extension`` (e.g. ``".png"``, lower case).
+
+    Asks OpenCV at most once per extension and process, and never lets it print:
+    on OpenCV 4.x, asking about ``.exr`` logs "OpenEXR codec is disabled" on
+    stderr and raises ``cv2.error``, which here means "cannot write".
+    """
+    known = _probed.get(extension)
+    if known is not None:
+        return known
+    with _probe_lock:  # the log level is process-wide: one probe at a time restores it right
+        if extension not in _probed:
+            _probed[extension] = _probe(extension)
+        return _probed[extension]
+
+
+def _probe(extension: str) -> bool:
+    logging = _opencv_logging()
+    if logging is None and extension == ".exr" and not _exr_enabled_by_environment():
+        # Without the logging API (e.g. OpenCV 4.6) the probe's warning cannot be silenced; 4.x
+        # disables its EXR codec unless this variable is set, so the answer is known.
+        return False
+    if logging is not None:
+        level = logging.getLogLevel()
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        return bool(cv2.haveImageWriter("x" + extension))
+    except cv2.error:
+        return False
+    finally:
+        if logging is not None:
+            logging.setLogLevel(level)
+
+
+def _opencv_logging():
+    """``cv2.utils.logging`` where this OpenCV has it (recent 4.x and 5.x; 4.6 has not), else None."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if all(hasattr(logging, name) for name in ("getLogLevel", "setLogLevel", "LOG_LEVEL_SILENT")):
+        return logging
+    return None
+
+
+def _exr_enabled_by_environment() -> bool:
+    return os.environ.get("OPENCV_IO_ENABLE_OPENEXR", "").strip().lower() in ("1", "true", "on", "yes")
 
 
 @dataclass(frozen=True)
@@ -163,7 +217,7 @@ def format_for(extension: str) -> Format:
     """The Format of ``extension``; InvalidRequest if unknown or not in this build."""
     ext = extension.lower()
     fmt = _BY_EXTENSION.get(ext)
-    if fmt is None or not cv2.haveImageWriter("x" + ext):
+    if fmt is None or not can_write(ext):
         known = " ".join(writable_extensions())
         shown = repr(ext) if ext else "no extension"
         raise InvalidRequest(f"cannot write images with {shown}; this OpenCV build writes: {known}")

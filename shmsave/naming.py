@@ -61,8 +61,14 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
         raise InvalidRequest(f"the path template {template!r} has a positional or indexed field; "
                              "name the field, e.g. {index}")
     if count > 1 and "index" not in names:
+        printf = printf_to_format(template)
+        if printf:
+            first = next(m.group() for m in _PRINTF_FIELD.finditer(template) if m.group() != "%%")
+            fix = f"{first} is a printf field, which shmsave does not expand; write {printf!r}"
+        else:
+            fix = "add one, e.g. 'out/{index:06d}.png'"
         raise InvalidRequest(f"the path template {template!r} has no {{index}} field, so all {count} "
-                             "images would go to one file; add one, e.g. 'out/{index:06d}.png'")
+                             f"images would go to one file; {fix}")
     specs = [spec for _, name, spec, _ in parts if name == "index"]
     try:
         first = template.format(index=start, **fields)
@@ -110,6 +116,35 @@ def _index_in_folder(parts: list) -> bool:
             return True
         seen_index = seen_index or name == "index"
     return False
+
+
+_PRINTF_FIELD = re.compile(r"%%|%(?P<flags>[-+ #0]*)(?P<width>\d*)(?P<type>[diuxXo])")
+
+
+def printf_to_format(template: str) -> str | None:
+    """``template`` with its printf integer fields as ``{index}`` fields, or None if it has none.
+
+    ``"out/%06d.png"`` -> ``"out/{index:06d}.png"``, ``"%d.jpg"`` -> ``"{index}.jpg"``,
+    ``"%-4x"`` -> ``"{index:<4x}"``; ``%%`` becomes ``%``.
+    """
+    found = False
+
+    def field(match: re.Match) -> str:
+        nonlocal found
+        if match.group() == "%%":
+            return "%"
+        found = True
+        flags, width, kind = match["flags"], match["width"], match["type"]
+        spec = ("<" if "-" in flags else "") + ("+" if "+" in flags else " " if " " in flags else "")
+        spec += ("#" if "#" in flags else "") + ("0" if "0" in flags and "-" not in flags else "") + width
+        if kind not in "diu":
+            spec += kind
+        elif spec:
+            spec += "d"
+        return "{index:" + spec + "}" if spec else "{index}"
+
+    converted = _PRINTF_FIELD.sub(field, template)
+    return converted if found else None
 
 
 def name_maker(text: str, fields: dict) -> Callable[[int], str]:

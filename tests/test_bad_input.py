@@ -15,6 +15,7 @@ import pytest
 
 import shmsave
 from shmsave import api
+from shmsave.codec import writable_extensions
 
 from .conftest import children
 
@@ -170,7 +171,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("call, exception, phrase", [pytest.param(*case[1:], id=case[0]) for case in CASES])
+# cases about a format that older OpenCV builds do not write at all (4.6: no GIF, no AVIF)
+_NEEDS_FORMAT = {"gray-to-gif": ".gif", "avif-16-bit-no-depth": ".avif"}
+
+
+def _case(name, *rest):
+    ext = _NEEDS_FORMAT.get(name)
+    marks = [pytest.mark.skipif(ext is not None and ext not in writable_extensions(),
+                                reason=f"this OpenCV build does not write {ext}")]
+    return pytest.param(*rest, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("call, exception, phrase", [_case(*case) for case in CASES])
 def test_bad_request_is_refused_before_anything_happens(call, exception, phrase, tmp_path):
     folder = str(tmp_path / "out")
     before = children()

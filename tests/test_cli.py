@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import psutil
 import pytest
 
 import shmsave
+from shmsave.codec import writable_extensions
 
 from .conftest import sigint_as_in_a_terminal
 
@@ -157,8 +159,24 @@ def test_help_and_version():
     for flag in ["--output", "--key", "--start", "--continue-index", "--workers", "--quality", "--compression",
                  "--param", "--rgb", "--no-overwrite", "--errors", "--json", "--progress", "--quiet"]:
         assert flag in shown.stdout
+    assert re.search(r"-j( N)?, --workers N", shown.stdout)  # Python 3.13 writes the metavar once
+
+
+def test_version_names_opencv_and_the_formats_it_writes():
     version = shmsave_cli("--version")
-    assert version.returncode == 0 and version.stdout.strip() == f"shmsave {shmsave.__version__}"
+    assert version.returncode == 0 and version.stderr == ""
+    line = version.stdout.strip()
+    assert line.startswith(f"shmsave {shmsave.__version__} (OpenCV {cv2.__version__}; writes .jpg .jpeg .jpe .png ")
+    listed = line.split("; writes ")[1].rstrip(")").split()
+    assert listed == writable_extensions() and ".xyz" not in listed
+
+
+def test_dash_j_is_workers(photos, tmp_path):
+    np.save(tmp_path / "a.npy", photos)
+    result = shmsave_cli(tmp_path / "a.npy", "-o", tmp_path / "out" / "{index}.png", "-j", "0")
+    assert result.returncode == 2 and "--workers must be 1 or more" in result.stderr
+    result = shmsave_cli(tmp_path / "a.npy", "-o", tmp_path / "out" / "{index}.png", "-j", "1", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["images"] == len(photos)
 
 
 def test_python_dash_m_runs_the_same_command(photos, tmp_path):
@@ -213,6 +231,9 @@ USAGE_ERRORS = [
     (["good.npy", "-o", "{out}/{key}/{index}.png"], "unknown field(s) {key}"),
     (["good.npy", "-o", "{out}/{index}.xyz"], "cannot write images with '.xyz'"),
     (["good.npy", "-o", "{out}/all.png"], "has no {index} field"),
+    (["good.npy", "-o", "{out}/%06d.png"], "%06d is a printf field, which shmsave does not expand; write '"),
+    (["good.npy", "--worker", "1"], "unrecognized arguments: --worker 1"),  # no abbreviations: --workers only
+    (["good.npy", "--qual", "90"], "unrecognized arguments: --qual 90"),
     (["fortran.npy"], "Fortran order"),
     (["objects.npy"], "Python objects"),
     (["complex.npy"], "complex64 values"),
