@@ -21,6 +21,8 @@ _COLORS = {
     "joblib": "#74c476",
     "shmsave-cold": "#fa9fb5", "shmsave-warm": "#dd3497", "shmsave-zero-copy": "#7a0177",
     "shmsave-cli": "#807dba",
+    "loop-fresh": "#636363", "threads-chunked-fresh": "#6baed6", "processes-chunked-fresh": "#fd8d3c",
+    "joblib-fresh": "#a1d99b", "shmsave-oneshot-fresh": "#c51b8a",
 }
 
 

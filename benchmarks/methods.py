@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,19 @@ from typing import Callable, ContextManager, Iterator
 from benchmarks.baselines import chunk_bounds, write_chunk, write_one
 from benchmarks.workloads import Workload
 
-Run = Callable[[str], None]
+
+@dataclass(frozen=True)
+class Timed:
+    """What a run that times itself returns (a fresh interpreter, timed from inside): the seconds the
+    runner records instead of its own clock, and how many of them were imports."""
+
+    seconds: float
+    import_seconds: float = 0.0
+
+
+#: A run writes image i to pattern.format(index=i); it returns None (the runner's clock times it)
+#: or a Timed (the run timed itself: a child process that is timed from inside).
+Run = Callable[[str], "Timed | None"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,10 @@ class Job:
     workers: int
     spare: Path
 
+
+#: Where the fresh-interpreter methods run: issue 12's goals are on tmpfs, and on the disk they
+#: would add about a quarter of an hour to a full run (mostly the mixed workload) for rows bound by files.
+FRESH_TARGETS = ("tmpfs",)
 
 #: Above this many images the one-task-per-image process pool is not run (it takes minutes).
 PER_IMAGE_PROCESS_LIMIT = 1000
@@ -226,6 +243,34 @@ def _shmsave_cli(job: Job) -> Iterator[Run]:
     yield run
 
 
+# --- one-shot in a fresh interpreter (issue 12) ------------------------------------------
+
+FRESH_CHILD = Path(__file__).resolve().with_name("fresh_child.py")
+
+
+def _fresh(kind: str, needs_shmsave: bool = False):
+    def prepare(job: Job) -> Iterator[Run]:
+        """A fresh ``python`` runs benchmarks/fresh_child.py for this one call and times it from inside:
+        untimed ``import numpy, cv2`` and loading the images (written once to a file, untimed), timed
+        the method's own imports and the call. Returns the child's figures."""
+        if needs_shmsave:
+            _shmsave()
+        workload = job.workload
+        spec = {"method": kind, "input": str(workload.input_path()), "workers": job.workers,
+                "params": workload.params, "quality": workload.spec.quality, "spare": str(job.spare)}
+
+        def run(pattern: str) -> Timed:
+            done = subprocess.run([sys.executable, str(FRESH_CHILD), json.dumps({**spec, "pattern": pattern})],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if done.returncode:
+                last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+                raise RuntimeError(f"fresh {kind} exited {done.returncode}: {last_line}")
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            return Timed(figures["seconds"], figures["import_seconds"])
+        yield run
+    return contextlib.contextmanager(prepare)
+
+
 # --- registry --------------------------------------------------------------------------
 
 
@@ -240,9 +285,12 @@ class Method:
     uses_shmsave: bool = False
     arrays_only: bool = False
     max_images: int | None = None
+    targets: tuple[str, ...] | None = None  # the only targets it runs on (None: every target)
 
-    def skip_reason(self, workload: Workload) -> str | None:
-        """Why this method is not run on this workload, or None if it is."""
+    def skip_reason(self, workload: Workload, target: str | None = None) -> str | None:
+        """Why this method is not run on this workload (and target), or None if it is."""
+        if target is not None and self.targets is not None and target not in self.targets:
+            return f"runs on {', '.join(self.targets)} only"
         if self.uses_shmsave and shmsave_import()[0] is None:
             return "shmsave not importable"
         if self.arrays_only and workload.is_list:
@@ -267,4 +315,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            uses_shmsave=True, arrays_only=True),
     Method("shmsave-cli", "shmsave command (.npy)", True, _shmsave_cli,
            uses_shmsave=True, arrays_only=True),
+    # Issue 12: one-shot calls as a script makes them, each in its own fresh interpreter, timed inside it.
+    Method("loop-fresh", "loop, fresh interpreter", False, _fresh("loop"), targets=FRESH_TARGETS),
+    Method("threads-chunked-fresh", "ThreadPool chunked, fresh interpreter", True, _fresh("threads-chunked"),
+           targets=FRESH_TARGETS),
+    Method("processes-chunked-fresh", "ProcessPool chunked, fresh interpreter", True,
+           _fresh("processes-chunked"), targets=FRESH_TARGETS),
+    Method("joblib-fresh", "joblib chunked, fresh interpreter", True, _fresh("joblib"), targets=FRESH_TARGETS),
+    Method("shmsave-oneshot-fresh", "shmsave.save one-shot, fresh interpreter", True,
+           _fresh("shmsave", needs_shmsave=True), uses_shmsave=True, targets=FRESH_TARGETS),
 )}

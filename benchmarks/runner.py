@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.memory import PeakRSS
-from benchmarks.methods import Job, Method
+from benchmarks.methods import Job, Method, Timed
 from benchmarks.targets import Target
 from benchmarks.workloads import Spec, Workload, build
 
@@ -21,6 +21,8 @@ class Trial:
     """One timed call: seconds and peak MB, or the error that stopped it.
 
     `workers` is the study's worker count; methods that are not parallel ignore it.
+    `import_seconds`: the part of `seconds` spent importing, for the methods that time
+    themselves in a fresh interpreter (None for the others).
     """
 
     workload: str
@@ -31,6 +33,7 @@ class Trial:
     seconds: float | None
     peak_mb: float | None
     error: str | None = None
+    import_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,12 @@ def _count_files(folder: Path) -> int:
         return sum(1 for _ in entries)
 
 
-def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float]:
+def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float, float | None]:
     """Prepare `method` (untimed), time its run into the empty `folder`, check every file exists.
 
-    Returns (seconds, peak MB of the process tree during the timed call).
+    Returns (seconds, peak MB of the process tree during the timed call, import seconds or None).
+    A run that times itself (a fresh interpreter timed from inside) returns a Timed, whose
+    seconds are used instead of this process's clock.
     Raises whatever the method raised, or RuntimeError if files are missing.
     """
     workload = job.workload
@@ -90,12 +95,14 @@ def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float]:
     with method.prepare(job) as run:
         with PeakRSS() as memory:
             start = time.perf_counter()
-            run(pattern)
+            timed = run(pattern)
             seconds = time.perf_counter() - start
     written = _count_files(folder)
     if written != workload.count:
         raise RuntimeError(f"wrote {written} of {workload.count} files")
-    return seconds, memory.peak_mb
+    if isinstance(timed, Timed):
+        return timed.seconds, memory.peak_mb, timed.import_seconds
+    return seconds, memory.peak_mb, None
 
 
 class _Folders:
@@ -122,7 +129,7 @@ def _measure(workload: Workload, target: Target, workers: int, methods: list[Met
     """All repetitions for one (workload, target, workers): methods in a fresh random order each time."""
     runnable = []
     for method in methods:
-        reason = method.skip_reason(workload)
+        reason = method.skip_reason(workload, target.name)
         if reason:
             study.skips.append(Skip(workload.name, target.name, method.name, workers, reason))
         else:
@@ -132,8 +139,9 @@ def _measure(workload: Workload, target: Target, workers: int, methods: list[Met
         for method in order:
             folder, spare = folders.make(target), folders.make(target)
             try:
-                seconds, peak = time_once(method, Job(workload, workers, spare), folder)
-                trial = Trial(workload.name, target.name, method.name, workers, repetition, seconds, peak)
+                seconds, peak, imports = time_once(method, Job(workload, workers, spare), folder)
+                trial = Trial(workload.name, target.name, method.name, workers, repetition, seconds, peak,
+                              import_seconds=imports)
                 _log(f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
                      f"{method.name:<20} {seconds:8.3f} s  {peak:7.0f} MB")
             except Exception as exc:  # noqa: BLE001 - one failing method must not stop the study
@@ -149,7 +157,8 @@ def _measure(workload: Workload, target: Target, workers: int, methods: list[Met
 def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], worker_counts: list[int],
               repeat: int, quick: bool, seed: int, scratch: Path) -> Study:
     """Generate each workload once, then measure it on every target for every worker count,
-    ``repeat`` times (in a full run at least the workload's ``min_repeat``).
+    ``repeat`` times (in a full run at least the workload's ``min_repeat``). A workload whose spec
+    names its targets runs on those only.
 
     Only one workload is in memory at a time; its scratch files are deleted before the next.
     """
@@ -168,6 +177,9 @@ def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], w
         try:
             for workers in worker_counts:
                 for target in targets:
+                    if spec.targets is not None and target.name not in spec.targets:
+                        _log(f"  {spec.name}: not run on {target.name} (runs on {', '.join(spec.targets)} only)")
+                        continue
                     _measure(workload, target, workers, methods, repeats, rng, folders, study)
         finally:
             shutil.rmtree(workload.scratch, ignore_errors=True)

@@ -28,6 +28,7 @@ class Row:
     peak_mb: float | None
     note: str = ""
     quartiles: tuple[float, float] | None = None  # first and third quartile of the seconds (2+ runs)
+    import_median: float | None = None  # median seconds of imports inside the timing (fresh interpreters)
 
 
 def _failure_note(errors: list[str], runs: int) -> str:
@@ -36,13 +37,24 @@ def _failure_note(errors: list[str], runs: int) -> str:
     return f"{len(errors)} of {runs + len(errors)} runs failed: {errors[0]}"
 
 
-def summarize(study: Study, workers: int) -> list[Row]:
-    """Rows for the study's trials with this worker count, grouped by (workload, target),
-    methods in registry order.
+def _import_note(trials: list) -> tuple[float | None, str]:
+    imports = [t.import_seconds for t in trials if t.seconds is not None and t.import_seconds is not None]
+    if not imports:
+        return None, ""
+    median = statistics.median(imports)
+    return median, f"of which imports {median * 1000:.1f} ms" if median > 0 else ""
 
-    speed-up = loop median / method median; efficiency = loop median / (workers x method median),
-    for the parallel methods and the loop (write-only has no efficiency: it does less work).
+
+def summarize(study: Study, workers: int, methods: dict | None = None, baseline: str = BASELINE) -> list[Row]:
+    """Rows for the study's trials with this worker count, grouped by (workload, target),
+    methods in registry order (``methods``, default the benchmark's METHODS).
+
+    speed-up = baseline median / method median (the loop's, unless ``baseline`` names another
+    method); efficiency = that / workers, for the parallel methods and the baseline (write-only
+    has no efficiency: it does less work). Methods timed in a fresh interpreter say in their
+    note how much of their median went to imports.
     """
+    methods = METHODS if methods is None else methods
     groups: dict[tuple[str, str], dict[str, list]] = {}
     skips = {}
     for trial in study.trials:
@@ -56,9 +68,9 @@ def summarize(study: Study, workers: int) -> list[Row]:
 
     rows = []
     for (workload, target), by_method in groups.items():
-        loop_times = [t.seconds for t in by_method.get(BASELINE, []) if t.seconds is not None]
+        loop_times = [t.seconds for t in by_method.get(baseline, []) if t.seconds is not None]
         loop_median = statistics.median(loop_times) if loop_times else None
-        for name, method in METHODS.items():
+        for name, method in methods.items():
             used = workers if method.parallel else 1
             reason = skips.get((workload, target, name))
             if reason:
@@ -77,10 +89,12 @@ def summarize(study: Study, workers: int) -> list[Row]:
             median = statistics.median(times)
             quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else None
             speedup = loop_median / median if loop_median else None
-            has_efficiency = speedup is not None and (method.parallel or name == BASELINE)
+            has_efficiency = speedup is not None and (method.parallel or name == baseline)
+            import_median, import_note = _import_note(trials)
+            note = "; ".join(part for part in (import_note, note) if part)
             rows.append(Row(workload, target, name, method.label, used, len(times),
                             median, min(times), max(times), speedup,
                             speedup / used if has_efficiency else None,
                             max(t.peak_mb for t in trials if t.peak_mb is not None), note,
-                            None if quartiles is None else (quartiles[0], quartiles[2])))
+                            None if quartiles is None else (quartiles[0], quartiles[2]), import_median))
     return rows

@@ -7,6 +7,7 @@ rather than pure noise.  The same seed always gives the same pixels.
 from __future__ import annotations
 
 import functools
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -90,6 +91,12 @@ def tiny(rng: np.random.Generator, count: int) -> np.ndarray:
     return out
 
 
+def noise(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(count, 50, 50, 1) uint8 noise, as the question makes it: ``np.random.randint(0, 255, (N, 50, 50, 1))``
+    (values 0-254), here seeded and uint8 (the question's own arrays are int64)."""
+    return rng.integers(0, 255, size=(count, 50, 50, 1), dtype=np.uint8)
+
+
 def video(rng: np.random.Generator, count: int) -> np.ndarray:
     """(count, 1080, 1920, 3) uint8: a camera panning across one scene, with sensor noise."""
     h, w, pan = 1080, 1920, 8
@@ -153,6 +160,7 @@ class Spec:
     quality: int | None
     make: Callable[[np.random.Generator, int], "np.ndarray | list[np.ndarray]"]
     min_repeat: int = 1
+    targets: tuple[str, ...] | None = None  # the only targets it runs on (None: every target)
 
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
@@ -163,6 +171,15 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("dataset", "256x256x3 uint8 -> .png (OpenCV default compression)", 2000, 100, ".png", None, dataset),
     Spec("microscopy", "512x512 uint16 (12-bit) -> .png (OpenCV default compression)", 200, 40, ".png", None, microscopy),
     Spec("mixed", "list of uint8 BGR arrays, sides 32-1024 px -> .webp q90", 1000, 24, ".webp", 90, mixed),
+    # Issue 12: the question's three sizes (noise, OpenCV's default JPEG quality) and 50,000 tiny images,
+    # on tmpfs only (on the disk, thousands of tiny files measure the disk, and a full run stays < 1 h).
+    Spec("question100", "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
+         100, 100, ".jpg", None, noise, 25, ("tmpfs",)),
+    Spec("question1000", "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
+         1000, 1000, ".jpg", None, noise, 11, ("tmpfs",)),
+    Spec("question10000", "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
+         10000, 10000, ".jpg", None, noise, 1, ("tmpfs",)),
+    Spec("tiny50000", "50x50x1 uint8 -> .jpg q95", 50000, 20000, ".jpg", 95, tiny, 1, ("tmpfs",)),
 )}
 
 
@@ -214,6 +231,17 @@ class Workload:
                 blobs.append(buf.tobytes())
             self._cache["encoded"] = blobs
         return self._cache["encoded"]
+
+    def input_path(self) -> Path:
+        """The images in a file a fresh interpreter can load: the .npy of a stack, a pickle of a list."""
+        if not self.is_list:
+            return self.npy_path()
+        if "pickle" not in self._cache:
+            path = self.scratch / f"{self.name}.pkl"
+            with open(path, "wb") as f:
+                pickle.dump(self.images, f, protocol=pickle.HIGHEST_PROTOCOL)
+            self._cache["pickle"] = path
+        return self._cache["pickle"]
 
     def npy_path(self) -> Path:
         """The image stack saved as a .npy file in the scratch folder (written once)."""

@@ -108,3 +108,152 @@ def test_render_rewrites_the_sections_from_the_raw_timings_and_keeps_the_header(
     assert "| 85% efficiency | tiny1000 | tmpfs | warm 92% (1.84× on 2 workers) | met |" in markdown
     assert (tmp_path / "full.png").stat().st_size > 0
     assert render.study_of(json.loads((tmp_path / "full.json").read_text())).trials == trials
+
+
+# --- issue 12: one-shot in fresh interpreters, the warm baseline, the command ----------------------------
+
+
+def fresh(method: str, median: float, workload: str = "tiny1000", spread: float = 0.0, imports: float = 0.0) -> Row:
+    base = row(method, median, spread, workload=workload)
+    return Row(**{**base.__dict__, "import_median": imports})
+
+
+def fresh_verdicts(rows, counts=None) -> dict[tuple[str, str], str]:
+    counts = counts or {"tiny100": 100, "tiny1000": 1000, "question1000": 1000, "tiny10000": 10000,
+                        "video": 48, "tiny50": 50}
+    return {(c.goal, c.workload): c.verdict for c in goals.check_fresh_goals(rows, counts)}
+
+
+def test_fresh_one_shot_needs_nine_tenths_of_the_fresh_loop_at_a_thousand_images():
+    for workload in ("tiny1000", "question1000"):
+        rows = [fresh("loop-fresh", 1.0, workload), fresh("shmsave-oneshot-fresh", 1.1, workload, imports=0.03)]
+        assert fresh_verdicts(rows) == {("fresh one-shot ≥ 0.9× loop", workload): "met"}  # 0.91x
+        assert "(imports 30 ms)" in goals.check_fresh_goals(rows, {workload: 1000})[0].figures
+        rows[1] = fresh("shmsave-oneshot-fresh", 1.2, workload, spread=0.01)
+        check = goals.check_fresh_goals(rows, {workload: 1000})[0]
+        assert check.verdict == "not met" and "0.83×" in check.figures
+        rows[1] = fresh("shmsave-oneshot-fresh", 1.2, workload, spread=0.2)  # 1.1-1.3 overlaps 1.0/0.9 = 1.11
+        assert fresh_verdicts(rows)[("fresh one-shot ≥ 0.9× loop", workload)] == "level"
+
+
+def test_fresh_one_shot_must_not_fall_below_the_loop_from_a_hundred_images():
+    rows = [fresh("loop-fresh", 1.0, w) for w in ("tiny100", "tiny10000", "tiny50")]
+    rows += [fresh("shmsave-oneshot-fresh", 1.05, w) for w in ("tiny100", "tiny10000", "tiny50")]
+    verdicts = fresh_verdicts(rows)
+    assert verdicts[("fresh one-shot ≥ loop", "tiny100")] == "not met"
+    assert verdicts[("fresh one-shot ≥ loop", "tiny10000")] == "not met"
+    assert ("fresh one-shot ≥ loop", "tiny50") not in verdicts  # below 100 images: no goal
+    rows = [fresh("loop-fresh", 1.0, "tiny100"), fresh("shmsave-oneshot-fresh", 0.99, "tiny100")]
+    assert fresh_verdicts(rows) == {("fresh one-shot ≥ loop", "tiny100"): "met"}
+
+
+def test_fresh_one_shot_must_match_fresh_threads_where_the_goal_says_so():
+    rows = [fresh("threads-chunked-fresh", 0.50, "video", 0.01), fresh("shmsave-oneshot-fresh", 0.60, "video", 0.01),
+            fresh("threads-chunked-fresh", 0.50, "tiny1000"), fresh("shmsave-oneshot-fresh", 0.60, "tiny1000")]
+    verdicts = fresh_verdicts(rows)
+    assert verdicts == {("fresh one-shot ≥ threads", "video"): "not met"}  # no such goal at 1,000 images
+    rows[1] = fresh("shmsave-oneshot-fresh", 0.50, "video")
+    assert fresh_verdicts(rows) == {("fresh one-shot ≥ threads", "video"): "met"}
+
+
+def test_the_issue_5_one_shot_goal_ignores_the_fresh_interpreters():
+    rows = [row("loop", 1.0, workload="tiny100"), row("shmsave-cold", 1.0, workload="tiny100"),
+            fresh("loop-fresh", 0.5, "tiny100")]
+    check = next(c for c in goals.check_goals(rows, {"tiny100": 100}) if c.goal.startswith("one-shot"))
+    assert check.verdict == "met" and "loop-fresh" not in check.figures
+
+
+def baseline_row(median, low, high, loop=1.0, images=1000):
+    return goals.BaselineRow(images, median, low, high, loop)
+
+
+def test_warm_rows_are_compared_with_the_baseline_as_speed_up_over_their_own_loop():
+    baseline = {("tiny1000", "tmpfs", "shmsave-warm"): baseline_row(0.50, 0.49, 0.51)}
+    # A host twice as slow: both the loop and the warm Writer take twice as long; the ratio holds.
+    slow_host = [row("loop", 2.0, loop=2.0), row("shmsave-warm", 1.0, 0.02, loop=2.0)]
+    checks = goals.check_warm_baseline(slow_host, {"tiny1000": 1000}, baseline)
+    assert [(c.goal, c.verdict) for c in checks] == [("warm not slower than full.md", "met")]
+    assert "2.00×" in checks[0].figures and "baseline 2.00× (0.500 s)" in checks[0].figures
+    slower = [row("loop", 1.0), row("shmsave-warm", 0.60, 0.02)]
+    assert goals.check_warm_baseline(slower, {"tiny1000": 1000}, baseline)[0].verdict == "not met"
+    close = [row("loop", 1.0), row("shmsave-warm", 0.52, 0.04)]  # 1.85x-2.0x against 1.96x-2.04x
+    assert goals.check_warm_baseline(close, {"tiny1000": 1000}, baseline)[0].verdict == "level"
+
+
+def test_warm_rows_of_another_size_or_without_a_baseline_are_not_judged():
+    baseline = {("tiny1000", "tmpfs", "shmsave-warm"): baseline_row(0.50, 0.49, 0.51)}
+    rows = [row("loop", 1.0), row("shmsave-warm", 0.9), row("shmsave-zero-copy", 0.9)]
+    assert goals.check_warm_baseline(rows, {"tiny1000": 100}, baseline) == []  # a --quick size
+    assert [c.workload for c in goals.check_warm_baseline(rows, {"tiny1000": 1000}, baseline)] == ["tiny1000"]
+
+
+def test_the_warm_baseline_is_read_from_a_results_table(tmp_path):
+    from benchmarks import warm_baseline
+
+    markdown = ("# x\n\n## Workloads\n\n- **tiny1000**: 1000 × 50x50x1\n- **video**: 48 × frames\n\n"
+                "## Results\n\n| workload | target | method | workers | median s | spread (min–max) s | x |\n"
+                "|---|---|---|---|---|---|---|\n"
+                "| tiny1000 | tmpfs | loop (cv2.imwrite) | 1 | 0.0186 | 0.0179–0.0207 | 1.00× |\n"
+                "| tiny1000 | tmpfs | shmsave Writer (warm) | 2 | 0.0106 | 0.00943–0.0172 | 1.75× |\n"
+                "| tiny1000 | tmpfs | ThreadPool chunked | 2 | 0.00986 | 0.00962–0.0142 | 1.88× |\n"
+                "| video | tmpfs | shmsave Writer (warm) | 2 | 0.114 | 0.112–0.118 | 1.92× |\n")
+    rows = warm_baseline.from_markdown(markdown)
+    assert rows == {("tiny1000", "tmpfs", "shmsave-warm"): goals.BaselineRow(1000, 0.0106, 0.00943, 0.0172, 0.0186)}
+    path = tmp_path / "baseline.csv"
+    path.write_text(warm_baseline.dump(rows, "a comment"))
+    assert warm_baseline.load(path) == rows
+    assert warm_baseline.load(tmp_path / "missing.csv") == {}
+
+
+def test_the_committed_warm_baseline_holds_the_warm_rows_of_both_targets():
+    from benchmarks import warm_baseline
+
+    rows = warm_baseline.load()
+    assert rows[("tiny10000", "tmpfs", "shmsave-warm")].images == 10000
+    assert {method for _, _, method in rows} == {"shmsave-warm", "shmsave-zero-copy"}
+    assert {target for _, target, _ in rows} == {"tmpfs", "disk"}
+
+
+def test_the_command_must_match_the_mmap_threads_script():
+    rows = [row("mmap-threads-script", 0.30, 0.01, workload="video"), row("shmsave-command", 0.45, 0.01, workload="video"),
+            row("mmap-threads-script", 0.30, 0.01, workload="dataset"),
+            row("shmsave-command", 0.29, 0.01, workload="dataset")]
+    checks = {c.workload: c for c in goals.check_command_goals(rows)}
+    assert checks["video"].verdict == "not met" and "0.67×" in checks["video"].figures
+    assert checks["dataset"].verdict == "met"
+
+
+def test_fresh_table_gives_speed_ups_over_the_fresh_loop_and_shmsave_imports():
+    rows = [fresh("loop-fresh", 0.020), fresh("threads-chunked-fresh", 0.025),
+            fresh("shmsave-oneshot-fresh", 0.010, imports=0.004)]
+    line = next(line for line in goals.fresh_table(rows, "tmpfs").splitlines() if line.startswith("| tiny1000"))
+    assert line == "| tiny1000 | 20 ms | 0.80× (25 ms) | **2.00× (10 ms)** | 4 ms |"
+
+
+def test_summarize_reports_the_imports_inside_a_fresh_interpreter_timing():
+    from benchmarks.runner import Study, Trial
+    from benchmarks.summary import summarize
+
+    trials = [Trial("tiny1000", "tmpfs", "loop", 2, 0, 0.02, 100.0)]
+    trials += [Trial("tiny1000", "tmpfs", "shmsave-oneshot-fresh", 2, rep, 0.05, 100.0, import_seconds=imports)
+               for rep, imports in enumerate((0.030, 0.034, 0.040))]
+    one_shot = next(r for r in summarize(Study(trials, [], []), 2) if r.method == "shmsave-oneshot-fresh")
+    assert one_shot.import_median == 0.034 and one_shot.note == "of which imports 34.0 ms"
+
+
+def test_a_run_that_times_itself_gives_its_own_seconds(tmp_path):
+    import contextlib
+
+    from benchmarks import runner
+    from benchmarks.methods import Job, Method, Timed
+    from benchmarks.workloads import SPECS, Workload
+
+    def write(pattern):
+        (tmp_path / "out" / "000000.jpg").write_bytes(b"x")
+        return Timed(12.5, 0.5)
+
+    method = Method("fake", "fake", False, contextlib.contextmanager(lambda job: (yield write)))
+    (tmp_path / "out").mkdir()
+    workload = Workload(SPECS["tiny100"], [object()], tmp_path)
+    seconds, _, imports = runner.time_once(method, Job(workload, 1, tmp_path), tmp_path / "out")
+    assert (seconds, imports) == (12.5, 0.5)
