@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from benchmarks import goals, machine, report
+from benchmarks import goals, installed, machine, report
 from benchmarks.methods import Job, Method, Run, _cli_command
 from benchmarks.runner import run_study
 from benchmarks.summary import summarize
@@ -107,7 +107,8 @@ def _command(job: Job) -> Iterator[Run]:
 
 
 def _run(argv: list[str]) -> None:
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=installed.environment())
     if done.returncode:
         last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise RuntimeError(f"exited {done.returncode}: {last_line}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
+from benchmarks import installed
 from benchmarks.baselines import chunk_bounds, write_chunk, write_one
 from benchmarks.workloads import Workload
 
@@ -236,7 +237,7 @@ def _shmsave_cli(job: Job) -> Iterator[Run]:
 
     def run(pattern: str) -> None:
         done = subprocess.run([*command, "-o", pattern], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, env=installed.environment())
         if done.returncode:
             last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
             raise RuntimeError(f"shmsave command exited {done.returncode}: {last_line}")
@@ -261,7 +262,8 @@ def _fresh(kind: str, needs_shmsave: bool = False):
 
         def run(pattern: str) -> Timed:
             done = subprocess.run([sys.executable, str(FRESH_CHILD), json.dumps({**spec, "pattern": pattern})],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=installed.environment())
             if done.returncode:
                 last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
                 raise RuntimeError(f"fresh {kind} exited {done.returncode}: {last_line}")

@@ -38,9 +38,12 @@ _THREADS_FROM_IMAGE_BYTES = 64 * 1024
 # 10,000 tiny images at 1.8x the loop (issue 12's fresh-interpreter measurement). With
 # the worker processes not yet started, threads win a request unless starting n
 # processes and running at n x beats them: start + W / n < W / min(n, 4). On 2 cores
-# that never happens: a script's one-shot call of tiny images runs on threads.
+# that never happens: a script's one-shot call of tiny images runs on threads (from
+# ~0.1 s of estimated work; inline below).
 _THREAD_SPEEDUP_MOST = 4
-_THREADS_FROM_S = 0.01  # below ~10 ms of work, starting threads is not paid back: inline
+# Below this estimate (~1,700 tiny images) threads are not paid back: 1,000 tiny images ran no
+# faster on 2 threads than inline (26 vs 26 ms, fresh interpreters), 10,000 ran 1.7x faster.
+_THREADS_FROM_S = 0.1
 # In-process engines read a memory-mapped file through this process's own pages: above
 # this many bytes, workers map the file themselves, so this process's memory stays small
 # whatever the file's size (tests/test_cli.py::test_parent_memory_stays_small_for_a_big_npy).

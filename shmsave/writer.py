@@ -23,7 +23,6 @@ import numpy as np
 from ._files import remove_if_empty, temporary_path, write_images
 from ._plan import ENGINES, Chunks, choose_engine, usable_cpus
 from ._protocol import Task
-from ._staging import Stager
 from .errors import InvalidRequest, WriterClosed
 from .report import Progress, Report, Tally
 from .request import Request, make_request, prepare_folder
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ._protocol import Result
+    from ._staging import Stager
     from .pool import Pool
 
 class Writer:
@@ -60,13 +60,12 @@ class Writer:
         self.workers = int(workers) if workers is not None else usable_cpus()
         self.engine = engine
         self._processes = _Processes(self.workers)
-        self._stager = Stager(self._processes.forget)
         self._lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._small_calls = 0  # calls too small to start the workers for
-        self._finalizer = weakref.finalize(self, _shut_down, self._processes, self._stager)
+        self._finalizer = weakref.finalize(self, self._processes.close)
         _writers.add(self)
 
     # -- public -----------------------------------------------------------
@@ -125,7 +124,7 @@ class Writer:
         """
         if self._closed:
             raise WriterClosed()
-        return self._stager.empty(shape, dtype)
+        return self._processes.stager().empty(shape, dtype)
 
     def close(self) -> None:
         """Finish submitted saves, stop the workers and free the shared memory; safe to call twice."""
@@ -164,7 +163,7 @@ class Writer:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
             prepare_folder(request)
             choice = choose_engine(self.engine, self.workers, request.count, request.nbytes,
-                                   self._stager.source_kind(request), pool_ready=self._processes.ready())
+                                   self._processes.source_kind(request), pool_ready=self._processes.ready())
             if choice.small:
                 self._small_calls += 1
                 if self._small_calls == 2:  # a Writer in use again: start the workers for the calls to come
@@ -213,7 +212,7 @@ class Writer:
                 tally.add(future.result(), end)
 
     def _run_processes(self, request: Request, tally: Tally) -> None:
-        stager = self._stager
+        stager = self._processes.stager()
 
         def on_result(task: Task, result: Result) -> bool:
             stager.task_done(task)
@@ -242,21 +241,37 @@ class Writer:
         """
         self._lock = threading.Lock()
         self._threads = self._submitter = None
-        self._stager.drop_inherited()
         self._processes.drop_inherited()
         self._small_calls = 0
 
 
 class _Processes:
-    """A Writer's worker processes, started on first need.
+    """A Writer's worker processes and shared memory, made on first need.
 
-    ``pool.py`` (subprocess, sockets, multiprocessing) is imported only then:
-    a script whose call runs inline or on threads never pays for it.
+    ``pool.py`` (subprocess, sockets, multiprocessing) and ``_staging.py`` /
+    ``segment.py`` are imported only then: a script whose call runs inline or
+    on threads never pays for them (~10 ms of a one-shot call's imports).
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: Pool | None = None
+        self._stager: Stager | None = None
+
+    def stager(self) -> Stager:
+        if self._stager is None:
+            from ._staging import Stager
+
+            self._stager = Stager(self.forget)
+        return self._stager
+
+    def source_kind(self, request: Request) -> str:
+        """Where the request's pixels are (``_plan.SOURCE_KINDS``)."""
+        if self._stager is not None:
+            return self._stager.source_kind(request)
+        if request.stack is None:
+            return "list"
+        return "file" if isinstance(request.stack, np.memmap) and request.stack.filename else "array"
 
     def pool(self) -> Pool:
         if self._pool is None:
@@ -280,10 +295,15 @@ class _Processes:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self._stager is not None:
+            self._stager.release()
 
     def drop_inherited(self) -> None:
-        """In a forked child: the parent's pool stays the parent's (pool.py drops our hold on it)."""
+        """In a forked child: the parent's pool and memory stay the parent's (pool.py and
+        segment.py drop our hold on them)."""
         self._pool = None
+        if self._stager is not None:
+            self._stager.drop_inherited()
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
@@ -309,8 +329,3 @@ def _remove_partial_files(request: Request, task: Task, pid: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary_path(path, pid))
         remove_if_empty(path)
-
-
-def _shut_down(processes: _Processes, stager: Stager) -> None:
-    processes.close()
-    stager.release()

@@ -500,10 +500,10 @@ def test_workers_keep_segments_mapped_until_the_parent_releases_them(photos, tmp
 def test_a_writer_used_again_starts_its_workers_for_later_calls(tmp_path, rng):
     stack = rng.integers(0, 255, (300, 50, 50, 1), np.uint8)  # too little work to start workers for
     with shmsave.Writer(workers=2) as writer:
-        assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "thread" and writer.pids == []
-        assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "thread"
+        assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "inline" and writer.pids == []
+        assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "inline"
         assert len(writer.pids) == 2  # started in the background during the second call
-        assert wait_until(writer._processes.ready, 30)  # they import for a moment: calls meanwhile use threads
+        assert wait_until(writer._processes.ready, 30)  # they import for a moment: calls meanwhile stay inline
         assert writer.save(stack, str(tmp_path / "c{index}.jpg")).engine == "process"
     for i in range(0, 300, 37):
         assert read(tmp_path / f"c{i}.jpg") == imencode(stack[i], ".jpg")
