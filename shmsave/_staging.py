@@ -66,7 +66,7 @@ class Stager:
         """A new zero-filled array in shared memory, freed with its last view (or ``release()``)."""
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
         dtype = np.dtype(dtype)
-        block = self._new_segment(math.prod(shape) * dtype.itemsize)
+        block = self.new_segment(math.prod(shape) * dtype.itemsize)
         array = block.array(shape, dtype)
         self._buffers[id(block)] = block
         weakref.finalize(array, _release_buffer, self._buffers, id(block), self._forget)
@@ -185,11 +185,12 @@ class Stager:
             size = max(unit, (free + held) // (2 * count) // unit * unit)
         self.release_slots()
         for _ in range(count):
-            self._slots.append(self._new_segment(size))
+            self._slots.append(self.new_segment(size))
         self._outstanding = [0] * count
         return self._slots[:count]
 
-    def _new_segment(self, nbytes: int) -> segment.Segment:
+    def new_segment(self, nbytes: int) -> segment.Segment:
+        """A new segment of ``nbytes``: in /dev/shm, or in a temporary file (said once) when it lacks room."""
         free = segment.shm_free_bytes()
         if free is None or nbytes <= free // 2:
             with contextlib.suppress(OSError):

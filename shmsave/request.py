@@ -52,10 +52,7 @@ class Request:
 def make_request(images, template, *, quality=None, compression=None, params=None, rgb=False,
                  start=0, overwrite=True, errors="raise", fields=None) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
-    if errors not in ("raise", "collect"):
-        raise InvalidRequest(f"errors must be 'raise' or 'collect', got {errors!r}")
-    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
-        raise InvalidRequest(f"start must be a non-negative integer, got {start!r}")
+    _check_errors_and_start(errors, start)
     stack, listed = _normalize(images)
     count = len(stack) if stack is not None else len(listed)
     parsed = parse_template(template, max(count, 1), int(start), fields)
@@ -65,17 +62,58 @@ def make_request(images, template, *, quality=None, compression=None, params=Non
         channels = stack.shape[3] if stack.ndim == 4 else 1
         codec.check_pixels(encoding, stack.dtype, channels, "the image stack")
         codec.check_size(encoding, stack.shape[1], stack.shape[2], "each image of the stack")
-        _check_finite(stack, "the image stack")
+        check_finite(stack, "the image stack")
         nbytes = stack.nbytes
     else:
         for i, image in enumerate(listed):
             channels = image.shape[2] if image.ndim == 3 else 1
             codec.check_pixels(encoding, image.dtype, channels, f"image {i}")
             codec.check_size(encoding, image.shape[0], image.shape[1], f"image {i}")
-            _check_finite(image, f"image {i}")
+            check_finite(image, f"image {i}")
         nbytes = sum(image.nbytes for image in listed)
     return Request(stack, listed, count, nbytes, int(start), parsed, encoding, bool(overwrite),
                    errors == "collect", _working_folder(parsed.text), current_umask())
+
+
+# A stream's image count is unknown unless given: the check that no two images get one path
+# (only for unusual {index} formats) covers this many.
+_STREAM_COUNT_CHECKED = 10_000
+
+
+def make_stream_request(template, *, total=None, quality=None, compression=None, params=None, rgb=False,
+                        start=0, overwrite=True, errors="raise", fields=None) -> Request:
+    """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
+    ``total`` or unknown); each image is checked as it comes (``check_image``)."""
+    _check_errors_and_start(errors, start)
+    if total is not None and (not isinstance(total, (int, np.integer)) or isinstance(total, bool) or total < 1):
+        raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
+    count = int(total) if total is not None else _STREAM_COUNT_CHECKED
+    parsed = parse_template(template, count, int(start), fields)
+    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression,
+                                   params=params, rgb=rgb)
+    return Request(None, None, int(total or 0), 0, int(start), parsed, encoding, bool(overwrite),
+                   errors == "collect", _working_folder(parsed.text), current_umask())
+
+
+def check_image(encoding: codec.Encoding, image, what: str) -> None:
+    """Refuse one image that is not a 2-D/3-D array ``encoding`` can write unchanged (NaN and
+    infinity aside: ``check_finite``)."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidRequest(f"{what} is a {_type_name(image)}, not a numpy array"
+                             + (_asarray_hint(image) or "; each image must be a numpy array"))
+    if image.ndim not in (2, 3):
+        raise InvalidRequest(f"{what} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
+    if 0 in image.shape:
+        raise InvalidRequest(f"{what} has shape {image.shape} and no pixels")
+    codec.check_pixels(encoding, image.dtype, image.shape[2] if image.ndim == 3 else 1, what)
+    codec.check_size(encoding, image.shape[0], image.shape[1], what)
+
+
+def _check_errors_and_start(errors, start) -> None:
+    if errors not in ("raise", "collect"):
+        raise InvalidRequest(f"errors must be 'raise' or 'collect', got {errors!r}")
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
+        raise InvalidRequest(f"start must be a non-negative integer, got {start!r}")
 
 
 def _working_folder(template: str) -> str:
@@ -159,7 +197,8 @@ def _normalize_list(images: list) -> list:
 _FINITE_CHUNK_BYTES = 16 * 2**20  # np.isfinite makes a bool array; check a big stack in slices
 
 
-def _check_finite(array: np.ndarray, what: str) -> None:
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse floating-point pixels with NaN or infinity (checked in slices: np.isfinite makes a copy)."""
     if array.dtype.kind != "f" or not array.size:
         return
     step = max(1, _FINITE_CHUNK_BYTES // max(1, array[:1].nbytes))

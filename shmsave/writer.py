@@ -6,7 +6,9 @@
 
 The process engine takes its tasks from the ``Stager`` (``_staging.py``) and
 dispatches them over the ``Pool`` (``pool.py``); the in-process engines run
-``_files.write_images`` on the caller's arrays where they are.
+``_files.write_images`` on the caller's arrays where they are. Streams
+(``stream.py``) copy into rings (``_ring.py``) and are dispatched by the
+Writer's hub thread (``_hub.py``), which owns the pool while a stream is open.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import numpy as np
 
 from . import segment
 from ._files import remove_if_empty, temporary_path, write_images
-from ._plan import ENGINES, Chunks, choose_engine
+from ._hub import Hub
+from ._plan import ENGINES, Choice, Chunks, choose_engine
 from ._protocol import Task
+from ._ring import RingStore, aligned, default_ring_bytes
 from ._staging import Stager
 from .errors import InvalidRequest, WriterClosed
 from .pool import Pool, usable_cpus
 from .report import Progress, Report, Tally
-from .request import Request, make_request, prepare_folder
+from .request import Request, make_request, make_stream_request, prepare_folder
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ._protocol import Result
+    from .streaming import Stream
 
 class Writer:
     """Saves image batches with a pool of long-lived worker processes.
@@ -62,13 +67,15 @@ class Writer:
         self.engine = engine
         self._pool = Pool(self.workers)
         self._stager = Stager(self._pool.forget)
+        self._rings = RingStore(self._stager.new_segment, self._pool.forget)
+        self._hub = Hub(self._pool)
         self._lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._small_calls = 0  # calls too small to start the workers for
         segment.sweep_orphans()
-        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._stager)
+        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._stager, self._hub, self._rings)
         _writers.add(self)
 
     # -- public -----------------------------------------------------------
@@ -105,6 +112,37 @@ class Writer:
                 self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
         return self._submitter.submit(self._run, request, progress)
 
+    def stream(self, template: str | os.PathLike[str], *, quality: int | None = None,
+               compression: int | None = None, params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+               rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
+               progress: Progress = False, fields: Mapping[str, Any] | None = None, total: int | None = None,
+               buffer_bytes: int | None = None) -> Stream:
+        """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
+
+        The options are those of ``save``; ``start`` is the first index, ``total``
+        the number of images to come if known (the progress bar's total; more
+        are refused). ``buffer_bytes``: the stream's shared-memory ring (default:
+        32 MB per worker, 64-512 MB, at most a quarter of the free /dev/shm);
+        ``write`` waits while it is full. Several streams may be open at once;
+        while any is, ``save`` on this Writer runs on threads.
+        """
+        request = make_stream_request(template, total=total, quality=quality, compression=compression,
+                                      params=params, rgb=rgb, start=start, overwrite=overwrite, errors=errors,
+                                      fields=fields)
+        if buffer_bytes is not None and (not isinstance(buffer_bytes, (int, np.integer))
+                                         or isinstance(buffer_bytes, bool) or buffer_bytes < 1):
+            raise InvalidRequest(f"buffer_bytes must be a positive integer or None, got {buffer_bytes!r}")
+        from .streaming import Stream
+
+        with self._lock:
+            if self._closed:
+                raise WriterClosed()
+            prepare_folder(request)
+            ring = self._rings.lend_ring(aligned(buffer_bytes or default_ring_bytes(self.workers)))
+            stream = Stream(request, ring, self._rings, self._hub, progress, self.workers)
+            self._hub.open(stream)
+        return stream
+
     def start(self) -> Writer:
         """Start the worker processes now and wait until they are ready (~0.2 s).
 
@@ -114,7 +152,8 @@ class Writer:
         with self._lock:
             if self._closed:
                 raise WriterClosed()
-            self._pool.wait_ready()
+            if not self._hub.active:  # while it is, the hub owns the workers, and they run
+                self._pool.wait_ready()
         return self
 
     def empty(self, shape: int | Sequence[int], dtype: npt.DTypeLike = "uint8") -> np.ndarray:
@@ -128,7 +167,9 @@ class Writer:
         return self._stager.empty(shape, dtype)
 
     def close(self) -> None:
-        """Finish submitted saves, stop the workers and free the shared memory; safe to call twice."""
+        """Finish submitted saves and open streams (their errors stay in their reports), stop the
+        workers and free the shared memory; safe to call twice."""
+        self._hub.close_streams()
         if self._submitter is not None:
             self._submitter.shutdown(wait=True)  # outside the lock: each pending save needs it
         with self._lock:
@@ -163,9 +204,12 @@ class Writer:
             if request.count == 0:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
             prepare_folder(request)
+            streaming = self._hub.active  # the hub owns the workers until its streams close: use threads
             choice = choose_engine(self.engine, self.workers, request.count, request.nbytes,
-                                   self._stager.source_kind(request), pool_ready=self._pool.ready())
-            if choice.small:
+                                   self._stager.source_kind(request), pool_ready=not streaming and self._pool.ready())
+            if streaming and choice.engine == "process":
+                choice = Choice("thread", self.workers)
+            if choice.small and not streaming:
                 self._small_calls += 1
                 if self._small_calls == 2:  # a Writer in use again: start the workers for the calls to come
                     self._pool.start()
@@ -241,6 +285,8 @@ class Writer:
         self._lock = threading.Lock()
         self._threads = self._submitter = None
         self._stager.drop_inherited()
+        self._rings.drop_inherited()
+        self._hub.drop_inherited()
         self._small_calls = 0
 
 
@@ -269,6 +315,8 @@ def _remove_partial_files(request: Request, task: Task, pid: int) -> None:
         remove_if_empty(path)
 
 
-def _shut_down(pool: Pool, stager: Stager) -> None:
+def _shut_down(pool: Pool, stager: Stager, hub: Hub, rings: RingStore) -> None:
+    hub.stop()
     pool.close()
     stager.release()
+    rings.release()
