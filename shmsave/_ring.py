@@ -19,7 +19,10 @@ import collections
 import threading
 from typing import Callable
 
+import numpy as np
+
 from . import segment
+from .errors import InvalidRequest
 
 _MB = 2**20
 # 32 MB per worker: a 1080p frame is 6.2 MB, and each worker holds two queued tasks
@@ -40,6 +43,15 @@ def default_ring_bytes(workers: int) -> int:
     if free is not None:
         want = min(want, max(_RING_FLOOR_BYTES, free // 4))
     return want
+
+
+def ring_bytes(buffer_bytes: int | None, workers: int) -> int:
+    """The ring size for ``Writer.stream(buffer_bytes=...)``, checked and aligned."""
+    if buffer_bytes is None:
+        return aligned(default_ring_bytes(workers))
+    if not isinstance(buffer_bytes, (int, np.integer)) or isinstance(buffer_bytes, bool) or buffer_bytes < 1:
+        raise InvalidRequest(f"buffer_bytes must be a positive integer (bytes) or None, got {buffer_bytes!r}")
+    return aligned(int(buffer_bytes))
 
 
 def aligned(nbytes: int) -> int:

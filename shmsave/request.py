@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,6 +108,43 @@ def check_image(encoding: codec.Encoding, image, what: str) -> None:
         raise InvalidRequest(f"{what} has shape {image.shape} and no pixels")
     codec.check_pixels(encoding, image.dtype, image.shape[2] if image.ndim == 3 else 1, what)
     codec.check_size(encoding, image.shape[0], image.shape[1], what)
+
+
+class Layout(NamedTuple):
+    """A shape and dtype of images that passed the checks of one encoding."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    dtype_str: str
+    nbytes: int
+    floating: bool  # NaN and infinity are still checked image by image
+
+
+_LAYOUTS_MAX = 4096  # shapes and dtypes remembered; a stream of ever-new sizes starts over
+
+
+class ImageChecks:
+    """Checks images one at a time (``Stream.write``) for ``encoding``: a shape and dtype seen
+    before cost one dict lookup; floating-point pixels are still checked for NaN and infinity."""
+
+    def __init__(self, encoding: codec.Encoding) -> None:
+        self._encoding = encoding
+        self._seen: dict[tuple, Layout] = {}
+
+    def check(self, image, index: int) -> Layout:
+        """The layout of ``image`` (image ``index``), or InvalidRequest naming it."""
+        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
+            check_image(self._encoding, image, f"image {index}")  # raises, naming the type
+        layout = self._seen.get((image.shape, image.dtype))
+        if layout is None:
+            check_image(self._encoding, image, f"image {index}")
+            if len(self._seen) >= _LAYOUTS_MAX:
+                self._seen.clear()
+            layout = Layout(image.shape, image.dtype, image.dtype.str, image.nbytes, image.dtype.kind == "f")
+            self._seen[(image.shape, image.dtype)] = layout
+        if layout.floating:
+            check_finite(image, f"image {index}")
+        return layout
 
 
 def _check_errors_and_start(errors, start) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,30 +29,18 @@ from ._protocol import ListSource, Task
 from ._ring import aligned
 from .errors import InvalidRequest, ShmsaveError, StreamClosed
 from .report import Progress, Report, Tally
-from .request import check_finite, check_image
+from .request import ImageChecks
 from .writer import _remove_partial_files
 
 if TYPE_CHECKING:
     from ._hub import Hub
     from ._protocol import Outcome
     from ._ring import Ring, RingStore
-    from .request import Request
+    from .request import Layout, Request
     from .segment import Segment
 
 _OPEN, _CLOSING, _STOPPED, _CLOSED = "open", "closing", "stopped", "closed"
-_LAYOUTS_MAX = 4096  # distinct (shape, dtype) pairs remembered; a stream of ever-new sizes starts over
 _TASKS_IN_RING_PER_WORKER = 2  # each worker's running and queued task (pool._DEPTH) fit in the ring at once
-
-
-class _Layout(NamedTuple):
-    """An image shape and dtype that passed the checks, and where its bytes go."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    dtype_str: str
-    nbytes: int
-    size: int  # bytes it takes in the ring
-    floating: bool  # NaN and infinity are checked per image
 
 
 @dataclass
@@ -89,7 +77,7 @@ class Stream:
         self._lock = threading.Lock()  # write() takes it directly: Condition.__enter__ is a Python call
         self._cond = threading.Condition(self._lock)
         self._state = _OPEN
-        self._layouts: dict[tuple, _Layout] = {}
+        self._checks = ImageChecks(request.encoding)
         self._views: dict[np.dtype, np.ndarray] = {}  # the ring as a flat array of each dtype seen
         self._next = request.start
         self._end = request.start + request.count if request.count else None  # from total=
@@ -122,24 +110,19 @@ class Stream:
         """
         if self._state is not _OPEN:
             self._raise_for_state()
-        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
-            check_image(self._request.encoding, image, f"image {self._next}")  # raises, naming the type
-        layout = self._layouts.get((image.shape, image.dtype))
-        if layout is None:
-            layout = self._learn(image)
-        if layout.floating:
-            check_finite(image, f"image {self._next}")
         index = self._next
+        layout = self._checks.check(image, index)
         if self._end is not None and index >= self._end:
             raise InvalidRequest(f"image {index} is one more than the total={self._request.count} announced "
                                  "when the stream was opened; pass a larger total (or none)")
-        if layout.size > self._ring.size:
+        size = aligned(layout.nbytes)
+        if size > self._ring.size:
             self._write_own_segment(image, layout, index)
             return
         with self._lock:
-            place = self._ring.reserve(layout.size)
+            place = self._ring.reserve(size)
             if place is None:
-                place = self._wait_for_room(layout.size)
+                place = self._wait_for_room(size)
                 if place is None:
                     return self._raise_for_state()
             offset, end = place
@@ -153,7 +136,7 @@ class Stream:
                 self._pending_first = index
             self._pending.append((offset, layout.shape, layout.dtype_str))
             self._pending_end = end
-            self._pending_bytes += layout.size
+            self._pending_bytes += size
             if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
                 self._seal()
             self._next = index + 1
@@ -203,16 +186,6 @@ class Stream:
 
     # -- helpers of the caller's side ----------------------------------------
 
-    def _learn(self, image: np.ndarray) -> _Layout:
-        """Check an image of a shape and dtype not seen yet, and remember them."""
-        check_image(self._request.encoding, image, f"image {self._next}")
-        if len(self._layouts) >= _LAYOUTS_MAX:
-            self._layouts.clear()
-        layout = _Layout(image.shape, image.dtype, image.dtype.str, image.nbytes, aligned(image.nbytes),
-                         image.dtype.kind == "f")
-        self._layouts[(image.shape, image.dtype)] = layout
-        return layout
-
     def _wait_for_room(self, size: int) -> tuple[int, int] | None:
         """Wait (holding the condition) until the ring has ``size`` bytes free; None if the stream stopped."""
         while True:
@@ -226,7 +199,7 @@ class Stream:
             if place is not None:
                 return place
 
-    def _write_own_segment(self, image: np.ndarray, layout: _Layout, index: int) -> None:
+    def _write_own_segment(self, image: np.ndarray, layout: Layout, index: int) -> None:
         """An image bigger than the ring: its own segment, one such image at a time."""
         with self._cond:
             if self._pending:

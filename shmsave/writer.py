@@ -28,7 +28,7 @@ from ._files import remove_if_empty, temporary_path, write_images
 from ._hub import Hub
 from ._plan import ENGINES, Choice, Chunks, choose_engine
 from ._protocol import Task
-from ._ring import RingStore, aligned, default_ring_bytes
+from ._ring import RingStore, ring_bytes
 from ._staging import Stager
 from .errors import InvalidRequest, WriterClosed
 from .pool import Pool, usable_cpus
@@ -129,16 +129,14 @@ class Writer:
         request = make_stream_request(template, total=total, quality=quality, compression=compression,
                                       params=params, rgb=rgb, start=start, overwrite=overwrite, errors=errors,
                                       fields=fields)
-        if buffer_bytes is not None and (not isinstance(buffer_bytes, (int, np.integer))
-                                         or isinstance(buffer_bytes, bool) or buffer_bytes < 1):
-            raise InvalidRequest(f"buffer_bytes must be a positive integer or None, got {buffer_bytes!r}")
+        nbytes = ring_bytes(buffer_bytes, self.workers)
         from .streaming import Stream
 
         with self._lock:
             if self._closed:
                 raise WriterClosed()
             prepare_folder(request)
-            ring = self._rings.lend_ring(aligned(buffer_bytes or default_ring_bytes(self.workers)))
+            ring = self._rings.lend_ring(nbytes)
             stream = Stream(request, ring, self._rings, self._hub, progress, self.workers)
             self._hub.open(stream)
         return stream
