@@ -4,6 +4,10 @@
 
     with shmsave.Writer(workers=4) as writer:
         writer.save(batch, "run/{index}.png")
+
+    with shmsave.stream("out/{index:06d}.jpg") as stream:   # inside a loop that makes images
+        for frame in video:
+            stream.write(frame)
 """
 
 from __future__ import annotations
@@ -12,20 +16,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import _opencv
-from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
+from .errors import (InvalidRequest, ShmsaveError, StreamClosed, WorkerDied, WorkerFailed, WriteFailed,
+                     WriterClosed)
 
 _opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
 if TYPE_CHECKING:
-    from .api import save
+    from .api import save, stream
     from .report import Failure, Report
+    from .streaming import Stream
     from .writer import Writer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "save",
+    "stream",
     "Writer",
+    "Stream",
     "Report",
     "Failure",
     "ShmsaveError",
@@ -34,12 +42,14 @@ __all__ = [
     "WorkerDied",
     "WorkerFailed",
     "WriterClosed",
+    "StreamClosed",
     "__version__",
 ]
 
 # Imported on first use: every worker process imports this file too (it runs
 # shmsave._worker), and the parent's modules cost it ~30 ms of a ~120 ms start.
-_LAZY = {"save": "api", "Writer": "writer", "Report": "report", "Failure": "report"}
+_LAZY = {"save": "api", "stream": "api", "Stream": "streaming", "Writer": "writer", "Report": "report",
+         "Failure": "report"}
 
 
 def __getattr__(name: str) -> Any:

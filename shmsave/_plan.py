@@ -50,8 +50,8 @@ _THREADS_FROM_S = 0.1
 _PARENT_MAY_READ_BYTES = 64 * _MB
 # A task is about this much work; small enough to balance, big enough that its
 # round trip (~0.1 ms) is noise.
-_TASK_BYTES = 4 * _MB
-_TASK_IMAGES = 512
+TASK_BYTES = 4 * _MB
+TASK_IMAGES = 512
 _TASK_MIN_S = 0.001
 _TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
 
@@ -109,7 +109,7 @@ class Chunks:
 
     def __init__(self, count: int, nbytes: int, workers: int) -> None:
         per_image = max(1, nbytes // max(count, 1))
-        self.most = max(1, min(_TASK_BYTES // per_image, _TASK_IMAGES))
+        self.most = max(1, min(TASK_BYTES // per_image, TASK_IMAGES))
         seconds = single_core_seconds(count, nbytes)
         self.least = min(self.most, max(1, math.ceil(_TASK_MIN_S * count / seconds))) if seconds else 1
         self.share = workers * _TASKS_PER_WORKER

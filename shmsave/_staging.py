@@ -67,7 +67,7 @@ class Stager:
         """A new zero-filled array in shared memory, freed with its last view (or ``release()``)."""
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
         dtype = np.dtype(dtype)
-        block = self._new_segment(math.prod(shape) * dtype.itemsize)
+        block = self.new_segment(math.prod(shape) * dtype.itemsize)
         array = block.array(shape, dtype)
         self._buffers[id(block)] = block
         weakref.finalize(array, _release_buffer, self._buffers, id(block), self._forget)
@@ -191,11 +191,12 @@ class Stager:
             size = max(unit, (free + held) // (2 * count) // unit * unit)
         self.release_slots()
         for _ in range(count):
-            self._slots.append(self._new_segment(size))
+            self._slots.append(self.new_segment(size))
         self._outstanding = [0] * count
         return self._slots[:count]
 
-    def _new_segment(self, nbytes: int) -> Segment:
+    def new_segment(self, nbytes: int) -> Segment:
+        """A new segment of ``nbytes``: in /dev/shm, or in a temporary file (said once) when it lacks room."""
         from . import segment  # multiprocessing.shared_memory & co: only once shared memory is used
 
         free = segment.shm_free_bytes()

@@ -1,4 +1,4 @@
-"""``shmsave.save``: one call, served by a Writer shared across calls."""
+"""``shmsave.save`` and ``shmsave.stream``: served by a Writer shared across calls."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     import numpy as np
+
+    from .streaming import Stream
 
 _shared: Writer | None = None
 _shared_lock = threading.Lock()
@@ -56,6 +58,32 @@ def save(images: np.ndarray | Sequence[np.ndarray], template: str | os.PathLike[
     writer = _shared_writer(workers)
     return writer.save(images, template, quality=quality, compression=compression, params=params, rgb=rgb,
                        start=start, overwrite=overwrite, errors=errors, progress=progress, fields=fields)
+
+
+def stream(template: str | os.PathLike[str], *, workers: int | None = None, quality: int | None = None,
+           compression: int | None = None, params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+           rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
+           progress: Progress = False, total: int | None = None, buffer_bytes: int | None = None) -> Stream:
+    """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
+
+        with shmsave.stream("out/{index:06d}.jpg", quality=90) as s:
+            for frame in video:
+                s.write(frame)   # copies the pixels and returns; waits only while the buffer is full
+        print(s.report)
+
+    ``write(image)`` takes one 2-D/3-D array (shapes and dtypes may change from
+    image to image) and copies it into a fixed shared-memory ring; the caller
+    may reuse its array at once. ``close()`` (or leaving the ``with`` block)
+    waits for every image and returns the Report. The options are those of
+    ``save`` (``start``: the first index); ``total``: how many images will come,
+    if known; ``buffer_bytes``: the ring's size. Errors: with ``errors="raise"``
+    a failed image raises from the next ``write`` or from ``close``. Every file
+    is byte-identical to ``cv2.imwrite``'s and appears only once complete.
+    """
+    writer = _shared_writer(workers)
+    return writer.stream(template, quality=quality, compression=compression, params=params, rgb=rgb,
+                         start=start, overwrite=overwrite, errors=errors, progress=progress, total=total,
+                         buffer_bytes=buffer_bytes)
 
 
 def _shared_writer(workers: int | None) -> Writer:

@@ -3,6 +3,7 @@
     ShmsaveError
     ├── InvalidRequest(ValueError)   bad input; raised before anything is written
     ├── WriterClosed(RuntimeError)   the Writer was closed
+    ├── StreamClosed(RuntimeError)   a stream was written after it closed
     ├── WriteFailed(OSError)         one image could not be encoded or written
     ├── WorkerDied(RuntimeError)     a worker process ended in the middle of a slice
     └── WorkerFailed(RuntimeError)   an unexpected exception while writing a slice
@@ -34,6 +35,10 @@ class WriterClosed(ShmsaveError, RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("this Writer is closed; create a new shmsave.Writer() or use shmsave.save()")
+
+
+class StreamClosed(ShmsaveError, RuntimeError):
+    """A stream was written after it was closed (or in a forked child of the process that opened it)."""
 
 
 class WriteFailed(ShmsaveError, OSError):
@@ -154,6 +159,7 @@ __all__ = [
     "ShmsaveError",
     "InvalidRequest",
     "WriterClosed",
+    "StreamClosed",
     "WriteFailed",
     "WorkerDied",
     "WorkerFailed",

@@ -148,7 +148,7 @@ class Pool:
         while len(self._workers) < self.size:
             self._workers.append(_Worker())
 
-    def run(self, source, on_result, on_death, on_abandon) -> None:
+    def run(self, source, on_result, on_death, on_abandon, wake: Connection | None = None) -> None:
         """Send every task of the iterator ``source`` to a worker; return when all are answered.
 
         ``on_result(task, result)`` may return False to stop taking tasks from
@@ -157,6 +157,11 @@ class Pool:
         interrupted (KeyboardInterrupt, any exception) the workers are
         stopped, ``on_abandon(task, pid)`` receives each unanswered task, and
         the exception propagates.
+
+        ``wake``: the read end of a pipe that whoever makes a waiting source's
+        ``Wait`` ready writes to. Run then blocks on it together with the
+        workers (instead of polling ``ready()`` while no worker is busy), and
+        reads and discards what arrives on it.
         """
         self.start()
         for worker in [w for w in self._workers if w.process.poll() is not None]:
@@ -188,8 +193,16 @@ class Pool:
                 if not busy:
                     if exhausted:
                         return
-                    continue
-                for conn in wait([w.conn for w in busy]):
+                    if wake is None:
+                        continue
+                listening = [w.conn for w in busy]
+                if wake is not None and not exhausted:
+                    listening.append(wake)
+                for conn in wait(listening):
+                    if conn is wake:
+                        while wake.poll():
+                            wake.recv_bytes()
+                        continue
                     worker = next(w for w in busy if w.conn is conn)
                     try:
                         message = conn.recv()

@@ -73,7 +73,7 @@ class Tally:
         if progress and self.tick is None:
             from tqdm import tqdm  # imported only when asked for: it costs ~0.1 s
 
-            self.bar = tqdm(total=request.count, unit="img", dynamic_ncols=True)
+            self.bar = tqdm(total=request.count or None, unit="img", dynamic_ncols=True)
             self.tick = self.bar.update
 
     def add(self, outcome: Outcome, end: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,10 +54,7 @@ class Request:
 def make_request(images, template, *, quality=None, compression=None, params=None, rgb=False,
                  start=0, overwrite=True, errors="raise", fields=None) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
-    if errors not in ("raise", "collect"):
-        raise InvalidRequest(f"errors must be 'raise' or 'collect', got {errors!r}")
-    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
-        raise InvalidRequest(f"start must be a non-negative integer, got {start!r}")
+    _check_errors_and_start(errors, start)
     stack, listed = _normalize(images)
     count = len(stack) if stack is not None else len(listed)
     parsed = parse_template(template, max(count, 1), int(start), fields)
@@ -68,13 +66,13 @@ def make_request(images, template, *, quality=None, compression=None, params=Non
         channels = stack.shape[3] if stack.ndim == 4 else 1
         codec.check_pixels(encoding, stack.dtype, channels, "the image stack", castable=bool(targets))
         codec.check_size(encoding, stack.shape[1], stack.shape[2], "each image of the stack")
-        _check_finite(stack, "the image stack")
+        check_finite(stack, "the image stack")
     else:
         for i, image in enumerate(listed):
             channels = image.shape[2] if image.ndim == 3 else 1
             codec.check_pixels(encoding, image.dtype, channels, f"image {i}", castable=bool(targets))
             codec.check_size(encoding, image.shape[0], image.shape[1], f"image {i}")
-            _check_finite(image, f"image {i}")
+            check_finite(image, f"image {i}")
     cast = _integer_cast(stack if stack is not None else listed, dtype, targets, encoding) if targets else None
     itemsize = (cast or dtype).itemsize
     nbytes = sum(image.size for image in (stack if stack is not None else listed)) * itemsize \
@@ -109,6 +107,84 @@ def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encodi
     fmt = codec.format_for(encoding.extension)
     raise InvalidRequest(f"image {i} is {dtype.name} with values from {lo} to {hi}, which {fmt.name} "
                          f"({encoding.extension}) cannot hold; {codec.dtype_advice(dtype.name, fmt)}")
+
+
+# A stream's image count is unknown unless given: the check that no two images get one path
+# (only for unusual {index} formats) covers this many.
+_STREAM_COUNT_CHECKED = 10_000
+
+
+def make_stream_request(template, *, total=None, quality=None, compression=None, params=None, rgb=False,
+                        start=0, overwrite=True, errors="raise", fields=None) -> Request:
+    """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
+    ``total`` or unknown); each image is checked as it comes (``check_image``)."""
+    _check_errors_and_start(errors, start)
+    if total is not None and (not isinstance(total, (int, np.integer)) or isinstance(total, bool) or total < 1):
+        raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
+    count = int(total) if total is not None else _STREAM_COUNT_CHECKED
+    parsed = parse_template(template, count, int(start), fields)
+    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression,
+                                   params=params, rgb=rgb)
+    return Request(None, None, int(total or 0), 0, int(start), parsed, encoding, bool(overwrite),
+                   errors == "collect", None, _working_folder(parsed.text), current_umask())
+
+
+def check_image(encoding: codec.Encoding, image, what: str) -> None:
+    """Refuse one image that is not a 2-D/3-D array ``encoding`` can write unchanged (NaN and
+    infinity aside: ``check_finite``)."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidRequest(f"{what} is a {_type_name(image)}, not a numpy array"
+                             + (_asarray_hint(image) or "; each image must be a numpy array"))
+    if image.ndim not in (2, 3):
+        raise InvalidRequest(f"{what} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
+    if 0 in image.shape:
+        raise InvalidRequest(f"{what} has shape {image.shape} and no pixels")
+    codec.check_pixels(encoding, image.dtype, image.shape[2] if image.ndim == 3 else 1, what)
+    codec.check_size(encoding, image.shape[0], image.shape[1], what)
+
+
+class Layout(NamedTuple):
+    """A shape and dtype of images that passed the checks of one encoding."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    dtype_str: str
+    nbytes: int
+    floating: bool  # NaN and infinity are still checked image by image
+
+
+_LAYOUTS_MAX = 4096  # shapes and dtypes remembered; a stream of ever-new sizes starts over
+
+
+class ImageChecks:
+    """Checks images one at a time (``Stream.write``) for ``encoding``: a shape and dtype seen
+    before cost one dict lookup; floating-point pixels are still checked for NaN and infinity."""
+
+    def __init__(self, encoding: codec.Encoding) -> None:
+        self._encoding = encoding
+        self._seen: dict[tuple, Layout] = {}
+
+    def check(self, image, index: int) -> Layout:
+        """The layout of ``image`` (image ``index``), or InvalidRequest naming it."""
+        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
+            check_image(self._encoding, image, f"image {index}")  # raises, naming the type
+        layout = self._seen.get((image.shape, image.dtype))
+        if layout is None:
+            check_image(self._encoding, image, f"image {index}")
+            if len(self._seen) >= _LAYOUTS_MAX:
+                self._seen.clear()
+            layout = Layout(image.shape, image.dtype, image.dtype.str, image.nbytes, image.dtype.kind == "f")
+            self._seen[(image.shape, image.dtype)] = layout
+        if layout.floating:
+            check_finite(image, f"image {index}")
+        return layout
+
+
+def _check_errors_and_start(errors, start) -> None:
+    if errors not in ("raise", "collect"):
+        raise InvalidRequest(f"errors must be 'raise' or 'collect', got {errors!r}")
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
+        raise InvalidRequest(f"start must be a non-negative integer, got {start!r}")
 
 
 def _working_folder(template: str) -> str:
@@ -192,7 +268,8 @@ def _normalize_list(images: list) -> list:
 _FINITE_CHUNK_BYTES = 16 * 2**20  # np.isfinite makes a bool array; check a big stack in slices
 
 
-def _check_finite(array: np.ndarray, what: str) -> None:
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse floating-point pixels with NaN or infinity (checked in slices: np.isfinite makes a copy)."""
     if array.dtype.kind != "f" or not array.size:
         return
     step = max(1, _FINITE_CHUNK_BYTES // max(1, array[:1].nbytes))

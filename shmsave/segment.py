@@ -36,6 +36,7 @@ import secrets
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from multiprocessing import resource_tracker, shared_memory
 
@@ -252,25 +253,37 @@ def _segment_files():
                     yield os.path.join(folder, name), int(owner)
 
 
-def unlink_if_abandoned(path: str, owner: int) -> bool:
+# The kernel may release a dead process's file locks a moment after the process is gone (the last
+# reference to a file is dropped by deferred work): seen held for a few ms by a zombie, here.
+_LOCK_RELEASE_S = 1.0
+
+
+def unlink_if_abandoned(path: str, owner: int | None, patience: float = 0.0) -> bool:
     """Unlink the segment file ``path`` if no process holds its owner's lock; True if it did.
 
     The exclusive lock is held while unlinking, so an owner cannot take the
     segment in between (``_lock_owned`` would see the name gone and retry).
     A segment whose ``owner`` pid is alive in this namespace is kept whatever
-    its lock says: a shmsave older than the locks may own it.
+    its lock says: a shmsave older than the locks may own it (``owner=None``:
+    the caller knows the owner is dead, and gives its lock ``patience`` seconds
+    to be released).
     """
-    if _alive(owner):
+    if owner is not None and _alive(owner):
         return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # its owner is alive (in this PID namespace or another)
-        os.close(fd)
-        return False
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:  # its owner is alive (in this PID namespace or another), or just died
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False
+            time.sleep(0.005)
     try:
         os.unlink(path)
         return True
@@ -281,20 +294,26 @@ def unlink_if_abandoned(path: str, owner: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs here (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def unlink_owned_by(pid: int) -> None:
-    """Unlink the abandoned segments whose names say process ``pid`` made them (it has died)."""
+    """Unlink the abandoned segments whose names say process ``pid`` made them (it has died: the
+    caller's parent, so a zombie until reaped, which kill(pid, 0) would call alive)."""
     for path, owner in _segment_files():
         if owner == pid:
-            unlink_if_abandoned(path, owner)
+            unlink_if_abandoned(path, None, _LOCK_RELEASE_S)
 
 
 _swept = False

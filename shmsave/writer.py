@@ -6,7 +6,9 @@
 
 The process engine takes its tasks from the ``Stager`` (``_staging.py``) and
 dispatches them over the ``Pool`` (``pool.py``); the in-process engines run
-``_files.write_images`` on the caller's arrays where they are.
+``_files.write_images`` on the caller's arrays where they are. Streams
+(``stream.py``) copy into rings (``_ring.py``) and are dispatched by the
+Writer's hub thread (``_hub.py``), which owns the pool while a stream is open.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._files import remove_if_empty, temporary_path, write_images
-from ._plan import ENGINES, Chunks, choose_engine, usable_cpus
+from ._plan import ENGINES, Choice, Chunks, choose_engine, usable_cpus
 from ._protocol import Task
 from .errors import InvalidRequest, WriterClosed
 from .report import Progress, Report, Tally
-from .request import Request, make_request, prepare_folder
+from .request import Request, make_request, make_stream_request, prepare_folder
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -34,8 +36,11 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ._protocol import Result
+    from ._hub import Hub
+    from ._ring import RingStore
     from ._staging import Stager
     from .pool import Pool
+    from .streaming import Stream
 
 class Writer:
     """Saves image batches with a pool of long-lived worker processes.
@@ -104,6 +109,38 @@ class Writer:
                 self._submitter = ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
         return self._submitter.submit(self._run, request, progress)
 
+    def stream(self, template: str | os.PathLike[str], *, quality: int | None = None,
+               compression: int | None = None, params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+               rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
+               progress: Progress = False, fields: Mapping[str, Any] | None = None, total: int | None = None,
+               buffer_bytes: int | None = None) -> Stream:
+        """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
+
+        The options are those of ``save``; ``start`` is the first index, ``total``
+        the number of images to come if known (the progress bar's total; more
+        are refused). ``buffer_bytes``: the stream's shared-memory ring (default:
+        32 MB per worker, 64-512 MB, at most a quarter of the free /dev/shm);
+        ``write`` waits while it is full. Several streams may be open at once;
+        while any is, ``save`` on this Writer runs on threads.
+        """
+        request = make_stream_request(template, total=total, quality=quality, compression=compression,
+                                      params=params, rgb=rgb, start=start, overwrite=overwrite, errors=errors,
+                                      fields=fields)
+        from ._ring import ring_bytes
+        from .streaming import Stream
+
+        nbytes = ring_bytes(buffer_bytes, self.workers)
+
+        with self._lock:
+            if self._closed:
+                raise WriterClosed()
+            prepare_folder(request)
+            rings, hub = self._processes.rings(), self._processes.hub()
+            ring = rings.lend_ring(nbytes)
+            stream = Stream(request, ring, rings, hub, progress, self.workers)
+            hub.open(stream)
+        return stream
+
     def start(self) -> Writer:
         """Start the worker processes now and wait until they are ready (~0.2 s).
 
@@ -113,7 +150,8 @@ class Writer:
         with self._lock:
             if self._closed:
                 raise WriterClosed()
-            self._processes.pool().wait_ready()
+            if not self._processes.streaming():  # while it is, the hub owns the workers, and they run
+                self._processes.pool().wait_ready()
         return self
 
     def empty(self, shape: int | Sequence[int], dtype: npt.DTypeLike = "uint8") -> np.ndarray:
@@ -127,7 +165,9 @@ class Writer:
         return self._processes.stager().empty(shape, dtype)
 
     def close(self) -> None:
-        """Finish submitted saves, stop the workers and free the shared memory; safe to call twice."""
+        """Finish submitted saves and open streams (their errors stay in their reports), stop the
+        workers and free the shared memory; safe to call twice."""
+        self._processes.close_streams()
         if self._submitter is not None:
             self._submitter.shutdown(wait=True)  # outside the lock: each pending save needs it
         with self._lock:
@@ -162,9 +202,13 @@ class Writer:
             if request.count == 0:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
             prepare_folder(request)
+            streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads
             choice = choose_engine(self.engine, self.workers, request.count, request.nbytes,
-                                   self._processes.source_kind(request), pool_ready=self._processes.ready())
-            if choice.small:
+                                   self._processes.source_kind(request),
+                                   pool_ready=not streaming and self._processes.ready())
+            if streaming and choice.engine == "process":
+                choice = Choice("thread", self.workers)
+            if choice.small and not streaming:
                 self._small_calls += 1
                 if self._small_calls == 2:  # a Writer in use again: start the workers for the calls to come
                     self._processes.pool().start()
@@ -220,11 +264,11 @@ class Writer:
 
         def on_death(task: Task, exitcode: int | None, pid: int) -> bool:
             stager.task_done(task)
-            _remove_partial_files(request, task, pid)
+            remove_partial_files(request, task, pid)
             return tally.died(task, exitcode)
 
         def on_abandon(task: Task, pid: int) -> None:
-            _remove_partial_files(request, task, pid)
+            remove_partial_files(request, task, pid)
 
         tasks = stager.tasks(request, Chunks(request.count, request.nbytes, self.workers))
         try:
@@ -257,6 +301,32 @@ class _Processes:
         self.workers = workers
         self._pool: Pool | None = None
         self._stager: Stager | None = None
+        self._rings: RingStore | None = None
+        self._hub: Hub | None = None
+
+    def rings(self) -> RingStore:
+        """The shared-memory rings of streams (``_ring.py``)."""
+        if self._rings is None:
+            from ._ring import RingStore
+
+            self._rings = RingStore(self.stager().new_segment, self.forget)
+        return self._rings
+
+    def hub(self) -> Hub:
+        """The thread that dispatches streams' tasks to the workers (``_hub.py``)."""
+        if self._hub is None:
+            from ._hub import Hub
+
+            self._hub = Hub(self.pool())
+        return self._hub
+
+    def streaming(self) -> bool:
+        """Whether the hub owns the workers (a stream is open)."""
+        return self._hub is not None and self._hub.active
+
+    def close_streams(self) -> None:
+        if self._hub is not None:
+            self._hub.close_streams()
 
     def stager(self) -> Stager:
         if self._stager is None:
@@ -293,17 +363,22 @@ class _Processes:
             self._pool.forget(locator)
 
     def close(self) -> None:
+        if self._hub is not None:
+            self._hub.stop()
         if self._pool is not None:
             self._pool.close()
         if self._stager is not None:
             self._stager.release()
+        if self._rings is not None:
+            self._rings.release()
 
     def drop_inherited(self) -> None:
         """In a forked child: the parent's pool and memory stay the parent's (pool.py and
         segment.py drop our hold on them)."""
         self._pool = None
-        if self._stager is not None:
-            self._stager.drop_inherited()
+        for part in (self._stager, self._rings, self._hub):
+            if part is not None:
+                part.drop_inherited()
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
@@ -321,7 +396,7 @@ def _images(request: Request) -> Any:
     return request.stack if request.stack is not None else request.listed
 
 
-def _remove_partial_files(request: Request, task: Task, pid: int) -> None:
+def remove_partial_files(request: Request, task: Task, pid: int) -> None:
     """Delete what a dead worker may have left of the files of ``task``: a temporary file, or an
     empty file under the final name (killed between open and write; see ``_files._write_file``)."""
     for index in range(task.first, task.end):

@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import cv2
 import numpy as np
@@ -282,7 +283,7 @@ def test_segment_lock_ends_with_its_owner(tmp_path):
         assert not segment.unlink_if_abandoned(path, owner.pid) and os.path.exists(path)
         owner.kill()
         owner.wait(10)
-        assert segment.unlink_if_abandoned(path, owner.pid) and not os.path.exists(path)
+        assert segment.unlink_if_abandoned(path, owner.pid, patience=1.0) and not os.path.exists(path)
     finally:
         if owner.poll() is None:
             owner.kill()
@@ -421,3 +422,27 @@ def test_unexpected_error_in_process_engines(engine, errors, tmp_path, monkeypat
             assert 5 in {f.index for f in report.failed}
             assert all("TypeError: a bug in the encoder" in f.message for f in report.failed)
             assert report.count + len(report.failed) == 8
+
+
+def test_a_zombie_owner_counts_as_dead(tmp_path):
+    """A dead child not yet reaped (a zombie) still answers kill(pid, 0), and the kernel may release its
+    locks a moment later: what its workers run when it dies still removes its segments."""
+    code = "import shmsave.segment as s, os; b = s.Segment.create(4096); print(b.locator, flush=True); os._exit(0)"
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        path = f"/dev/shm/{owner.stdout.readline().strip()}"
+        deadline = time.monotonic() + 10
+        while not _is_zombie(owner.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _is_zombie(owner.pid), "the child should be a zombie (exited, not reaped)"
+        assert not segment._alive(owner.pid)
+        segment.unlink_owned_by(owner.pid)
+        assert not os.path.exists(path)
+    finally:
+        owner.wait(10)
+        owner.stdout.close()
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"

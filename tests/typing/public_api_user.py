@@ -29,6 +29,16 @@ def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
         reports.append(future.result())
         pids: list[int] = writer.pids
         assert len(pids) <= writer.workers
+    with shmsave.stream(folder / "s{index:06d}.jpg", quality=90, total=len(frames)) as stream:
+        for frame in frames:
+            stream.write(frame)
+    streamed: shmsave.Report | None = stream.report
+    with shmsave.Writer() as writer, writer.stream(str(folder / "d{index}.png"), compression=1) as depth:
+        opened: shmsave.Stream = depth
+        opened.write(frames[0])
+        finished: shmsave.Report = opened.close()
+        reports.append(finished)
+    assert streamed is not None
     try:
         shmsave.save(frames, "bad/{index}.xyz")
     except shmsave.InvalidRequest as error:
@@ -37,7 +47,7 @@ def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
     except (shmsave.WriteFailed, shmsave.WorkerDied, shmsave.WorkerFailed) as error:
         partial: shmsave.Report | None = error.report
         assert partial is None or partial.count >= 0
-    except shmsave.WriterClosed:
+    except (shmsave.WriterClosed, shmsave.StreamClosed):
         pass
     except shmsave.ShmsaveError:
         pass

@@ -1,0 +1,232 @@
+"""Saving inside a loop (issue 13): ``Writer.stream`` against what a user would write.
+
+    python -m benchmarks.streaming            # 10,000 tiny, 200 x 1080p, 1,000 mixed; 3 repetitions
+    python -m benchmarks.streaming --quick    # 2,000 tiny, 40 x 1080p, 100 mixed; 3 repetitions
+
+Each workload is produced one image at a time by a Python loop, as a program that decodes,
+renders or infers would; every method consumes the same producer and writes image i to
+``{index:06d}.<ext>`` in a fresh folder on a private tmpfs (the disk when none can be mounted).
+
+    tiny    10,000 x 50x50 gray uint8 -> .jpg q95, from a stack in memory
+    video   200 x 1080x1920x3 uint8 -> .jpg q95, from a generator that refills one buffer
+    mixed   1,000 BGR uint8, sides 32-1024 px -> .webp q90 (100 distinct photos, cycled)
+
+    loop              cv2.imwrite per image, in the loop
+    executor          ThreadPoolExecutor(cores).submit(cv2.imwrite, path, image.copy()) per image
+    queue + threads   a bounded queue (4 x cores) feeding one cv2.imwrite thread per core
+    batches + submit  copies collected 64 at a time, each batch given to Writer.submit
+    shmsave stream    Writer.stream(...).write(image) per image
+
+shmsave's Writer is started, and its ring made, before the timing (an untimed run of each
+method on the first workload warms everything up). Methods run interleaved, in a fresh random order per repetition;
+medians; speed-up = loop median / method median. ``write us`` is the caller's time from the
+first ``write`` to the return of the last, per image (tiny: the stack is already in memory,
+so that is the cost of ``write`` itself while the workers and the hub share the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import random
+import shutil
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.targets import disk_target, tmpfs_target
+from benchmarks.workloads import mixed, tiny, video
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH = 64
+GOAL_OVER_LOOP = 1.8
+GOAL_WRITE_US = 3.0
+STREAM = "shmsave stream"
+PEERS = ("executor", "queue + threads", "batches + submit")
+
+
+class Workload:
+    """A named producer of images: ``images()`` yields them one at a time, as a loop would."""
+
+    def __init__(self, name: str, summary: str, count: int, ext: str, params: list[int], images) -> None:
+        self.name, self.summary, self.count, self.ext, self.params = name, summary, count, ext, params
+        self.images = images
+
+
+def _workloads(quick: bool) -> list[Workload]:
+    rng = np.random.default_rng([0, *b"streaming"])
+    jpg95, webp90 = [cv2.IMWRITE_JPEG_QUALITY, 95], [cv2.IMWRITE_WEBP_QUALITY, 90]
+    tiny_count, video_count, mixed_count = (2000, 40, 100) if quick else (10_000, 200, 1000)
+    stack = tiny(rng, tiny_count)[..., 0]
+    frames = video(rng, 8)
+    photos = mixed(rng, min(100, mixed_count))
+
+    def from_video():
+        buffer = np.empty_like(frames[0])  # a decoder's one buffer, refilled for every frame
+        for i in range(video_count):
+            np.copyto(buffer, frames[i % len(frames)])
+            yield buffer
+
+    return [
+        Workload("tiny", f"{tiny_count:,} x 50x50 gray -> .jpg q95", tiny_count, ".jpg", jpg95, lambda: iter(stack)),
+        Workload("video", f"{video_count} x 1080p -> .jpg q95, one reused buffer", video_count, ".jpg", jpg95,
+                 from_video),
+        Workload("mixed", f"{mixed_count:,} mixed sizes -> .webp q90", mixed_count, ".webp", webp90,
+                 lambda: (photos[i % len(photos)] for i in range(mixed_count))),
+    ]
+
+
+def _methods(writer, cores: int, timing: dict):
+    def loop(w: Workload, template: str):
+        for i, image in enumerate(w.images()):
+            cv2.imwrite(template.format(index=i), image, w.params)
+
+    def executor(w: Workload, template: str):
+        with ThreadPoolExecutor(cores) as pool:
+            futures = [pool.submit(cv2.imwrite, template.format(index=i), image.copy(), w.params)
+                       for i, image in enumerate(w.images())]
+            wait(futures)
+
+    def queue_threads(w: Workload, template: str):
+        jobs: queue.Queue = queue.Queue(maxsize=4 * cores)
+
+        def drain():
+            while (job := jobs.get()) is not None:
+                cv2.imwrite(job[0], job[1], w.params)
+
+        threads = [threading.Thread(target=drain) for _ in range(cores)]
+        for thread in threads:
+            thread.start()
+        for i, image in enumerate(w.images()):
+            jobs.put((template.format(index=i), image.copy()))
+        for _ in threads:
+            jobs.put(None)
+        for thread in threads:
+            thread.join()
+
+    def batches(w: Workload, template: str):
+        futures, batch, first = [], [], 0
+        options = _options(w)
+        for i, image in enumerate(w.images()):
+            batch.append(image.copy())
+            if len(batch) == BATCH:
+                futures.append(writer.submit(batch, template, start=first, **options))
+                batch, first = [], i + 1
+        if batch:
+            futures.append(writer.submit(batch, template, start=first, **options))
+        for future in futures:
+            future.result()
+
+    def stream(w: Workload, template: str):
+        with writer.stream(template, **_options(w)) as s:
+            began = time.perf_counter()
+            for image in w.images():
+                s.write(image)
+            timing.setdefault(w.name, []).append((time.perf_counter() - began) / w.count * 1e6)
+
+    return {"loop": loop, "executor": executor, "queue + threads": queue_threads, "batches + submit": batches,
+            STREAM: stream}
+
+
+def _options(w: Workload) -> dict:
+    return {"quality": w.params[1]}
+
+
+def _fresh(root: Path, ext: str) -> str:
+    folder = root / "run"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return str(folder / f"{{index:06d}}{ext}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workloads")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    import shmsave
+
+    cores = machine.usable_cores()
+    print("generating workloads ...", file=sys.stderr)
+    workloads = _workloads(args.quick)
+    write_us: dict[str, list[float]] = {}
+    results = {}
+    with tmpfs_target() as tmpfs, disk_target() as disk, shmsave.Writer() as writer:
+        target = tmpfs if not isinstance(tmpfs, str) else disk
+        writer.start()
+        methods = _methods(writer, cores, write_us)
+        for name, run in methods.items():  # warm-up: imports, threads, the workers, the stream's ring
+            run(workloads[0], _fresh(target.root, workloads[0].ext))
+        write_us.clear()
+        for w in workloads:
+            timings = {name: [] for name in methods}
+            for rep in range(args.repeat):
+                order = list(methods)
+                random.shuffle(order)
+                for name in order:
+                    template = _fresh(target.root, w.ext)
+                    began = time.perf_counter()
+                    methods[name](w, template)
+                    timings[name].append(time.perf_counter() - began)
+                    assert len(list(Path(template).parent.iterdir())) == w.count, name
+                    print(f"{w.name} rep {rep + 1} {name}: {timings[name][-1]:.3f} s", file=sys.stderr)
+            results[w.name] = timings
+        where = f"{target.name} ({target.filesystem})"
+    text = _markdown(args, cores, where, workloads, results, write_us)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"streaming{'-quick' if args.quick else ''}.md").write_text(text)
+    return 0
+
+
+def _markdown(args, cores, where, workloads, results, write_us) -> str:
+    names = list(next(iter(results.values())))
+    lines = [
+        "# Saving inside a loop: Writer.stream against the loops a user would write",
+        "",
+        f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
+        f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
+        f"Medians of {args.repeat} interleaved repetitions (spread: min-max); speed-up over the loop.",
+        "",
+        "| workload | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    checks = []
+    for w in workloads:
+        medians = {name: statistics.median(values) for name, values in results[w.name].items()}
+        loop = medians["loop"]
+        cells = []
+        for name in names:
+            low, high = min(results[w.name][name]), max(results[w.name][name])
+            cells.append(f"{medians[name]:.3f} s ({low:.3f}-{high:.3f}) **{loop / medians[name]:.2f}x**")
+        lines.append(f"| {w.summary} | " + " | ".join(cells) + " |")
+        best_peer = min(PEERS, key=medians.get)
+        over_loop = loop / medians[STREAM]
+        checks.append(f"| {w.name} | stream {over_loop:.2f}x the loop (goal {GOAL_OVER_LOOP}x): "
+                      f"{'met' if over_loop >= GOAL_OVER_LOOP else 'not met'}; best peer {best_peer} "
+                      f"{loop / medians[best_peer]:.2f}x: "
+                      f"{'met' if medians[STREAM] <= medians[best_peer] else 'not met'} |")
+    tiny_us = statistics.median(write_us["tiny"])
+    lines += [
+        "",
+        "| workload | goals |",
+        "|---|---|",
+        *checks,
+        "",
+        f"`write` per 50x50 image, caller's time from first write to last return: median "
+        f"{tiny_us:.2f} us (runs: {', '.join(f'{v:.2f}' for v in write_us['tiny'])}; goal {GOAL_WRITE_US} us: "
+        f"{'met' if tiny_us <= GOAL_WRITE_US else 'not met'}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The hub: one thread per Writer that dispatches the tasks of its open streams to the workers.
+
+    Stream.write ──▶ ring + pending batch ──poke──▶ hub thread: Pool.run(tasks of every stream)
+    Stream.task_done ◀──────────── Result ◀────────────────────────────┘
+
+The thread exists while at least one stream is open. It runs ``Pool.run`` over
+a source that takes a task from each stream in turn, and yields a ``Wait`` when
+no stream has anything to send; producers then ``poke`` the wake-up pipe that
+``Pool.run`` also waits on, so an idle hub sleeps instead of polling. A stream's
+pending images are taken whenever a worker has room for a task (``Pool.run``
+asks the source only then): a fast producer's batches grow while the workers
+are busy, a slow producer's images go out at once.
+
+While the hub runs, it alone uses the Writer's pool; ``Writer`` checks
+``active`` (under its own lock, which ``open`` is called under) and writes
+``save`` calls with threads meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from multiprocessing import Pipe
+from typing import TYPE_CHECKING
+
+from ._protocol import Task, Wait
+from .errors import WorkerFailed
+from .pool import Pool
+
+if TYPE_CHECKING:
+    from ._protocol import Result
+    from .streaming import Stream
+
+
+class Hub:
+    """Dispatches the tasks of a Writer's open streams over ``pool`` from a thread of its own."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._mutex = threading.Lock()  # guards _streams, _thread and the wake-up pipe
+        self._streams: list[Stream] = []
+        self._owner: dict[int, Stream] = {}  # task id -> its stream; only the hub thread touches it
+        self._ids = itertools.count()
+        self._turn = 0
+        self._thread: threading.Thread | None = None
+        self._wake_read = self._wake_write = None
+        self.idle = False  # the source has nothing to send and waits for a poke
+
+    @property
+    def active(self) -> bool:
+        """Whether the hub thread runs (and so owns the pool)."""
+        return self._thread is not None
+
+    def open(self, stream: Stream) -> None:
+        """Dispatch the tasks of ``stream`` from now on; call with the Writer's lock held."""
+        with self._mutex:
+            self._streams.append(stream)
+            if self._thread is None:
+                self._wake_read, self._wake_write = Pipe(duplex=False)
+                self._thread = threading.Thread(target=self._serve, name="shmsave-stream-hub", daemon=True)
+                self._thread.start()
+
+    def detach(self, stream: Stream) -> None:
+        """``stream`` is closed: send nothing more of it (its answered tasks are all counted)."""
+        with self._mutex:
+            if stream in self._streams:
+                self._streams.remove(stream)
+        self.poke(always=True)
+
+    def poke(self, always: bool = False) -> None:
+        """Something may be ready to send: wake the hub if it sleeps. Cheap when it does not."""
+        if self.idle or always:
+            self.idle = False
+            with self._mutex, contextlib.suppress(OSError, AttributeError):
+                self._wake_write.send_bytes(b"")
+
+    def close_streams(self) -> None:
+        """Close every open stream (each waits for its images; errors stay in its report)."""
+        with self._mutex:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.close_quietly()
+
+    def stop(self) -> None:
+        """Close every open stream and wait for the thread to end (the Writer is shutting down)."""
+        self.close_streams()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def drop_inherited(self) -> None:
+        """In a forked child: the parent's thread did not survive and its streams stay the parent's."""
+        self._mutex = threading.Lock()
+        self._streams, self._owner = [], {}
+        self._thread = None
+        for end in (self._wake_read, self._wake_write):
+            if end is not None:
+                with contextlib.suppress(OSError):
+                    end.close()  # the child's copies; the parent's stay open
+        self._wake_read = self._wake_write = None
+        self.idle = False
+
+    # -- the hub thread ------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                self._pool.run(self._tasks(), self._on_result, self._on_death, self._on_abandon,
+                               wake=self._wake_read)
+                with self._mutex:
+                    if not self._streams:  # a stream opened since the source ended is served by a new run
+                        self._end_thread()
+                        return
+        except BaseException as error:  # noqa: BLE001 - every stream is told, none waits forever
+            failure = WorkerFailed(0, 1, f"the stream dispatcher stopped: {type(error).__name__}: {error}")
+            failure.__cause__ = error
+            with self._mutex:
+                streams = list(self._streams)
+                self._end_thread()
+            for stream in streams:
+                stream.fail(failure)
+
+    def _end_thread(self) -> None:
+        self._thread = None
+        for end in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                end.close()
+        self._wake_read = self._wake_write = None
+
+    def _tasks(self):
+        """Tasks of every open stream, in turn; a ``Wait`` while none has any; ends when none is open."""
+        while True:
+            self.idle = True  # before looking: a producer that adds work after the look pokes
+            task = self._next_task()
+            if task is not None:
+                self.idle = False
+                yield task
+                continue
+            with self._mutex:
+                if not self._streams:
+                    self.idle = False
+                    return
+            yield Wait(self._woken)
+
+    def _woken(self) -> bool:
+        return not self.idle
+
+    def _next_task(self) -> Task | None:
+        with self._mutex:
+            streams = list(self._streams)
+        for k in range(len(streams)):
+            stream = streams[(self._turn + k) % len(streams)]
+            task = stream.take_task(self._ids)
+            if task is not None:
+                self._turn = (self._turn + k + 1) % len(streams)
+                self._owner[task.id] = stream
+                return task
+        return None
+
+    def _on_result(self, task: Task, result: Result) -> None:
+        self._owner.pop(task.id).task_done(task, result.outcome)
+
+    def _on_death(self, task: Task, exitcode: int | None, pid: int) -> None:
+        self._owner.pop(task.id).task_died(task, exitcode, pid)
+
+    def _on_abandon(self, task: Task, pid: int) -> None:
+        self._owner.pop(task.id).task_abandoned(task, pid)

@@ -1,0 +1,345 @@
+"""Streams: save images one at a time, as a loop produces them (``Writer.stream``).
+
+    write(image) ──▶ check (once per shape and dtype) ──▶ copy into the ring ──▶ pending batch
+                                                                                    │ take_task
+    close() ◀── Report ◀── Tally ◀── task_done (ring space freed) ◀── hub ◀─────────┘
+
+The caller's thread only checks and copies; the hub thread (``_hub.py``) sends
+the batches to the workers and hands their answers back here. Everything both
+threads touch is guarded by the stream's condition, which ``write`` holds once
+per image, and which a full ring waits on.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._plan import TASK_BYTES, TASK_IMAGES
+from ._protocol import ListSource, Task
+from ._ring import aligned
+from .errors import InvalidRequest, ShmsaveError, StreamClosed
+from .report import Progress, Report, Tally
+from .request import ImageChecks
+from .writer import remove_partial_files
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+    from ._protocol import Outcome
+    from ._ring import Ring, RingStore
+    from .request import Layout, Request
+    from .segment import Segment
+
+_OPEN, _CLOSING, _STOPPED, _CLOSED = "open", "closing", "stopped", "closed"
+_TASKS_IN_RING_PER_WORKER = 2  # each worker's running and queued task (pool._DEPTH) fit in the ring at once
+
+
+@dataclass
+class _Batch:
+    """Images sent (or to be sent) as one task: ring entries, or one image in a segment of its own."""
+
+    entries: list
+    first: int
+    end: int  # the ring position after its last image (0 for a segment of its own)
+    block: Segment | None = None
+    done: bool = False
+
+
+class Stream:
+    """Saves images one at a time as a loop produces them; made by ``Writer.stream``.
+
+    ``write(image)`` checks one image, copies it into this stream's shared-memory
+    ring and returns: the caller may overwrite its array at once. When the ring
+    is full, ``write`` waits until the workers free room (the memory a stream
+    holds never grows). ``close()`` waits for every image accepted and returns
+    the Report (also ``report`` from then on); leaving a ``with`` block closes
+    the stream. Calls on one stream are for one thread at a time.
+    """
+
+    def __init__(self, request: Request, ring: Ring, store: RingStore, hub: Hub, progress: Progress,
+                 workers: int) -> None:
+        self._request = request
+        self._job = request.job()
+        self._ring = ring
+        self._store = store
+        self._hub = hub
+        self._workers = workers
+        self._tally = Tally(request, progress)
+        self._lock = threading.Lock()  # write() takes it directly: Condition.__enter__ is a Python call
+        self._cond = threading.Condition(self._lock)
+        self._state = _OPEN
+        self._checks = ImageChecks(request.encoding)
+        self._views: dict[np.dtype, np.ndarray] = {}  # the ring as a flat array of each dtype seen
+        self._next = request.start
+        self._end = request.start + request.count if request.count else None  # from total=
+        self._task_bytes = max(1, min(TASK_BYTES, ring.size // (_TASKS_IN_RING_PER_WORKER * workers + 1)))
+        self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
+        self._pending_first = self._pending_end = self._pending_bytes = 0
+        self._ready: collections.deque[_Batch] = collections.deque()  # sealed, not sent yet
+        self._in_flight: dict[int, tuple[Task, _Batch]] = {}  # task id -> the task and its batch
+        self._in_ring: collections.deque[_Batch] = collections.deque()  # sent ring batches, in ring order
+        self._own_segment_busy = False  # an image bigger than the ring is in a segment of its own
+        self._report: Report | None = None
+        self._reusable_ring = True
+        self._began = time.perf_counter()
+        _streams.add(self)
+
+    # -- the caller's side ---------------------------------------------------
+
+    @property
+    def report(self) -> Report | None:
+        """The Report once the stream is closed; None before."""
+        return self._report
+
+    def write(self, image: np.ndarray) -> None:
+        """Copy ``image`` (a 2-D or 3-D array) to be saved as the next index, and return.
+
+        Bad input raises InvalidRequest before anything of it is copied; the
+        stream stays usable. With ``errors="raise"``, an image that failed
+        earlier raises here (``WriteFailed``, ``WorkerDied`` or ``WorkerFailed``
+        with the stream's ``report``), and the stream is then closed.
+        """
+        if self._state is not _OPEN:
+            self._raise_for_state()
+        index = self._next
+        layout = self._checks.check(image, index)
+        if self._end is not None and index >= self._end:
+            raise InvalidRequest(f"image {index} is one more than the total={self._request.count} announced "
+                                 "when the stream was opened; pass a larger total (or none)")
+        size = aligned(layout.nbytes)
+        if size > self._ring.size:
+            self._write_own_segment(image, layout, index)
+            return
+        with self._lock:
+            place = self._ring.reserve(size)
+            if place is None:
+                place = self._wait_for_room(size)
+                if place is None:
+                    return self._raise_for_state()
+            offset, end = place
+            view = self._views.get(layout.dtype)
+            if view is None:
+                view = self._views[layout.dtype] = self._ring.block.array(
+                    (self._ring.size // layout.dtype.itemsize,), layout.dtype)
+            start = offset // layout.dtype.itemsize
+            view[start:start + image.size].reshape(layout.shape)[...] = image
+            if not self._pending:
+                self._pending_first = index
+            self._pending.append((offset, layout.shape, layout.dtype_str))
+            self._pending_end = end
+            self._pending_bytes += size
+            if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
+                self._seal()
+            self._next = index + 1
+        if self._hub.idle:
+            self._hub.poke()
+
+    def close(self) -> Report:
+        """Wait for every accepted image and return the Report; safe to call twice.
+
+        With ``errors="raise"``, the first failure raises here (with the Report
+        attached) unless ``write`` raised it already.
+        """
+        if self._report is not None:
+            return self._report
+        if self._state is _CLOSED:  # inherited from the parent process by fork
+            return Report(0, 0, 0.0, engine="process", workers=0)
+        with self._cond:
+            if self._state is _OPEN:
+                self._state = _CLOSING
+            if self._pending:
+                self._seal()
+        self._hub.poke(always=True)
+        try:
+            with self._cond:
+                while self._in_flight or (self._ready and self._state is not _STOPPED):
+                    self._cond.wait()
+        except BaseException:
+            self._abort()
+            raise
+        return self._finish(raise_error=True)
+
+    def close_quietly(self) -> None:
+        """Close, keeping any error in the Report instead of raising it (the Writer is closing)."""
+        with contextlib.suppress(ShmsaveError):
+            self.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
+        if kind is None:
+            self.close()
+        elif issubclass(kind, Exception):  # the loop failed: accepted images finish, its error propagates
+            self.close_quietly()
+        else:  # Ctrl-C, SystemExit: send nothing more, wait only for the tasks the workers hold
+            self._abort()
+
+    # -- helpers of the caller's side ----------------------------------------
+
+    def _wait_for_room(self, size: int) -> tuple[int, int] | None:
+        """Wait (holding the condition) until the ring has ``size`` bytes free; None if the stream stopped."""
+        while True:
+            if self._pending:
+                self._seal()  # what fills the ring must go out to be freed
+            self._hub.poke()
+            self._cond.wait()
+            if self._state is not _OPEN:
+                return None
+            place = self._ring.reserve(size)
+            if place is not None:
+                return place
+
+    def _write_own_segment(self, image: np.ndarray, layout: Layout, index: int) -> None:
+        """An image bigger than the ring: its own segment, one such image at a time."""
+        with self._cond:
+            if self._pending:
+                self._seal()
+            self._hub.poke()
+            while self._own_segment_busy and self._state is _OPEN:
+                self._cond.wait()
+            if self._state is not _OPEN:
+                return self._raise_for_state()
+            self._own_segment_busy = True
+        block = self._store.lend_segment(layout.nbytes)
+        block.array(layout.shape, layout.dtype)[...] = image
+        with self._cond:
+            self._ready.append(_Batch([(0, layout.shape, layout.dtype_str)], index, 0, block))
+            self._next = index + 1
+        self._hub.poke(always=True)
+
+    def _seal(self) -> None:
+        """The pending batch is complete: queue it for the hub (holding the condition)."""
+        self._ready.append(_Batch(self._pending, self._pending_first, self._pending_end))
+        self._pending, self._pending_bytes = [], 0
+
+    def _raise_for_state(self) -> None:
+        if self._state is _STOPPED and self._report is None:
+            self.close()  # raises the failure that stopped the stream
+        if self._state is _CLOSED and self._report is None:
+            raise StreamClosed("this stream belongs to the process that opened it (this one is a fork of it); "
+                               "open a new one here with Writer.stream()")
+        raise StreamClosed("this stream is closed (its Report is in .report); open a new one with Writer.stream()")
+
+    def _abort(self) -> None:
+        """Drop what was not sent, wait for what the workers hold; interrupted again, leave it to them."""
+        with self._cond:
+            if self._report is not None:
+                return
+            self._state = _STOPPED
+            self._drop_unsent()
+        try:
+            with self._cond:
+                while self._in_flight:
+                    self._cond.wait()
+        except BaseException:
+            self._reusable_ring = False  # tasks still read it: release it rather than lend it again
+            self._finish(raise_error=False)
+            raise
+        self._finish(raise_error=False)
+
+    def _finish(self, raise_error: bool) -> Report:
+        self._hub.detach(self)
+        self._store.take_back(self._ring, reusable=self._reusable_ring)
+        self._tally.close()
+        report = self._tally.report(time.perf_counter() - self._began, "process", self._workers)
+        self._report, self._state = report, _CLOSED
+        if raise_error:
+            self._tally.raise_first_error(report)
+        return report
+
+    # -- the hub's side (its thread) ------------------------------------------
+
+    def take_task(self, ids) -> Task | None:
+        """The next task to send, or None; ``ids`` numbers tasks across streams."""
+        with self._cond:
+            if self._state is _STOPPED or self._state is _CLOSED:
+                return None
+            if self._ready:
+                batch = self._ready.popleft()
+            elif self._pending:
+                self._seal()
+                batch = self._ready.popleft()
+            else:
+                return None
+            block = batch.block or self._ring.block
+            source = ListSource(block.kind, block.locator, tuple(batch.entries))
+            task = Task(next(ids), source, 0, len(batch.entries), batch.first, self._job)
+            self._in_flight[task.id] = (task, batch)
+            if batch.block is None:
+                self._in_ring.append(batch)
+            return task
+
+    def task_done(self, task: Task, outcome: Outcome) -> None:
+        with self._cond:
+            self._answered(task)
+            if self._tally.add(outcome, task.end) is False:
+                self._stop()
+            self._cond.notify_all()
+
+    def task_died(self, task: Task, exitcode: int | None, pid: int) -> None:
+        with self._cond:
+            self._answered(task)
+            remove_partial_files(self._request, task, pid)
+            if self._tally.died(task, exitcode) is False:
+                self._stop()
+            self._cond.notify_all()
+
+    def task_abandoned(self, task: Task, pid: int) -> None:
+        self.task_died(task, None, pid)
+
+    def fail(self, error: ShmsaveError) -> None:
+        """The hub stopped: nothing more will be answered; count what was in flight as failed."""
+        with self._cond:
+            self._tally.errors.append(error)
+            for task, _ in list(self._in_flight.values()):
+                self._answered(task)
+                self._tally.died(task, None)
+            self._stop()
+            self._cond.notify_all()
+
+    def _answered(self, task: Task) -> None:
+        batch = self._in_flight.pop(task.id)[1]
+        if batch.block is not None:
+            self._store.release_segment(batch.block)
+            self._own_segment_busy = False
+            return
+        batch.done = True
+        while self._in_ring and self._in_ring[0].done:
+            self._ring.free_to(self._in_ring.popleft().end)
+
+    def _stop(self) -> None:
+        """``errors="raise"`` and an image failed: send nothing more; ``write`` or ``close`` raises."""
+        if self._state is not _CLOSED:
+            self._state = _STOPPED
+        self._drop_unsent()
+
+    def _drop_unsent(self) -> None:
+        for batch in self._ready:
+            if batch.block is not None:
+                self._store.release_segment(batch.block)
+                self._own_segment_busy = False
+        self._ready.clear()
+        self._pending, self._pending_bytes = [], 0
+
+
+_streams: weakref.WeakSet[Stream] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child never writes through its parent's streams (their hub thread is the parent's)."""
+    for stream in list(_streams):
+        stream._lock = threading.Lock()
+        stream._cond = threading.Condition(stream._lock)
+        stream._state = _CLOSED
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,387 @@
+"""Streams (issue 13): ``Writer.stream`` / ``shmsave.stream`` save images one at a time.
+
+Every promise of the issue has a test here; each ends with the suite's usual check (no
+segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
+
+    promise                                      test
+    caller reuses one buffer                     test_caller_may_overwrite_its_array_after_write
+    bounded memory, write waits                  test_tiny_ring_applies_backpressure_and_loses_nothing
+    shapes and dtypes vary                       test_mixed_shapes_and_dtypes
+    image bigger than the ring                   test_image_bigger_than_the_ring_is_written
+    two streams of one Writer                    test_two_open_streams_on_one_writer
+    bad input mid-stream                         test_bad_input_raises_and_the_stream_goes_on
+    error in the loop body                       test_error_in_the_loop_lets_accepted_images_finish
+    errors="raise" / "collect"                   test_errors_raise_from_write_or_close, test_errors_collect
+    Ctrl-C in the loop                           test_ctrl_c_in_the_loop
+    worker killed mid-stream                     test_worker_killed_mid_stream_is_reported_and_replaced
+    1,000 streams                                test_no_leak_after_1000_streams
+    fork                                         test_forked_child_after_a_stream
+    save while a stream is open                  test_save_while_a_stream_is_open_uses_threads
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+
+import shmsave
+from shmsave import InvalidRequest, StreamClosed, WorkerDied, WriteFailed
+
+from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
+
+
+def _encoded(image: np.ndarray, ext: str = ".png", params=()) -> bytes:
+    return cv2.imencode(ext, image, list(params))[1].tobytes()
+
+
+def _frames(count: int, height: int = 48, width: int = 64, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Photo-like frames: gradients, a disc and a little noise (not pure noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    out = np.empty((count, height, width, channels), np.uint8)
+    for i in range(count):
+        for c in range(channels):
+            plane = (x * (1 + i % 7) + y * (c + 1) + rng.normal(0, 6, x.shape)) % 256
+            plane[(x - width // 2) ** 2 + (y - height // 2) ** 2 < (4 + i % 9) ** 2] = 30 * c
+            out[i, :, :, c] = plane
+    return out
+
+
+def _assert_files(folder, images, ext=".png", params=(), template="{index:04d}", start=0) -> None:
+    for i, image in enumerate(images, start):
+        path = os.path.join(folder, template.format(index=i) + ext)
+        with open(path, "rb") as file:
+            assert file.read() == _encoded(image, ext, params), f"{path} differs from cv2.imencode"
+
+
+@pytest.fixture
+def writer():
+    with shmsave.Writer(workers=2) as w:
+        yield w
+
+
+def test_caller_may_overwrite_its_array_after_write(writer, tmp_path):
+    frames = _frames(60)
+    buffer = np.empty_like(frames[0])
+    with writer.stream(tmp_path / "{index:04d}.jpg", quality=90) as stream:
+        for frame in frames:
+            buffer[...] = frame  # as a video decoder reuses one buffer
+            stream.write(buffer)
+        buffer[...] = 0
+    assert stream.report.count == 60 and stream.report.ok
+    _assert_files(tmp_path, frames, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))
+
+
+def test_tiny_ring_applies_backpressure_and_loses_nothing(writer, tmp_path):
+    frames = _frames(150)
+    ring = 4 * 9216  # four 48x64x3 frames (9,216 bytes, a multiple of 64)
+    finished = []
+    lock = threading.Lock()
+
+    def tick(n):
+        with lock:
+            finished.append(n)
+
+    sizes = set()
+    with writer.stream(tmp_path / "{index:04d}.png", buffer_bytes=ring, progress=tick) as stream:
+        for accepted, frame in enumerate(frames, 1):
+            stream.write(frame)
+            with lock:
+                done = sum(finished)
+            assert accepted - done <= 4, "more images held than the ring has room for"
+            sizes |= {os.path.getsize(f"/dev/shm/{name}") for name in shmsave_segments(os.getpid())}
+    assert stream.report.count == 150
+    assert sizes == {ring}, f"the stream held other memory than its ring: {sizes}"
+    _assert_files(tmp_path, frames)
+
+
+def test_mixed_shapes_and_dtypes(writer, tmp_path):
+    rng = np.random.default_rng(3)
+    images = [_frames(1, 30, 40)[0], _frames(1, 17, 91, 1)[0, :, :, 0], _frames(1, 64, 64, 4)[0],
+              (rng.random((33, 21)) * 65535).astype(np.uint16), _frames(1, 48, 64)[0][::2, ::-1],
+              _frames(1, 50, 50, 1)[0]]
+    with writer.stream(tmp_path / "{index:04d}.png") as stream:
+        for image in images * 5:
+            stream.write(image)
+    assert stream.report.count == 30
+    _assert_files(tmp_path, images * 5)
+
+
+def test_image_bigger_than_the_ring_is_written(writer, tmp_path):
+    small, big = _frames(20, 16, 16), _frames(3, 120, 160, seed=1)
+    images = [small[0], big[0], small[1], small[2], big[1], big[2], *small[3:]]
+    with writer.stream(tmp_path / "{index:04d}.png", buffer_bytes=8192) as stream:
+        for image in images:
+            stream.write(image)
+    assert stream.report.count == len(images)
+    _assert_files(tmp_path, images)
+
+
+def test_two_open_streams_on_one_writer(writer, tmp_path):
+    color = _frames(40)
+    depth = (_frames(40, channels=1)[..., 0].astype(np.uint16) * 200)
+    with writer.stream(tmp_path / "color" / "{index:04d}.jpg") as colors, \
+            writer.stream(tmp_path / "depth" / "{index:04d}.png") as depths:
+        for c, d in zip(color, depth):
+            colors.write(c)
+            depths.write(d)
+    assert colors.report.count == depths.report.count == 40
+    _assert_files(tmp_path / "color", color, ".jpg")
+    _assert_files(tmp_path / "depth", depth)
+
+
+def test_bad_input_raises_and_the_stream_goes_on(writer, tmp_path):
+    good = _frames(6)
+    bad = [np.zeros((8, 8), np.float64) + 0.5, np.zeros((8, 8, 5), np.uint8), [[1, 2], [3, 4]],
+           np.zeros(10, np.uint8), np.zeros((0, 4), np.uint8), np.zeros((4, 4, 1, 1), np.uint8)]
+    with writer.stream(tmp_path / "{index:04d}.jpg") as stream:
+        for image, wrong in zip(good, bad):
+            stream.write(image)
+            with pytest.raises(InvalidRequest):
+                stream.write(wrong)
+    assert stream.report.count == 6
+    _assert_files(tmp_path, good, ".jpg")  # a refused image takes no index
+    with writer.stream(tmp_path / "f" / "{index:04d}.tiff") as floats:
+        floats.write(np.ones((4, 4), np.float32))
+        with pytest.raises(InvalidRequest, match="NaN"):
+            floats.write(np.full((4, 4), np.nan, np.float32))  # a shape seen before: values still checked
+        floats.write(np.zeros((4, 4), np.float32))
+    assert floats.report.count == 2
+    with pytest.raises(StreamClosed):
+        stream.write(good[0])
+    with writer.stream(tmp_path / "t" / "{index}.png", total=2) as counted:
+        counted.write(good[0])
+        counted.write(good[1])
+        with pytest.raises(InvalidRequest, match="total"):
+            counted.write(good[2])
+    with pytest.raises(InvalidRequest):
+        writer.stream(tmp_path / "no-index.png")
+
+
+def test_error_in_the_loop_lets_accepted_images_finish(writer, tmp_path):
+    frames = _frames(50)
+    with pytest.raises(ZeroDivisionError):
+        with writer.stream(tmp_path / "{index:04d}.png", compression=9) as stream:
+            for i, frame in enumerate(frames):
+                stream.write(frame)
+                if i == 39:
+                    1 / 0
+    assert stream.report.count == 40
+    _assert_files(tmp_path, frames[:40], params=(cv2.IMWRITE_PNG_COMPRESSION, 9))
+    assert not os.path.exists(tmp_path / "0040.png")
+
+
+def test_errors_raise_from_write_or_close(writer, tmp_path):
+    frames = _frames(300)
+    (tmp_path / "0005.png").mkdir()  # a folder where image 5 should go
+    with pytest.raises(WriteFailed) as caught:
+        with writer.stream(tmp_path / "{index:04d}.png") as stream:
+            for frame in frames:
+                stream.write(frame)
+    error = caught.value
+    assert error.index == 5 and "0005.png" in error.path
+    assert error.report is stream.report and error.report.failed[0].index == 5
+    assert not error.report.ok
+    written = sorted(int(name[:4]) for name in os.listdir(tmp_path) if name != "0005.png")
+    assert len(written) == error.report.count
+    _assert_files(tmp_path, [frames[i] for i in written if i < 5])
+    with pytest.raises(StreamClosed):
+        stream.write(frames[0])
+
+
+def test_errors_collect(writer, tmp_path):
+    frames = _frames(40)
+    (tmp_path / "0005.png").mkdir()
+    with writer.stream(tmp_path / "{index:04d}.png", errors="collect") as stream:
+        for frame in frames:
+            stream.write(frame)
+    report = stream.report
+    assert report.count == 39 and [f.index for f in report.failed] == [5]
+    assert "folder" in report.failed[0].message
+    _assert_files(tmp_path, frames[:5])
+    _assert_files(tmp_path, frames[6:], start=6)
+
+
+def test_shmsave_stream_uses_the_shared_writer_and_shows_progress(tmp_path, capsys):
+    frames = _frames(12)
+    with shmsave.stream(tmp_path / "{index:04d}.png", start=100, progress=True, total=12) as stream:
+        for frame in frames:
+            stream.write(frame)
+    assert stream.report.count == 12
+    _assert_files(tmp_path, frames, start=100)
+    assert "12/12" in capsys.readouterr().err
+
+
+def test_save_while_a_stream_is_open_uses_threads(writer, tmp_path):
+    frames = _frames(30)
+    with writer.stream(tmp_path / "s" / "{index:04d}.png") as stream:
+        stream.write(frames[0])
+        report = writer.save(frames, tmp_path / "b" / "{index:04d}.png")  # would wait forever for the pool
+        stream.write(frames[1])
+    assert report.count == 30 and report.engine in ("thread", "inline")
+    assert stream.report.count == 2
+    _assert_files(tmp_path / "b", frames)
+    assert writer.save(frames, tmp_path / "c" / "{index:04d}.png").count == 30  # the pool is free again
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
+    frames = _frames(4, 240, 320)  # PNG level 9: ~15 ms each, so tasks are in flight when the kill comes
+    writer.start()
+    before = set(writer.pids)
+    with writer.stream(tmp_path / "{index:04d}.png", compression=9, errors="collect") as stream:
+        for i in range(120):
+            stream.write(frames[i % 4])
+            if i == 40:
+                os.kill(writer.pids[0], signal.SIGKILL)
+    report = stream.report
+    assert wait_until(lambda: len(set(writer.pids) - before) == 1, 10), "the killed worker was not replaced"
+    died = [f for f in report.failed if "worker process" in f.message]
+    assert died and len(died) == len(report.failed), report.failed
+    assert report.count + len(report.failed) == 120
+    failed = {f.index for f in report.failed}
+    for i in range(120):
+        path = tmp_path / f"{i:04d}.png"
+        if i not in failed or path.exists():
+            assert path.read_bytes() == _encoded(frames[i % 4], ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9))
+    with pytest.raises(WorkerDied):  # errors="raise": the death raises
+        with writer.stream(tmp_path / "r" / "{index:04d}.png", compression=9) as stream:
+            for i in range(120):
+                stream.write(frames[i % 4])
+                if i == 40:
+                    os.kill(writer.pids[0], signal.SIGKILL)
+    with writer.stream(tmp_path / "after" / "{index:04d}.png") as stream:  # the Writer works on
+        stream.write(frames[0])
+    assert stream.report.count == 1
+
+
+@pytest.mark.slow
+def test_no_leak_after_1000_streams(writer, tmp_path):
+    frames = _frames(3, 16, 16)
+    me = psutil.Process()
+    writer.start()
+    with writer.stream(tmp_path / "warm" / "{index}.png") as stream:
+        stream.write(frames[0])
+    fds, threads = me.num_fds(), threading.active_count()
+    for k in range(1000):
+        with writer.stream(tmp_path / f"{k % 10}" / "{index}.png", overwrite=True) as stream:
+            for frame in frames[: 1 + k % 3]:
+                stream.write(frame)
+        assert stream.report.count == 1 + k % 3
+        assert len(shmsave_segments(os.getpid())) <= 2, "rings pile up"
+    assert wait_until(lambda: threading.active_count() <= threads, 5), "the hub thread outlived its streams"
+    assert me.num_fds() <= fds, "descriptors leak"
+
+
+_CTRL_C = """
+import json, os, sys, time
+import numpy as np, shmsave
+
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+frames = rng.integers(0, 256, (4, 240, 320, 3), np.uint8)
+with shmsave.Writer(2) as writer:
+    writer.start()
+    with writer.stream(out + "/{index:05d}.png", compression=9) as stream:
+        for i in range(1_000_000):
+            stream.write(frames[i % 4])
+            if i == 30:
+                with open(out + "/../info.json", "w") as f:
+                    json.dump({"pid": os.getpid(), "workers": writer.pids}, f)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_loop(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    script = tmp_path / "loop.py"
+    script.write_text(textwrap.dedent(_CTRL_C))
+    with open(tmp_path / "child.log", "w") as log:
+        process = subprocess.Popen([sys.executable, str(script), str(out)], stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=sigint_as_in_a_terminal)
+    try:
+        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60), \
+            "the loop never started"
+        assert process.poll() is None, (tmp_path / "child.log").read_text()
+        info = json.loads((tmp_path / "info.json").read_text())
+        process.send_signal(signal.SIGINT)
+        process.wait(20)  # returns promptly: no waiting for a million images
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert "KeyboardInterrupt" in (tmp_path / "child.log").read_text()
+    frames = np.random.default_rng(0).integers(0, 256, (4, 240, 320, 3), np.uint8)
+    names = sorted(os.listdir(out))
+    assert names, "no image was written before the interrupt"
+    for name in names:
+        index = int(name.split(".")[0])
+        assert (out / name).read_bytes() == _encoded(frames[index % 4], ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9)), \
+            f"{name} is incomplete or not an image"
+    assert not shmsave_segments(info["pid"]), "segments left in /dev/shm"
+    assert wait_until(lambda: not any(psutil.pid_exists(p) for p in info["workers"]), 10), "workers left running"
+
+
+_FORK = """
+import json, os, sys
+import cv2, numpy as np, shmsave
+
+out = sys.argv[1]
+frames = np.random.default_rng(2).integers(0, 256, (20, 32, 32), np.uint8)
+with shmsave.Writer(2) as writer:
+    with writer.stream(out + "/before/{index}.png") as stream:
+        for frame in frames:
+            stream.write(frame)
+    open_stream = writer.stream(out + "/parent/{index}.png")
+    open_stream.write(frames[0])
+    parent_workers = writer.pids
+    pid = os.fork()
+    if pid == 0:
+        result = {}
+        try:
+            open_stream.write(frames[1])
+            result["inherited"] = "accepted"
+        except shmsave.StreamClosed as error:
+            result["inherited"] = str(error)
+        with writer.stream(out + "/child/{index}.png") as mine:
+            for frame in frames:
+                mine.write(frame)
+        result["count"] = mine.report.count
+        result["workers"] = writer.pids
+        with open(out + "/child.json", "w") as f:
+            json.dump(result, f)
+        os._exit(0)
+    for frame in frames[1:]:
+        open_stream.write(frame)
+    report = open_stream.close()
+    _, status = os.waitpid(pid, 0)
+    child = json.load(open(out + "/child.json"))
+    ok = all(open(f"{out}/{d}/{i}.png", "rb").read() == cv2.imencode(".png", frames[i])[1].tobytes()
+             for d in ("before", "parent", "child") for i in range(20))
+print(json.dumps({"status": status, "child": child, "parent_count": report.count, "ok": ok,
+                  "parent_workers": parent_workers}))
+"""
+
+
+@pytest.mark.slow
+def test_forked_child_after_a_stream(tmp_path):
+    script = tmp_path / "fork.py"
+    script.write_text(textwrap.dedent(_FORK))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == 0 and result["ok"]
+    assert result["parent_count"] == 20 and result["child"]["count"] == 20
+    assert "fork" in result["child"]["inherited"]
+    assert not set(result["child"]["workers"]) & set(result["parent_workers"]), "the child used the parent's workers"
