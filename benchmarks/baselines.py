@@ -1,7 +1,8 @@
 """The write functions the alternatives to shmsave run, at module level so process pools can pickle them."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -1,4 +1,5 @@
 """PNG charts (matplotlib, Agg): speed-up per workload and method, and speed-up against worker count."""
+
 from __future__ import annotations
 
 import math
@@ -15,14 +16,22 @@ from benchmarks.summary import BASELINE, Row  # noqa: E402
 
 # Alternatives in blues/oranges/greens (light = one task per image), shmsave in reds/purples.
 _COLORS = {
-    "loop": "black", "write-only": "#bdbdbd",
-    "threads-per-image": "#9ecae1", "threads-chunked": "#3182bd",
-    "processes-per-image": "#fdd0a2", "processes-chunked": "#e6550d",
+    "loop": "black",
+    "write-only": "#bdbdbd",
+    "threads-per-image": "#9ecae1",
+    "threads-chunked": "#3182bd",
+    "processes-per-image": "#fdd0a2",
+    "processes-chunked": "#e6550d",
     "joblib": "#74c476",
-    "shmsave-cold": "#fa9fb5", "shmsave-warm": "#dd3497", "shmsave-zero-copy": "#7a0177",
+    "shmsave-cold": "#fa9fb5",
+    "shmsave-warm": "#dd3497",
+    "shmsave-zero-copy": "#7a0177",
     "shmsave-cli": "#807dba",
-    "loop-fresh": "#636363", "threads-chunked-fresh": "#6baed6", "processes-chunked-fresh": "#fd8d3c",
-    "joblib-fresh": "#a1d99b", "shmsave-oneshot-fresh": "#c51b8a",
+    "loop-fresh": "#636363",
+    "threads-chunked-fresh": "#6baed6",
+    "processes-chunked-fresh": "#fd8d3c",
+    "joblib-fresh": "#a1d99b",
+    "shmsave-oneshot-fresh": "#c51b8a",
 }
 
 
@@ -57,8 +66,16 @@ def speedup_chart(rows: list[Row], path: Path, title: str, workers: int) -> None
                 if (row.workload, row.target) == group and row.method == name:
                     xs.append(g + (m - (len(methods) - 1) / 2) * width)
                     ys.append(row.speedup)
-        ax.bar(xs, ys, width, label=METHODS[name].label, color=_COLORS.get(name, "gray"),
-               hatch="//" if name == "write-only" else None, edgecolor="white", linewidth=0.3)
+        ax.bar(
+            xs,
+            ys,
+            width,
+            label=METHODS[name].label,
+            color=_COLORS.get(name, "gray"),
+            hatch="//" if name == "write-only" else None,
+            edgecolor="white",
+            linewidth=0.3,
+        )
     ax.axhline(1, color="black", linewidth=1)
     ax.axhline(workers, color="gray", linestyle="--", linewidth=1, label=f"ideal ({workers} workers)")
     _log_speedup_axis(ax)
@@ -78,8 +95,7 @@ def scaling_chart(rows_by_workers: dict[int, list[Row]], path: Path, title: str)
     series: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
     for workers in counts:
         for row in _plotted(rows_by_workers[workers]):
-            series.setdefault((row.workload, row.target), {}).setdefault(row.method, []).append(
-                (workers, row.speedup))
+            series.setdefault((row.workload, row.target), {}).setdefault(row.method, []).append((workers, row.speedup))
     panels = list(series) or [("no data", "")]
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
@@ -96,7 +112,7 @@ def scaling_chart(rows_by_workers: dict[int, list[Row]], path: Path, title: str)
         ax.set_title(" / ".join(p for p in panel if p), fontsize=10)
         ax.set_xlabel("workers")
         ax.grid(which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles = {}
     for ax in axes.flat:

@@ -1,4 +1,5 @@
 """Command line of ``python -m benchmarks``: parse options, run the study, write and print the results."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,14 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 def _name_list(known: dict):
     """An argparse type: a comma-separated list of names, each one of `known`."""
+
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             raise argparse.ArgumentTypeError(f"unknown {unknown or text!r}; choose from {', '.join(known)}")
         return names
+
     return parse
 
 
@@ -47,26 +50,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Time every way of saving a stack of images (cv2 loop, executors, joblib, shmsave) "
-                    "on the same workloads, interleaved, and write a Markdown table, JSON and a chart.")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a short run (about two minutes on 2 cores where files are cheap to create): "
-                             f"{QUICK_REPEAT} repetition, large workloads shrunk "
-                             "(the tiny 100/1000/10000 and question* keep their size, tiny50000 is 20,000)")
+        "on the same workloads, interleaved, and write a Markdown table, JSON and a chart.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a short run (about two minutes on 2 cores where files are cheap to create): "
+        f"{QUICK_REPEAT} repetition, large workloads shrunk "
+        "(the tiny 100/1000/10000 and question* keep their size, tiny50000 is 20,000)",
+    )
     workers = parser.add_mutually_exclusive_group()
-    workers.add_argument("--workers", type=int, default=machine.usable_cores(),
-                         help="workers for the parallel methods (default: usable cores, %(default)s here)")
-    workers.add_argument("--scaling", type=_worker_list, metavar="N,N,...",
-                         help="run the whole study once per worker count; also write scaling.md/png")
-    parser.add_argument("--repeat", type=int, metavar="R",
-                        help=f"repetitions per method (default {FULL_REPEAT}, {QUICK_REPEAT} with --quick); "
-                             "a full run repeats the short workloads more: "
-                             + ", ".join(f"{s.name} at least {s.min_repeat}" for s in SPECS.values() if s.min_repeat > 1))
-    parser.add_argument("--only", type=_name_list(SPECS), default=list(SPECS), metavar="WORKLOAD[,..]",
-                        help=f"workloads to run: {', '.join(SPECS)}")
-    parser.add_argument("--methods", type=_name_list(METHODS), default=list(METHODS), metavar="M[,..]",
-                        help=f"methods to run: {', '.join(METHODS)}")
-    parser.add_argument("--target", choices=("tmpfs", "disk", "both"), default="both",
-                        help="where to write (default both); tmpfs is a private mount and needs root")
+    workers.add_argument(
+        "--workers",
+        type=int,
+        default=machine.usable_cores(),
+        help="workers for the parallel methods (default: usable cores, %(default)s here)",
+    )
+    workers.add_argument(
+        "--scaling",
+        type=_worker_list,
+        metavar="N,N,...",
+        help="run the whole study once per worker count; also write scaling.md/png",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="R",
+        help=f"repetitions per method (default {FULL_REPEAT}, {QUICK_REPEAT} with --quick); "
+        "a full run repeats the short workloads more: "
+        + ", ".join(f"{s.name} at least {s.min_repeat}" for s in SPECS.values() if s.min_repeat > 1),
+    )
+    parser.add_argument(
+        "--only",
+        type=_name_list(SPECS),
+        default=list(SPECS),
+        metavar="WORKLOAD[,..]",
+        help=f"workloads to run: {', '.join(SPECS)}",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_name_list(METHODS),
+        default=list(METHODS),
+        metavar="M[,..]",
+        help=f"methods to run: {', '.join(METHODS)}",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("tmpfs", "disk", "both"),
+        default="both",
+        help="where to write (default both); tmpfs is a private mount and needs root",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
     parser.add_argument("--name", help="base name of the output files (default: quick or full)")
     parser.add_argument("--seed", type=int, default=0, help="seed for images and method order")
@@ -106,8 +139,11 @@ def _stop_stray_children() -> None:
 
 
 def _settings(args: argparse.Namespace, workers: list[int]) -> list[str]:
-    floors = [] if args.quick else [f"{name} {SPECS[name].min_repeat}" for name in args.only
-                                     if SPECS[name].min_repeat > args.repeat]
+    floors = (
+        []
+        if args.quick
+        else [f"{name} {SPECS[name].min_repeat}" for name in args.only if SPECS[name].min_repeat > args.repeat]
+    )
     at_least = f" (at least {', '.join(floors)})" if floors else ""
     return [
         f"workers: {', '.join(map(str, workers))} (usable cores here: {machine.usable_cores()})",
@@ -132,8 +168,10 @@ def summary_sections(rows, study: Study, baseline: dict | None = None) -> str:
     parts = [f"## Speed-up over the loop, {target}\n\n{goals.compact_table(rows, target)}\n" for target in targets]
     for target in targets:
         if any(row.method == goals.FRESH_LOOP and row.target == target and row.median for row in rows):
-            parts.append(f"## One-shot in a fresh interpreter, {target} (speed-up over the fresh loop)\n\n"
-                         f"{goals.fresh_table(rows, target)}\n")
+            parts.append(
+                f"## One-shot in a fresh interpreter, {target} (speed-up over the fresh loop)\n\n"
+                f"{goals.fresh_table(rows, target)}\n"
+            )
     counts = {info.name: info.count for info in study.workloads}
     checks = goals.check_goals(rows, counts)
     if checks:
@@ -141,8 +179,10 @@ def summary_sections(rows, study: Study, baseline: dict | None = None) -> str:
     baseline = warm_baseline.load() if baseline is None else baseline
     checks = goals.check_fresh_goals(rows, counts) + goals.check_warm_baseline(rows, counts, baseline)
     if checks:
-        parts.append(f"## Goals (issue 12)\n\n{goals.goals_table(checks)}\n"
-                     "The command's goal is checked by `python -m benchmarks.command` (`results/command.md`).\n\n")
+        parts.append(
+            f"## Goals (issue 12)\n\n{goals.goals_table(checks)}\n"
+            "The command's goal is checked by `python -m benchmarks.command` (`results/command.md`).\n\n"
+        )
     return "\n".join(parts)
 
 
@@ -174,8 +214,16 @@ def main(argv: list[str] | None = None) -> int:
             print("error: no target to write to", file=sys.stderr)
             return 2
         try:
-            study = run_study([SPECS[n] for n in args.only], targets, [METHODS[m] for m in args.methods],
-                              args.worker_counts, args.repeat, args.quick, args.seed, scratch)
+            study = run_study(
+                [SPECS[n] for n in args.only],
+                targets,
+                [METHODS[m] for m in args.methods],
+                args.worker_counts,
+                args.repeat,
+                args.quick,
+                args.seed,
+                scratch,
+            )
         finally:
             _stop_stray_children()  # before the targets are unmounted and removed
         description = machine.describe(targets)
@@ -193,20 +241,34 @@ def _write_outputs(args: argparse.Namespace, study: Study, description: dict[str
     written = []
     for workers, rows in rows_by_workers.items():
         name = args.name if len(args.worker_counts) == 1 else f"{args.name}-w{workers}"
-        head = report.header(f"shmsave benchmark — {name}", command, description,
-                             _settings(args, [workers]), study.workloads, notes)
-        payload = {"command": command, "machine": description, "notes": notes, "workers": workers,
-                   **study.to_json(), "rows": [asdict(r) for r in rows]}
+        head = report.header(
+            f"shmsave benchmark — {name}", command, description, _settings(args, [workers]), study.workloads, notes
+        )
+        payload = {
+            "command": command,
+            "machine": description,
+            "notes": notes,
+            "workers": workers,
+            **study.to_json(),
+            "rows": [asdict(r) for r in rows],
+        }
         summary = summary_sections(rows, study)
         print(f"\n## {name}\n\n{report.results_table(rows)}\n{summary}")
         written += write_study(args.out, name, head, rows, summary, payload, workers)
     if args.scaling:
-        head = report.header("shmsave benchmark — scaling", command, description,
-                             _settings(args, args.worker_counts), study.workloads, notes)
+        head = report.header(
+            "shmsave benchmark — scaling",
+            command,
+            description,
+            _settings(args, args.worker_counts),
+            study.workloads,
+            notes,
+        )
         table = report.scaling_table(rows_by_workers)
         print(f"\n## scaling\n\n{table}")
-        (args.out / "scaling.md").write_text(f"{head}\n## Scaling (median s and speed-up over the loop)\n\n"
-                                             f"{table}\n{report.LEGEND}")
+        (args.out / "scaling.md").write_text(
+            f"{head}\n## Scaling (median s and speed-up over the loop)\n\n{table}\n{report.LEGEND}"
+        )
         charts.scaling_chart(rows_by_workers, args.out / "scaling.png", "Speed-up over the loop vs workers")
         written += [args.out / "scaling.md", args.out / "scaling.png"]
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -26,9 +26,9 @@ import argparse
 import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 from benchmarks import goals, installed, machine, report
 from benchmarks.methods import Job, Method, Run, _cli_command
@@ -91,9 +91,12 @@ def _script(source: str):
         npy = workload.npy_path()
 
         def run(pattern: str) -> None:
-            _run([sys.executable, "-c", source, str(npy), pattern, str(job.workers),
-                  *(str(v) for v in workload.params)])
+            _run(
+                [sys.executable, "-c", source, str(npy), pattern, str(job.workers), *(str(v) for v in workload.params)]
+            )
+
         yield run
+
     return contextlib.contextmanager(prepare)
 
 
@@ -107,20 +110,29 @@ def _command(job: Job) -> Iterator[Run]:
 
 
 def _run(argv: list[str]) -> None:
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=installed.environment())
+    done = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=installed.environment()
+    )
     if done.returncode:
         last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise RuntimeError(f"exited {done.returncode}: {last_line}")
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method(BASELINE, "np.load + loop script", False, _script(LOOP), arrays_only=True),
-    Method(goals.MMAP_THREADS_SCRIPT, "np.load(mmap) + ThreadPool chunked script", True, _script(MMAP_THREADS),
-           arrays_only=True),
-    Method("load-processes-script", "np.load + ProcessPool chunked script", True, _script(POOL), arrays_only=True),
-    Method(goals.COMMAND, "shmsave command", True, _command, uses_shmsave=True, arrays_only=True),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(BASELINE, "np.load + loop script", False, _script(LOOP), arrays_only=True),
+        Method(
+            goals.MMAP_THREADS_SCRIPT,
+            "np.load(mmap) + ThreadPool chunked script",
+            True,
+            _script(MMAP_THREADS),
+            arrays_only=True,
+        ),
+        Method("load-processes-script", "np.load + ProcessPool chunked script", True, _script(POOL), arrays_only=True),
+        Method(goals.COMMAND, "shmsave command", True, _command, uses_shmsave=True, arrays_only=True),
+    )
+}
 
 
 def _name_list(known) -> callable:
@@ -130,18 +142,27 @@ def _name_list(known) -> callable:
         if unknown or not names:
             raise argparse.ArgumentTypeError(f"unknown {unknown or text!r}; choose from {', '.join(known)}")
         return names
+
     return parse
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.command", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, large workloads shrunk")
-    parser.add_argument("--repeat", type=int, help="repetitions (default 5, 1 with --quick; in a full run at "
-                                                   "least each workload's min_repeat)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="repetitions (default 5, 1 with --quick; in a full run at least each workload's min_repeat)",
+    )
     parser.add_argument("--workers", type=int, default=machine.usable_cores())
     parser.add_argument("--target", choices=("tmpfs", "disk"), default="tmpfs")
-    parser.add_argument("--only", type=_name_list(WORKLOADS), default=list(WORKLOADS), metavar="WORKLOAD[,..]",
-                        help=f"workloads (default all single stacks: {', '.join(WORKLOADS)})")
+    parser.add_argument(
+        "--only",
+        type=_name_list(WORKLOADS),
+        default=list(WORKLOADS),
+        metavar="WORKLOAD[,..]",
+        help=f"workloads (default all single stacks: {', '.join(WORKLOADS)})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -151,28 +172,46 @@ def main(argv=None) -> int:
         if not targets:
             print(f"error: no {args.target} target: {'; '.join(skipped)}", file=sys.stderr)
             return 2
-        study = run_study(specs, targets, list(METHODS.values()), [args.workers], repeat, args.quick, args.seed,
-                          scratch)
+        study = run_study(
+            specs, targets, list(METHODS.values()), [args.workers], repeat, args.quick, args.seed, scratch
+        )
         target = targets[0]
     rows = summarize(study, args.workers, METHODS, BASELINE)
     checks = goals.check_command_goals(rows)
     floors = [] if args.quick else [f"{s.name} {s.min_repeat}" for s in specs if s.min_repeat > repeat]
-    header = [f"# The command against user scripts ({target.filesystem})", "",
-              f"`{machine.command_line()}` on {machine.cpu_model()}, {machine.usable_cores()} cores, "
-              f"workers={args.workers}, {repeat} repetitions" + (f" (at least {', '.join(floors)})" if floors else "") + ", "
-              "interleaved; each method timed as a whole process (interpreter start, imports, reading the "
-              ".npy, saving, exit).", "",
-              "\n".join(f"- **{info.name}**: {info.count} × {info.summary}" +
-                        (f" — shrunk by --quick from {info.full_count}" if info.count != info.full_count else "")
-                        for info in study.workloads), ""]
-    text = "\n".join(header) + (f"\n## Goal (issue 12)\n\n{goals.goals_table(checks)}\n" if checks else "") + \
-        f"\n## Results\n\n{report.results_table(rows).replace('vs loop', 'vs np.load + loop')}\n"
+    header = [
+        f"# The command against user scripts ({target.filesystem})",
+        "",
+        f"`{machine.command_line()}` on {machine.cpu_model()}, {machine.usable_cores()} cores, "
+        f"workers={args.workers}, {repeat} repetitions" + (f" (at least {', '.join(floors)})" if floors else "") + ", "
+        "interleaved; each method timed as a whole process (interpreter start, imports, reading the "
+        ".npy, saving, exit).",
+        "",
+        "\n".join(
+            f"- **{info.name}**: {info.count} × {info.summary}"
+            + (f" — shrunk by --quick from {info.full_count}" if info.count != info.full_count else "")
+            for info in study.workloads
+        ),
+        "",
+    ]
+    text = (
+        "\n".join(header)
+        + (f"\n## Goal (issue 12)\n\n{goals.goals_table(checks)}\n" if checks else "")
+        + f"\n## Results\n\n{report.results_table(rows).replace('vs loop', 'vs np.load + loop')}\n"
+    )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "command-quick" if args.quick else "command"
     (args.out / f"{name}.md").write_text(text)
-    report.write_json(args.out / f"{name}.json", {"command": machine.command_line(), "workers": args.workers,
-                                                  **study.to_json(), "rows": [asdict(r) for r in rows]})
+    report.write_json(
+        args.out / f"{name}.json",
+        {
+            "command": machine.command_line(),
+            "workers": args.workers,
+            **study.to_json(),
+            "rows": [asdict(r) for r in rows],
+        },
+    )
     return 0
 
 

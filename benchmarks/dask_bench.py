@@ -71,15 +71,18 @@ def _methods(store: str, client):
     def map_blocks(scheduler):
         def run(template):
             array = da.from_zarr(store)
-            written = array.map_blocks(_imwrite_block, template, dtype=np.int64, chunks=(array.chunks[0],),
-                                       drop_axis=[1, 2, 3]).sum()
+            written = array.map_blocks(
+                _imwrite_block, template, dtype=np.int64, chunks=(array.chunks[0],), drop_axis=[1, 2, 3]
+            ).sum()
             assert written.compute(scheduler=scheduler) == array.shape[0]
+
         return run
 
     def with_dask(scheduler):
         def run(template):
             with dask.config.set(scheduler=scheduler):
                 assert shmsave.dask.save(da.from_zarr(store), template).ok
+
         return run
 
     return {
@@ -94,12 +97,13 @@ def _methods(store: str, client):
 
 def _command_ways(store: str, template: str) -> dict[str, list[str]]:
     """Whole processes that do what the command would do, with each scheduler."""
-    body = ("import shmsave.dask as d; r = d.save_zarr({store!r}, {template!r}); assert r.ok".format(
-        store=store, template=template))
-    cluster = ("from distributed import LocalCluster, Client\n"
-               "if __name__ == '__main__':\n"
-               "    with LocalCluster(n_workers=@N@, threads_per_worker=@T@, processes=True,"
-               " dashboard_address=':0', silence_logs=40) as c, Client(c):\n        " + body)
+    body = f"import shmsave.dask as d; r = d.save_zarr({store!r}, {template!r}); assert r.ok"
+    cluster = (
+        "from distributed import LocalCluster, Client\n"
+        "if __name__ == '__main__':\n"
+        "    with LocalCluster(n_workers=@N@, threads_per_worker=@T@, processes=True,"
+        " dashboard_address=':0', silence_logs=40) as c, Client(c):\n        " + body
+    )
     return {
         "threads (chosen)": [sys.executable, "-c", "import shmsave.dask as d\nwith d.scheduler(None):\n    " + body],
         "LocalCluster 2x1": [sys.executable, "-c", cluster.replace("@N@", "2").replace("@T@", "1")],
@@ -136,10 +140,14 @@ def main(argv=None) -> int:
         del images
         with tmpfs_target() as tmpfs, disk_target() as disk:
             target = tmpfs if not isinstance(tmpfs, str) else disk
-            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                          silence_logs=40) as cluster, distributed.Client(cluster) as client:
+            with (
+                distributed.LocalCluster(
+                    n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+                ) as cluster,
+                distributed.Client(cluster) as client,
+            ):
                 methods = _methods(store, client)
-                for name, run in methods.items():  # warm-up: imports, the cluster's and shmsave's workers
+                for run in methods.values():  # warm-up: imports, the cluster's and shmsave's workers
                     run(_fresh(target.root, "warm"))
                 timings = {name: [] for name in methods}
                 for rep in range(args.repeat):

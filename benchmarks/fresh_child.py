@@ -14,6 +14,7 @@ process is what ``python -m benchmarks.command`` measures).
 
 Prints one JSON line: ``{"seconds": import + call, "import_seconds": import alone}``.
 """
+
 import json
 import os
 import sys
@@ -55,31 +56,38 @@ def _pool(class_name):
     def run(images, job):
         started = time.perf_counter()
         import concurrent.futures
+
         executor = getattr(concurrent.futures, class_name)
         imported = time.perf_counter() - started
         with executor(job["workers"]) as ex:
-            futures = [ex.submit(write_chunk, a, images[a:b], job["pattern"], job["params"])
-                       for a, b in chunk_bounds(len(images), job["workers"])]
+            futures = [
+                ex.submit(write_chunk, a, images[a:b], job["pattern"], job["params"])
+                for a, b in chunk_bounds(len(images), job["workers"])
+            ]
             for future in futures:
                 future.result()
         return imported
+
     return run
 
 
 def _joblib(images, job):
     started = time.perf_counter()
     from joblib import Parallel, delayed
+
     imported = time.perf_counter() - started
     # The memmapping folder is on the target, as in the warm joblib method (nothing but shmsave in /dev/shm).
     Parallel(n_jobs=job["workers"], temp_folder=job["spare"])(
         delayed(write_chunk)(a, images[a:b], job["pattern"], job["params"])
-        for a, b in chunk_bounds(len(images), job["workers"]))
+        for a, b in chunk_bounds(len(images), job["workers"])
+    )
     return imported
 
 
 def _shmsave(images, job):
     started = time.perf_counter()
     import shmsave
+
     save = shmsave.save  # resolves shmsave's lazy attribute: the import of what save() needs
     imported = time.perf_counter() - started
     kwargs = {} if job["quality"] is None else {"quality": job["quality"]}
@@ -89,8 +97,13 @@ def _shmsave(images, job):
     return imported
 
 
-METHODS = {"loop": _loop, "threads-chunked": _pool("ThreadPoolExecutor"),
-           "processes-chunked": _pool("ProcessPoolExecutor"), "joblib": _joblib, "shmsave": _shmsave}
+METHODS = {
+    "loop": _loop,
+    "threads-chunked": _pool("ThreadPoolExecutor"),
+    "processes-chunked": _pool("ProcessPoolExecutor"),
+    "joblib": _joblib,
+    "shmsave": _shmsave,
+}
 
 
 def main():

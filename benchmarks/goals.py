@@ -33,10 +33,11 @@ encoded files from one thread (the write-only limit) is already slower than the 
 allows; "out of reach" when the goal asks for more than the worker count times the loop
 (nothing can run faster than every worker busy); else "not met".
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from benchmarks.methods import METHODS
 from benchmarks.report import markdown_table, seconds, times
@@ -113,36 +114,68 @@ def check_goals(rows: list[Row], counts: dict[str, int]) -> list[Check]:
         alternatives = [by_method[name] for name in ALTERNATIVES if name in by_method]
         if warm is not None and alternatives:
             best = min(alternatives, key=lambda row: row.median)
-            checks.append(Check("fastest", workload, target, f"warm {times(warm.speedup)}, best alternative "
-                                f"{_named(best)}", _verdict(warm.median <= best.median, warm, best)))
+            checks.append(
+                Check(
+                    "fastest",
+                    workload,
+                    target,
+                    f"warm {times(warm.speedup)}, best alternative {_named(best)}",
+                    _verdict(warm.median <= best.median, warm, best),
+                )
+            )
         processes = by_method.get(CHUNKED_PROCESSES)
         if warm is not None and processes is not None:
-            verdict, why = _speed_verdict(warm.speedup, OVER_CHUNKED_PROCESSES * processes.speedup, warm.workers,
-                                          write_only)
-            checks.append(Check(f"{OVER_CHUNKED_PROCESSES}x processes", workload, target,
-                                f"warm {times(warm.speedup)} / {_named(processes)} = "
-                                f"{warm.speedup / processes.speedup:.2f}{why}", verdict))
+            verdict, why = _speed_verdict(
+                warm.speedup, OVER_CHUNKED_PROCESSES * processes.speedup, warm.workers, write_only
+            )
+            checks.append(
+                Check(
+                    f"{OVER_CHUNKED_PROCESSES}x processes",
+                    workload,
+                    target,
+                    f"warm {times(warm.speedup)} / {_named(processes)} = {warm.speedup / processes.speedup:.2f}{why}",
+                    verdict,
+                )
+            )
         if warm is not None and counts.get(workload, 0) >= EFFICIENCY_FROM_IMAGES:
             verdict, why = _speed_verdict(warm.speedup, EFFICIENCY * warm.workers, warm.workers, write_only)
-            checks.append(Check(f"{EFFICIENCY:.0%} efficiency", workload, target,
-                                f"warm {warm.efficiency:.0%} ({times(warm.speedup)} on {warm.workers} workers{why})",
-                                verdict))
+            checks.append(
+                Check(
+                    f"{EFFICIENCY:.0%} efficiency",
+                    workload,
+                    target,
+                    f"warm {warm.efficiency:.0%} ({times(warm.speedup)} on {warm.workers} workers{why})",
+                    verdict,
+                )
+            )
         one_shot = by_method.get(ONE_SHOT)
         if workload == ONE_SHOT_WORKLOAD and one_shot is not None:
-            best = min((row for row in by_method.values() if row is not write_only and row.method not in FRESH_METHODS),
-                       key=lambda row: row.median)
+            best = min(
+                (row for row in by_method.values() if row is not write_only and row.method not in FRESH_METHODS),
+                key=lambda row: row.median,
+            )
             ratio = one_shot.median / best.median
-            checks.append(Check("one-shot within 10 %", workload, target,
-                                f"one-shot {times(one_shot.speedup)}, fastest {_named(best)}: "
-                                f"{ratio - 1:+.0%}", _verdict(ratio <= ONE_SHOT_SLACK, one_shot, best)))
+            checks.append(
+                Check(
+                    "one-shot within 10 %",
+                    workload,
+                    target,
+                    f"one-shot {times(one_shot.speedup)}, fastest {_named(best)}: {ratio - 1:+.0%}",
+                    _verdict(ratio <= ONE_SHOT_SLACK, one_shot, best),
+                )
+            )
     return checks
 
 
 def goals_table(checks: list[Check]) -> str:
     """The checks as a Markdown table, one line per goal, workload and target."""
-    return markdown_table(("goal", "workload", "target", "figures", "verdict"),
-                          [[c.goal, c.workload, c.target, c.figures, f"**{c.verdict}**" if c.verdict != "met"
-                            else c.verdict] for c in checks])
+    return markdown_table(
+        ("goal", "workload", "target", "figures", "verdict"),
+        [
+            [c.goal, c.workload, c.target, c.figures, f"**{c.verdict}**" if c.verdict != "met" else c.verdict]
+            for c in checks
+        ],
+    )
 
 
 def compact_table(rows: list[Row], target: str) -> str:
@@ -214,8 +247,9 @@ def _ms(value: float) -> str:
 
 def _one_shot_figures(one_shot: Row, other: Row, name: str) -> str:
     imports = "" if one_shot.import_median is None else f" (imports {_ms(one_shot.import_median)})"
-    return (f"one-shot {_ms(one_shot.median)}{imports}, {name} {_ms(other.median)}: "
-            f"{times(other.median / one_shot.median)}")
+    return (
+        f"one-shot {_ms(one_shot.median)}{imports}, {name} {_ms(other.median)}: {times(other.median / one_shot.median)}"
+    )
 
 
 def check_fresh_goals(rows: list[Row], counts: Mapping[str, int]) -> list[Check]:
@@ -226,21 +260,41 @@ def check_fresh_goals(rows: list[Row], counts: Mapping[str, int]) -> list[Check]
         if one_shot is None:
             continue
         if loop is not None and workload in NEAR_LOOP_WORKLOADS:
-            checks.append(Check(f"fresh one-shot ≥ {NEAR_LOOP}× loop", workload, target,
-                                _one_shot_figures(one_shot, loop, "fresh loop"),
-                                _ratio_verdict(one_shot, loop, NEAR_LOOP)))
+            checks.append(
+                Check(
+                    f"fresh one-shot ≥ {NEAR_LOOP}× loop",
+                    workload,
+                    target,
+                    _one_shot_figures(one_shot, loop, "fresh loop"),
+                    _ratio_verdict(one_shot, loop, NEAR_LOOP),
+                )
+            )
         elif loop is not None and counts.get(workload, 0) >= NOT_BELOW_LOOP_FROM_IMAGES:
-            checks.append(Check("fresh one-shot ≥ loop", workload, target,
-                                _one_shot_figures(one_shot, loop, "fresh loop"), _ratio_verdict(one_shot, loop, 1.0)))
+            checks.append(
+                Check(
+                    "fresh one-shot ≥ loop",
+                    workload,
+                    target,
+                    _one_shot_figures(one_shot, loop, "fresh loop"),
+                    _ratio_verdict(one_shot, loop, 1.0),
+                )
+            )
         if threads is not None and workload in OVER_THREADS_WORKLOADS:
-            checks.append(Check("fresh one-shot ≥ threads", workload, target,
-                                _one_shot_figures(one_shot, threads, "fresh threads"),
-                                _ratio_verdict(one_shot, threads, 1.0)))
+            checks.append(
+                Check(
+                    "fresh one-shot ≥ threads",
+                    workload,
+                    target,
+                    _one_shot_figures(one_shot, threads, "fresh threads"),
+                    _ratio_verdict(one_shot, threads, 1.0),
+                )
+            )
     return checks
 
 
-def check_warm_baseline(rows: list[Row], counts: Mapping[str, int],
-                        baseline: Mapping[tuple[str, str, str], BaselineRow]) -> list[Check]:
+def check_warm_baseline(
+    rows: list[Row], counts: Mapping[str, int], baseline: Mapping[tuple[str, str, str], BaselineRow]
+) -> list[Check]:
     """Each warm row against the baseline's, as speed-up over its own run's loop, on workloads of the
     size the baseline had: "met" when not lower, "level" when the two ranges overlap (this run's
     interquartile range, the baseline's min-max: the committed table has no quartiles)."""
@@ -254,11 +308,23 @@ def check_warm_baseline(rows: list[Row], counts: Mapping[str, int],
             low, high = _interval(row)
             fast, slow = loop.median / low, loop.median / high
             base_fast, base_slow = base.loop_median / base.low, base.loop_median / base.high
-            verdict = ("met" if row.speedup >= base.speedup
-                       else "level" if slow <= base_fast and base_slow <= fast else "not met")
-            checks.append(Check("warm not slower than full.md", workload, target,
-                                f"{name} {times(row.speedup)} ({seconds(row.median)} s), baseline "
-                                f"{times(base.speedup)} ({seconds(base.median)} s)", verdict))
+            verdict = (
+                "met"
+                if row.speedup >= base.speedup
+                else "level"
+                if slow <= base_fast and base_slow <= fast
+                else "not met"
+            )
+            checks.append(
+                Check(
+                    "warm not slower than full.md",
+                    workload,
+                    target,
+                    f"{name} {times(row.speedup)} ({seconds(row.median)} s), baseline "
+                    f"{times(base.speedup)} ({seconds(base.median)} s)",
+                    verdict,
+                )
+            )
     return checks
 
 
@@ -268,9 +334,16 @@ def check_command_goals(rows: list[Row]) -> list[Check]:
     for (workload, target), by_method in _timed(rows).items():
         command, script = by_method.get(COMMAND), by_method.get(MMAP_THREADS_SCRIPT)
         if command is not None and script is not None:
-            checks.append(Check("command ≥ mmap+threads script", workload, target,
-                                f"command {_ms(command.median)}, script {_ms(script.median)}: "
-                                f"{times(script.median / command.median)}", _ratio_verdict(command, script, 1.0)))
+            checks.append(
+                Check(
+                    "command ≥ mmap+threads script",
+                    workload,
+                    target,
+                    f"command {_ms(command.median)}, script {_ms(script.median)}: "
+                    f"{times(script.median / command.median)}",
+                    _ratio_verdict(command, script, 1.0),
+                )
+            )
     return checks
 
 
@@ -292,5 +365,12 @@ def fresh_table(rows: list[Row], target: str) -> str:
         one_shot = by_method.get(FRESH_ONE_SHOT)
         cells.append("—" if one_shot is None or one_shot.import_median is None else _ms(one_shot.import_median))
         lines.append(cells)
-    return markdown_table(("workload", "fresh loop", *(METHODS[m].label.replace(", fresh interpreter", "")
-                                                        for m in methods), "shmsave imports"), lines)
+    return markdown_table(
+        (
+            "workload",
+            "fresh loop",
+            *(METHODS[m].label.replace(", fresh interpreter", "") for m in methods),
+            "shmsave imports",
+        ),
+        lines,
+    )

@@ -1,4 +1,5 @@
 """A description of the machine and software a run measured, for the report header."""
+
 from __future__ import annotations
 
 import os
@@ -44,13 +45,14 @@ def describe(targets: list[Target]) -> dict[str, str]:
     shmsave, error = shmsave_import()
     try:
         import joblib
+
         joblib_version = joblib.__version__
     except ImportError:
         joblib_version = "not installed"
     info = {
         "CPU": cpu_model(),
         "cores": f"{os.cpu_count()} logical, {psutil.cpu_count(logical=False)} physical, "
-                 f"{usable_cores()} usable by this process",
+        f"{usable_cores()} usable by this process",
         "RAM": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),

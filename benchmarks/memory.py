@@ -1,4 +1,5 @@
 """Peak resident memory of this process and all its descendants, sampled in a background thread."""
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._sample()
         self._thread.start()
         return self

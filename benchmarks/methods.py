@@ -4,6 +4,7 @@ A method's ``prepare(job)`` is a context manager.  What it does before
 ``yield`` and after it is untimed; it yields ``run(pattern)``, the call the
 runner times, which writes image i to ``pattern.format(index=i)``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +13,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
 
 from benchmarks import installed
 from benchmarks.baselines import chunk_bounds, write_chunk, write_one
@@ -57,7 +59,7 @@ FRESH_TARGETS = ("tmpfs",)
 PER_IMAGE_PROCESS_LIMIT = 1000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shmsave_import() -> tuple[object | None, str | None]:
     """(the shmsave module, None) if it imports, else (None, why not)."""
     try:
@@ -101,11 +103,12 @@ def _per_image(executor: type[Executor]):
 
         def run(pattern: str) -> None:
             with executor(job.workers) as ex:
-                futures = [ex.submit(write_one, pattern.format(index=i), img, params)
-                           for i, img in enumerate(images)]
+                futures = [ex.submit(write_one, pattern.format(index=i), img, params) for i, img in enumerate(images)]
                 for future in futures:
                     future.result()
+
         yield run
+
     return contextlib.contextmanager(prepare)
 
 
@@ -116,11 +119,15 @@ def _chunked(executor: type[Executor]):
 
         def run(pattern: str) -> None:
             with executor(job.workers) as ex:
-                futures = [ex.submit(write_chunk, a, images[a:b], pattern, params)
-                           for a, b in chunk_bounds(len(images), job.workers)]
+                futures = [
+                    ex.submit(write_chunk, a, images[a:b], pattern, params)
+                    for a, b in chunk_bounds(len(images), job.workers)
+                ]
                 for future in futures:
                     future.result()
+
         yield run
+
     return contextlib.contextmanager(prepare)
 
 
@@ -139,8 +146,8 @@ def _joblib(job: Job) -> Iterator[Run]:
 
     def run(pattern: str) -> None:
         Parallel(n_jobs=job.workers, temp_folder=str(job.spare))(
-            delayed(write_chunk)(a, images[a:b], pattern, params)
-            for a, b in chunk_bounds(len(images), job.workers))
+            delayed(write_chunk)(a, images[a:b], pattern, params) for a, b in chunk_bounds(len(images), job.workers)
+        )
 
     try:
         yield run
@@ -157,6 +164,7 @@ def _write_only(job: Job) -> Iterator[Run]:
         for index, blob in enumerate(blobs):
             with open(pattern.format(index=index), "wb") as f:
                 f.write(blob)
+
     yield run
 
 
@@ -191,6 +199,7 @@ def _shmsave_cold(job: Job) -> Iterator[Run]:
     def run(pattern: str) -> None:
         with shmsave.Writer(workers=job.workers) as writer:
             _save(writer, job.workload.images, pattern, job)
+
     yield run
 
 
@@ -236,11 +245,17 @@ def _shmsave_cli(job: Job) -> Iterator[Run]:
         command += ["--quality", str(workload.spec.quality)]
 
     def run(pattern: str) -> None:
-        done = subprocess.run([*command, "-o", pattern], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env=installed.environment())
+        done = subprocess.run(
+            [*command, "-o", pattern],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=installed.environment(),
+        )
         if done.returncode:
             last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
             raise RuntimeError(f"shmsave command exited {done.returncode}: {last_line}")
+
     yield run
 
 
@@ -257,19 +272,30 @@ def _fresh(kind: str, needs_shmsave: bool = False):
         if needs_shmsave:
             _shmsave()
         workload = job.workload
-        spec = {"method": kind, "input": str(workload.input_path()), "workers": job.workers,
-                "params": workload.params, "quality": workload.spec.quality, "spare": str(job.spare)}
+        spec = {
+            "method": kind,
+            "input": str(workload.input_path()),
+            "workers": job.workers,
+            "params": workload.params,
+            "quality": workload.spec.quality,
+            "spare": str(job.spare),
+        }
 
         def run(pattern: str) -> Timed:
-            done = subprocess.run([sys.executable, str(FRESH_CHILD), json.dumps({**spec, "pattern": pattern})],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=installed.environment())
+            done = subprocess.run(
+                [sys.executable, str(FRESH_CHILD), json.dumps({**spec, "pattern": pattern})],
+                capture_output=True,
+                text=True,
+                env=installed.environment(),
+            )
             if done.returncode:
                 last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
                 raise RuntimeError(f"fresh {kind} exited {done.returncode}: {last_line}")
             figures = json.loads(done.stdout.strip().splitlines()[-1])
             return Timed(figures["seconds"], figures["import_seconds"])
+
         yield run
+
     return contextlib.contextmanager(prepare)
 
 
@@ -302,28 +328,57 @@ class Method:
         return None
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("loop", "loop (cv2.imwrite)", False, _loop),
-    Method("write-only", "write-only (limit)", False, _write_only),
-    Method("threads-per-image", "ThreadPool per image", True, _per_image(ThreadPoolExecutor)),
-    Method("processes-per-image", "ProcessPool per image", True, _per_image(ProcessPoolExecutor),
-           max_images=PER_IMAGE_PROCESS_LIMIT),
-    Method("threads-chunked", "ThreadPool chunked", True, _chunked(ThreadPoolExecutor)),
-    Method("processes-chunked", "ProcessPool chunked", True, _chunked(ProcessPoolExecutor)),
-    Method("joblib", "joblib chunked (loky)", True, _joblib),
-    Method("shmsave-cold", "shmsave.save (cold pool)", True, _shmsave_cold, uses_shmsave=True),
-    Method("shmsave-warm", "shmsave Writer (warm)", True, _shmsave_warm, uses_shmsave=True),
-    Method("shmsave-zero-copy", "shmsave Writer.empty (zero copy)", True, _shmsave_zero_copy,
-           uses_shmsave=True, arrays_only=True),
-    Method("shmsave-cli", "shmsave command (.npy)", True, _shmsave_cli,
-           uses_shmsave=True, arrays_only=True),
-    # Issue 12: one-shot calls as a script makes them, each in its own fresh interpreter, timed inside it.
-    Method("loop-fresh", "loop, fresh interpreter", False, _fresh("loop"), targets=FRESH_TARGETS),
-    Method("threads-chunked-fresh", "ThreadPool chunked, fresh interpreter", True, _fresh("threads-chunked"),
-           targets=FRESH_TARGETS),
-    Method("processes-chunked-fresh", "ProcessPool chunked, fresh interpreter", True,
-           _fresh("processes-chunked"), targets=FRESH_TARGETS),
-    Method("joblib-fresh", "joblib chunked, fresh interpreter", True, _fresh("joblib"), targets=FRESH_TARGETS),
-    Method("shmsave-oneshot-fresh", "shmsave.save one-shot, fresh interpreter", True,
-           _fresh("shmsave", needs_shmsave=True), uses_shmsave=True, targets=FRESH_TARGETS),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("loop", "loop (cv2.imwrite)", False, _loop),
+        Method("write-only", "write-only (limit)", False, _write_only),
+        Method("threads-per-image", "ThreadPool per image", True, _per_image(ThreadPoolExecutor)),
+        Method(
+            "processes-per-image",
+            "ProcessPool per image",
+            True,
+            _per_image(ProcessPoolExecutor),
+            max_images=PER_IMAGE_PROCESS_LIMIT,
+        ),
+        Method("threads-chunked", "ThreadPool chunked", True, _chunked(ThreadPoolExecutor)),
+        Method("processes-chunked", "ProcessPool chunked", True, _chunked(ProcessPoolExecutor)),
+        Method("joblib", "joblib chunked (loky)", True, _joblib),
+        Method("shmsave-cold", "shmsave.save (cold pool)", True, _shmsave_cold, uses_shmsave=True),
+        Method("shmsave-warm", "shmsave Writer (warm)", True, _shmsave_warm, uses_shmsave=True),
+        Method(
+            "shmsave-zero-copy",
+            "shmsave Writer.empty (zero copy)",
+            True,
+            _shmsave_zero_copy,
+            uses_shmsave=True,
+            arrays_only=True,
+        ),
+        Method("shmsave-cli", "shmsave command (.npy)", True, _shmsave_cli, uses_shmsave=True, arrays_only=True),
+        # Issue 12: one-shot calls as a script makes them, each in its own fresh interpreter, timed inside it.
+        Method("loop-fresh", "loop, fresh interpreter", False, _fresh("loop"), targets=FRESH_TARGETS),
+        Method(
+            "threads-chunked-fresh",
+            "ThreadPool chunked, fresh interpreter",
+            True,
+            _fresh("threads-chunked"),
+            targets=FRESH_TARGETS,
+        ),
+        Method(
+            "processes-chunked-fresh",
+            "ProcessPool chunked, fresh interpreter",
+            True,
+            _fresh("processes-chunked"),
+            targets=FRESH_TARGETS,
+        ),
+        Method("joblib-fresh", "joblib chunked, fresh interpreter", True, _fresh("joblib"), targets=FRESH_TARGETS),
+        Method(
+            "shmsave-oneshot-fresh",
+            "shmsave.save one-shot, fresh interpreter",
+            True,
+            _fresh("shmsave", needs_shmsave=True),
+            uses_shmsave=True,
+            targets=FRESH_TARGETS,
+        ),
+    )
+}

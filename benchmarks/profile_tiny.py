@@ -8,6 +8,7 @@ inter-process transfer).
 
     python -m benchmarks.profile_tiny [--count 2000] [--repeat 5] [--target tmpfs|disk|both]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,8 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -52,11 +53,11 @@ def profile_once(images: np.ndarray, target: Target) -> dict[str, float]:
     pattern = "{index:06d}.jpg"
     blobs = [cv2.imencode(".jpg", img, PARAMS)[1].tobytes() for img in images]
     out = {
-        "path formatting (str.format)": _per_image_us(
-            lambda: [pattern.format(index=i) for i in range(count)], count),
+        "path formatting (str.format)": _per_image_us(lambda: [pattern.format(index=i) for i in range(count)], count),
         "cv2.imencode": _per_image_us(lambda: [cv2.imencode(".jpg", img, PARAMS) for img in images], count),
         "pickle dumps+loads of (path, image, params)": _per_image_us(
-            lambda: [pickle.loads(pickle.dumps((pattern, img, PARAMS))) for img in images], count),
+            lambda: [pickle.loads(pickle.dumps((pattern, img, PARAMS))) for img in images], count
+        ),
     }
 
     folder = _fresh(target, "write")
@@ -66,6 +67,7 @@ def profile_once(images: np.ndarray, target: Target) -> dict[str, float]:
         for path, blob in zip(paths, blobs):
             with open(path, "wb") as f:
                 f.write(blob)
+
     out["open+write+close (new file)"] = _per_image_us(write_all, count)
     renamed = [p + ".tmp" for p in paths]
     out["os.rename"] = _per_image_us(lambda: [os.rename(a, b) for a, b in zip(paths, renamed)], count)
@@ -79,13 +81,15 @@ def profile_once(images: np.ndarray, target: Target) -> dict[str, float]:
             fd = os.open(str(folder / pattern.format(index=i)), flags, 0o666)
             os.write(fd, blob)
             os.close(fd)
+
     out["os.open+os.write+os.close (new file, not crash-safe)"] = _per_image_us(os_write_all, count)
     shutil.rmtree(folder)
 
     folder = _fresh(target, "imwrite")
     paths = [str(folder / pattern.format(index=i)) for i in range(count)]
     out["cv2.imwrite (whole save, not crash-safe)"] = _per_image_us(
-        lambda: [cv2.imwrite(p, img, PARAMS) for p, img in zip(paths, images)], count)
+        lambda: [cv2.imwrite(p, img, PARAMS) for p, img in zip(paths, images)], count
+    )
     shutil.rmtree(folder)
     out.update(_shmsave_steps(images, blobs, target))
     return out
@@ -100,21 +104,24 @@ def _shmsave_steps(images: np.ndarray, blobs: list[bytes], target: Target) -> di
         return {}
     count, out = len(images), {}
     encoded = [np.frombuffer(blob, np.uint8) for blob in blobs]
-    writers = {"shmsave write, one page or less (open + one write + close)": _files._create_small,
-               "shmsave write, bigger files (O_TMPFILE + write + linkat)": _files._create_unnamed}
+    writers = {
+        "shmsave write, one page or less (open + one write + close)": _files._create_small,
+        "shmsave write, bigger files (O_TMPFILE + write + linkat)": _files._create_unnamed,
+    }
     for label, write in writers.items():
         folder = _fresh(target, "shmsave-write")
         fd = os.open(folder, os.O_RDONLY)
         try:
             out[label] = _per_image_us(
-                lambda: [write(fd, f"{i:06d}.jpg", data) for i, data in enumerate(encoded)], count)
+                lambda write=write, fd=fd: [write(fd, f"{i:06d}.jpg", data) for i, data in enumerate(encoded)],
+                count,
+            )
         finally:
             os.close(fd)
         shutil.rmtree(folder)
     folder = _fresh(target, "shmsave-loop")
     job = make_request(images, str(folder / "{index:06d}.jpg"), quality=PARAMS[1]).job()
-    out["shmsave worker loop (whole save)"] = _per_image_us(
-        lambda: _files.write_images(images, 0, job), count)
+    out["shmsave worker loop (whole save)"] = _per_image_us(lambda: _files.write_images(images, 0, job), count)
     shutil.rmtree(folder)
     return out
 
@@ -135,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds = [profile_once(images, target) for _ in range(args.repeat)]
             fstype = target.filesystem.split()[0]
             label = target.name if fstype == target.name else f"{target.name} ({fstype})"
-            columns[f"µs/image, {label}"] = {
-                step: statistics.median(r[step] for r in rounds) for step in rounds[0]}
+            columns[f"µs/image, {label}"] = {step: statistics.median(r[step] for r in rounds) for step in rounds[0]}
     if not columns:
         print("error: no target to write to", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ header (command, machine, workloads, settings) and gets new sections from the tr
 ``<name>.json``; ``<name>.png`` and the JSON's rows are rewritten. A ``--scaling`` run is
 rendered one worker count (one ``<name>-wN.json``) at a time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,18 @@ _FIRST_SECTION_AFTER_HEADER = ("\n## Speed-up over the loop", "\n## Results")
 
 def study_of(payload: dict) -> Study:
     """The Study a results JSON was written from."""
-    return Study([Trial(**t) for t in payload["trials"]], [Skip(**s) for s in payload["skips"]],
-                 [WorkloadInfo(**w) for w in payload["workloads"]])
+    return Study(
+        [Trial(**t) for t in payload["trials"]],
+        [Skip(**s) for s in payload["skips"]],
+        [WorkloadInfo(**w) for w in payload["workloads"]],
+    )
 
 
 def _header(markdown: str) -> str:
     ends = [markdown.find(marker) for marker in _FIRST_SECTION_AFTER_HEADER if marker in markdown]
     if not ends:
         raise SystemExit("error: no results section in the Markdown file; was it written by python -m benchmarks?")
-    return markdown[:min(ends)]
+    return markdown[: min(ends)]
 
 
 def main(argv: list[str] | None = None) -> int:

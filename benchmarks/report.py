@@ -1,4 +1,5 @@
 """Markdown and JSON output: the results table, its header, and the scaling table."""
+
 from __future__ import annotations
 
 import datetime
@@ -9,8 +10,18 @@ from pathlib import Path
 from benchmarks.runner import WorkloadInfo
 from benchmarks.summary import Row
 
-COLUMNS = ("workload", "target", "method", "workers", "median s", "spread (min–max) s",
-           "speed-up vs loop", "efficiency", "peak MB", "note")
+COLUMNS = (
+    "workload",
+    "target",
+    "method",
+    "workers",
+    "median s",
+    "spread (min–max) s",
+    "speed-up vs loop",
+    "efficiency",
+    "peak MB",
+    "note",
+)
 
 LEGEND = """\
 - **median s / spread**: median and min–max of the wall-clock seconds of the timed call over the repetitions.
@@ -44,7 +55,12 @@ def times(value: float | None) -> str:
 def _cells(row: Row) -> list[str]:
     spread = f"{seconds(row.low)}–{seconds(row.high)}" if row.runs > 1 else "—"
     return [
-        row.workload, row.target, row.label, str(row.workers), seconds(row.median), spread,
+        row.workload,
+        row.target,
+        row.label,
+        str(row.workers),
+        seconds(row.median),
+        spread,
         times(row.speedup),
         "—" if row.efficiency is None else f"{row.efficiency:.0%}",
         "—" if row.peak_mb is None else f"{row.peak_mb:.0f}",
@@ -71,14 +87,26 @@ def _workload_line(info: WorkloadInfo) -> str:
     return line
 
 
-def header(title: str, command: str, machine: dict[str, str], settings: list[str],
-           workloads: list[WorkloadInfo], notes: list[str]) -> str:
+def header(
+    title: str,
+    command: str,
+    machine: dict[str, str],
+    settings: list[str],
+    workloads: list[WorkloadInfo],
+    notes: list[str],
+) -> str:
     """The top of the results file: command, machine, workloads, settings and notes."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"# {title}\n", f"Command: `{command}` (in `{os.getcwd()}`)  \nDate: {now}\n", "## Machine\n",
-             markdown_table(("", ""), [[key, value] for key, value in machine.items()]),
-             "\n## Workloads\n", "\n".join(_workload_line(info) for info in workloads) + "\n",
-             "\n## Settings\n", "\n".join(f"- {s}" for s in settings) + "\n"]
+    parts = [
+        f"# {title}\n",
+        f"Command: `{command}` (in `{os.getcwd()}`)  \nDate: {now}\n",
+        "## Machine\n",
+        markdown_table(("", ""), [[key, value] for key, value in machine.items()]),
+        "\n## Workloads\n",
+        "\n".join(_workload_line(info) for info in workloads) + "\n",
+        "\n## Settings\n",
+        "\n".join(f"- {s}" for s in settings) + "\n",
+    ]
     if notes:
         parts += ["\n## Notes\n", "\n".join(f"- {n}" for n in notes) + "\n"]
     return "\n".join(parts)

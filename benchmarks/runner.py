@@ -1,4 +1,5 @@
 """The study: every method on every workload, target and worker count, interleaved per repetition."""
+
 from __future__ import annotations
 
 import itertools
@@ -69,8 +70,10 @@ class Study:
     workloads: list[WorkloadInfo]
 
     def to_json(self) -> dict:
-        return {key: [asdict(item) for item in items] for key, items in
-                (("workloads", self.workloads), ("trials", self.trials), ("skips", self.skips))}
+        return {
+            key: [asdict(item) for item in items]
+            for key, items in (("workloads", self.workloads), ("trials", self.trials), ("skips", self.skips))
+        }
 
 
 def _log(message: str) -> None:
@@ -124,8 +127,16 @@ class _Folders:
             os.sync()  # start the next trial without this one's writeback pending
 
 
-def _measure(workload: Workload, target: Target, workers: int, methods: list[Method],
-             repeat: int, rng: random.Random, folders: _Folders, study: Study) -> None:
+def _measure(
+    workload: Workload,
+    target: Target,
+    workers: int,
+    methods: list[Method],
+    repeat: int,
+    rng: random.Random,
+    folders: _Folders,
+    study: Study,
+) -> None:
     """All repetitions for one (workload, target, workers): methods in a fresh random order each time."""
     runnable = []
     for method in methods:
@@ -140,22 +151,35 @@ def _measure(workload: Workload, target: Target, workers: int, methods: list[Met
             folder, spare = folders.make(target), folders.make(target)
             try:
                 seconds, peak, imports = time_once(method, Job(workload, workers, spare), folder)
-                trial = Trial(workload.name, target.name, method.name, workers, repetition, seconds, peak,
-                              import_seconds=imports)
-                _log(f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
-                     f"{method.name:<20} {seconds:8.3f} s  {peak:7.0f} MB")
+                trial = Trial(
+                    workload.name, target.name, method.name, workers, repetition, seconds, peak, import_seconds=imports
+                )
+                _log(
+                    f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
+                    f"{method.name:<20} {seconds:8.3f} s  {peak:7.0f} MB"
+                )
             except Exception as exc:  # noqa: BLE001 - one failing method must not stop the study
                 error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 trial = Trial(workload.name, target.name, method.name, workers, repetition, None, None, error)
-                _log(f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
-                     f"{method.name:<20} FAILED {error}")
+                _log(
+                    f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "
+                    f"{method.name:<20} FAILED {error}"
+                )
             finally:
                 folders.remove(target, folder, spare)
             study.trials.append(trial)
 
 
-def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], worker_counts: list[int],
-              repeat: int, quick: bool, seed: int, scratch: Path) -> Study:
+def run_study(
+    specs: list[Spec],
+    targets: list[Target],
+    methods: list[Method],
+    worker_counts: list[int],
+    repeat: int,
+    quick: bool,
+    seed: int,
+    scratch: Path,
+) -> Study:
     """Generate each workload once, then measure it on every target for every worker count,
     ``repeat`` times (in a full run at least the workload's ``min_repeat``). A workload whose spec
     names its targets runs on those only.
@@ -170,10 +194,12 @@ def run_study(specs: list[Spec], targets: list[Target], methods: list[Method], w
         workload = build(spec, quick, seed, scratch / spec.name)
         generated = time.perf_counter() - start
         repeats = repeat if quick else max(repeat, spec.min_repeat)
-        study.workloads.append(WorkloadInfo(spec.name, spec.summary, workload.count, spec.count,
-                                            workload.nbytes / 1e6, spec.ext, generated))
-        _log(f"{spec.name}: {workload.count} images, {workload.nbytes / 1e6:.0f} MB "
-             f"(generated in {generated:.1f} s)")
+        study.workloads.append(
+            WorkloadInfo(
+                spec.name, spec.summary, workload.count, spec.count, workload.nbytes / 1e6, spec.ext, generated
+            )
+        )
+        _log(f"{spec.name}: {workload.count} images, {workload.nbytes / 1e6:.0f} MB (generated in {generated:.1f} s)")
         try:
             for workers in worker_counts:
                 for target in targets:

@@ -12,6 +12,7 @@ stripped, so its frames are bare addresses), the three file syscalls, numpy's
 result array, and the rest, which is the interpreter running shmsave's loop.
 py-spy slows the process it samples; read the shares, not the absolute time.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,9 +20,15 @@ import os
 import shutil
 import sys
 
-_SYSCALLS = {"openat64": "open: create the file (kernel)", "__open64": "open: create the file (kernel)",
-             "write": "write (kernel)", "__libc_write": "write (kernel)",
-             "close": "close (kernel)", "__close": "close (kernel)", "__libc_close": "close (kernel)"}
+_SYSCALLS = {
+    "openat64": "open: create the file (kernel)",
+    "__open64": "open: create the file (kernel)",
+    "write": "write (kernel)",
+    "__libc_write": "write (kernel)",
+    "close": "close (kernel)",
+    "__close": "close (kernel)",
+    "__libc_close": "close (kernel)",
+}
 _NUMPY = {"PyArray_NewFromDescr_int", "array_dealloc", "_buffer_info_free", "PyDataMem_GetHandler"}
 
 
@@ -50,7 +57,7 @@ def summarize(path: str) -> dict[str, float]:
             frames = [frame.split(" (")[0] for frame in stack.split(";")]
             if "write_images" not in frames:
                 continue
-            inner = frames[len(frames) - frames[::-1].index("write_images"):]
+            inner = frames[len(frames) - frames[::-1].index("write_images") :]
             leaf = frames[-1]
             if leaf in _SYSCALLS:
                 where = _SYSCALLS[leaf]

@@ -76,10 +76,17 @@ def _workloads(quick: bool) -> list[Workload]:
 
     return [
         Workload("tiny", f"{tiny_count:,} x 50x50 gray -> .jpg q95", tiny_count, ".jpg", jpg95, lambda: iter(stack)),
-        Workload("video", f"{video_count} x 1080p -> .jpg q95, one reused buffer", video_count, ".jpg", jpg95,
-                 from_video),
-        Workload("mixed", f"{mixed_count:,} mixed sizes -> .webp q90", mixed_count, ".webp", webp90,
-                 lambda: (photos[i % len(photos)] for i in range(mixed_count))),
+        Workload(
+            "video", f"{video_count} x 1080p -> .jpg q95, one reused buffer", video_count, ".jpg", jpg95, from_video
+        ),
+        Workload(
+            "mixed",
+            f"{mixed_count:,} mixed sizes -> .webp q90",
+            mixed_count,
+            ".webp",
+            webp90,
+            lambda: (photos[i % len(photos)] for i in range(mixed_count)),
+        ),
     ]
 
 
@@ -90,8 +97,10 @@ def _methods(writer, cores: int, timing: dict):
 
     def executor(w: Workload, template: str):
         with ThreadPoolExecutor(cores) as pool:
-            futures = [pool.submit(cv2.imwrite, template.format(index=i), image.copy(), w.params)
-                       for i, image in enumerate(w.images())]
+            futures = [
+                pool.submit(cv2.imwrite, template.format(index=i), image.copy(), w.params)
+                for i, image in enumerate(w.images())
+            ]
             wait(futures)
 
     def queue_threads(w: Workload, template: str):
@@ -131,8 +140,13 @@ def _methods(writer, cores: int, timing: dict):
                 s.write(image)
             timing.setdefault(w.name, []).append((time.perf_counter() - began) / w.count * 1e6)
 
-    return {"loop": loop, "executor": executor, "queue + threads": queue_threads, "batches + submit": batches,
-            STREAM: stream}
+    return {
+        "loop": loop,
+        "executor": executor,
+        "queue + threads": queue_threads,
+        "batches + submit": batches,
+        STREAM: stream,
+    }
 
 
 def _options(w: Workload) -> dict:
@@ -163,7 +177,7 @@ def main(argv=None) -> int:
         target = tmpfs if not isinstance(tmpfs, str) else disk
         writer.start()
         methods = _methods(writer, cores, write_us)
-        for name, run in methods.items():  # warm-up: imports, threads, the workers, the stream's ring
+        for run in methods.values():  # warm-up: imports, threads, the workers, the stream's ring
             run(workloads[0], _fresh(target.root, workloads[0].ext))
         write_us.clear()
         for w in workloads:
@@ -210,10 +224,12 @@ def _markdown(args, cores, where, workloads, results, write_us) -> str:
         lines.append(f"| {w.summary} | " + " | ".join(cells) + " |")
         best_peer = min(PEERS, key=medians.get)
         over_loop = loop / medians[STREAM]
-        checks.append(f"| {w.name} | stream {over_loop:.2f}x the loop (goal {GOAL_OVER_LOOP}x): "
-                      f"{'met' if over_loop >= GOAL_OVER_LOOP else 'not met'}; best peer {best_peer} "
-                      f"{loop / medians[best_peer]:.2f}x: "
-                      f"{'met' if medians[STREAM] <= medians[best_peer] else 'not met'} |")
+        checks.append(
+            f"| {w.name} | stream {over_loop:.2f}x the loop (goal {GOAL_OVER_LOOP}x): "
+            f"{'met' if over_loop >= GOAL_OVER_LOOP else 'not met'}; best peer {best_peer} "
+            f"{loop / medians[best_peer]:.2f}x: "
+            f"{'met' if medians[STREAM] <= medians[best_peer] else 'not met'} |"
+        )
     tiny_us = statistics.median(write_us["tiny"])
     lines += [
         "",

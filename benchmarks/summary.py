@@ -1,4 +1,5 @@
 """Turn raw trials into table rows: median, spread, speed-up over the loop, parallel efficiency, peak memory."""
+
 from __future__ import annotations
 
 import statistics
@@ -74,8 +75,9 @@ def summarize(study: Study, workers: int, methods: dict | None = None, baseline:
             used = workers if method.parallel else 1
             reason = skips.get((workload, target, name))
             if reason:
-                rows.append(Row(workload, target, name, method.label, used, 0,
-                                None, None, None, None, None, None, reason))
+                rows.append(
+                    Row(workload, target, name, method.label, used, 0, None, None, None, None, None, None, reason)
+                )
                 continue
             trials = by_method.get(name)
             if trials is None:
@@ -83,8 +85,9 @@ def summarize(study: Study, workers: int, methods: dict | None = None, baseline:
             times = [t.seconds for t in trials if t.seconds is not None]
             note = _failure_note([t.error for t in trials if t.error], len(times))
             if not times:
-                rows.append(Row(workload, target, name, method.label, used, 0,
-                                None, None, None, None, None, None, note))
+                rows.append(
+                    Row(workload, target, name, method.label, used, 0, None, None, None, None, None, None, note)
+                )
                 continue
             median = statistics.median(times)
             quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else None
@@ -92,9 +95,23 @@ def summarize(study: Study, workers: int, methods: dict | None = None, baseline:
             has_efficiency = speedup is not None and (method.parallel or name == baseline)
             import_median, import_note = _import_note(trials)
             note = "; ".join(part for part in (import_note, note) if part)
-            rows.append(Row(workload, target, name, method.label, used, len(times),
-                            median, min(times), max(times), speedup,
-                            speedup / used if has_efficiency else None,
-                            max(t.peak_mb for t in trials if t.peak_mb is not None), note,
-                            None if quartiles is None else (quartiles[0], quartiles[2]), import_median))
+            rows.append(
+                Row(
+                    workload,
+                    target,
+                    name,
+                    method.label,
+                    used,
+                    len(times),
+                    median,
+                    min(times),
+                    max(times),
+                    speedup,
+                    speedup / used if has_efficiency else None,
+                    max(t.peak_mb for t in trials if t.peak_mb is not None),
+                    note,
+                    None if quartiles is None else (quartiles[0], quartiles[2]),
+                    import_median,
+                )
+            )
     return rows

@@ -1,4 +1,5 @@
 """Where the images are written: a private tmpfs mount and a folder on the real disk."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +7,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
@@ -69,8 +70,9 @@ def tmpfs_target(size: str = "4g") -> Iterator[Target | str]:
         return
     root = Path(tempfile.mkdtemp(prefix="shmsave-bench-tmpfs-", dir=_disk_parent()))
     try:
-        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(root)],
-                               capture_output=True, text=True)
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(root)], capture_output=True, text=True
+        )
         if mount.returncode:
             yield f"tmpfs target skipped: mount failed: {mount.stderr.strip() or mount.returncode}"
             return

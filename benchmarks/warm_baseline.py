@@ -6,6 +6,7 @@ The raw timings (``results/*.json``) are not committed, so the baseline is read 
 table of ``full.md`` (median, min-max spread, and the loop's median of the same workload and
 target) and kept in ``results/warm-baseline.csv``, which a later full run does not overwrite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def from_markdown(text: str, methods=WARM_METHODS) -> dict[tuple[str, str, str],
     section gives the image counts, its Results table the seconds (by method label)."""
     counts = {m["name"]: int(m["count"]) for m in _WORKLOAD_LINE.finditer(text)}
     names = {METHODS[name].label: name for name in (*methods, BASELINE)}
-    results = text[text.index("\n## Results"):]
+    results = text[text.index("\n## Results") :]
     cells = {}
     for line in results.splitlines():
         parts = [part.strip() for part in line.strip().strip("|").split("|")]
@@ -72,10 +73,12 @@ def load(path: Path = DEFAULT) -> dict[tuple[str, str, str], BaselineRow]:
     if not path.exists():
         return {}
     lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
-    return {(r["workload"], r["target"], r["method"]):
-            BaselineRow(int(r["images"]), float(r["median"]), float(r["low"]), float(r["high"]),
-                        float(r["loop_median"]))
-            for r in csv.DictReader(lines)}
+    return {
+        (r["workload"], r["target"], r["method"]): BaselineRow(
+            int(r["images"]), float(r["median"]), float(r["low"]), float(r["high"]), float(r["loop_median"])
+        )
+        for r in csv.DictReader(lines)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = args.markdown.read_text()
     date = re.search(r"^Date: (.*?)\s*$", text, re.MULTILINE)
-    print(dump(from_markdown(text), f"warm rows of {args.markdown.name} (run of {date[1] if date else '?'}); "
-                                    "seconds; loop_median: the loop of the same workload and target"), end="")
+    print(
+        dump(
+            from_markdown(text),
+            f"warm rows of {args.markdown.name} (run of {date[1] if date else '?'}); "
+            "seconds; loop_median: the loop of the same workload and target",
+        ),
+        end="",
+    )
     return 0
 
 

@@ -4,13 +4,14 @@ Every image is a crop of a scikit-image sample photograph, resized, with a soft
 gradient and a little Gaussian noise on top, so encoders see natural content
 rather than pure noise.  The same seed always gives the same pixels.
 """
+
 from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 _PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "retina", "camera")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photos(channels: int) -> tuple[np.ndarray, ...]:
     """The sample photographs as uint8 arrays: BGR when channels == 3, gray when 1.
 
@@ -65,14 +66,15 @@ def _scene(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarra
     zoom = rng.uniform(0.5, 3.0)
     ch, cw = min(ph, max(2, int(h * zoom))), min(pw, max(2, int(w * zoom)))
     y0, x0 = rng.integers(0, ph - ch + 1), rng.integers(0, pw - cw + 1)
-    crop = photo[y0:y0 + ch, x0:x0 + cw]
+    crop = photo[y0 : y0 + ch, x0 : x0 + cw]
     shrinking = h * w < ch * cw
     resized = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return resized.astype(np.float32)
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray, noise: float, gradient: float,
-            scale: float, dtype: type, maxval: int) -> np.ndarray:
+def _finish(
+    rng: np.random.Generator, img: np.ndarray, noise: float, gradient: float, scale: float, dtype: type, maxval: int
+) -> np.ndarray:
     """Scale, add gradient and Gaussian noise, clip to [0, maxval] and cast."""
     h, w = img.shape[:2]
     ramp = _gradient(rng, h, w, gradient)
@@ -109,7 +111,7 @@ def video(rng: np.random.Generator, count: int) -> np.ndarray:
     out = np.empty((count, h, w, 3), np.uint8)
     for i in range(count):
         dy, dx = rng.integers(0, 64, size=2)
-        frame = scene[i * pan:i * pan + h, i * pan:i * pan + w] + noise[dy:dy + h, dx:dx + w]
+        frame = scene[i * pan : i * pan + h, i * pan : i * pan + w] + noise[dy : dy + h, dx : dx + w]
         np.clip(frame, 0, 255, out=frame)
         out[i] = frame
     return out
@@ -135,8 +137,7 @@ def microscopy(rng: np.random.Generator, count: int) -> np.ndarray:
 def mixed(rng: np.random.Generator, count: int) -> list[np.ndarray]:
     """A list of count uint8 BGR arrays, each side drawn uniformly from 32..1024 px."""
     sizes = rng.integers(32, 1025, size=(count, 2))
-    return [_finish(rng, _scene(rng, int(h), int(w), 3), 3.0, 20.0, 1.0, np.uint8, 255)
-            for h, w in sizes]
+    return [_finish(rng, _scene(rng, int(h), int(w), 3), 3.0, 20.0, 1.0, np.uint8, 255) for h, w in sizes]
 
 
 def _params(ext: str, quality: int | None) -> list[int]:
@@ -158,29 +159,67 @@ class Spec:
     quick_count: int
     ext: str
     quality: int | None
-    make: Callable[[np.random.Generator, int], "np.ndarray | list[np.ndarray]"]
+    make: Callable[[np.random.Generator, int], np.ndarray | list[np.ndarray]]
     min_repeat: int = 1
     targets: tuple[str, ...] | None = None  # the only targets it runs on (None: every target)
 
 
-SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("tiny100", "50x50x1 uint8 -> .jpg q95", 100, 100, ".jpg", 95, tiny, 25),
-    Spec("tiny1000", "50x50x1 uint8 -> .jpg q95", 1000, 1000, ".jpg", 95, tiny, 11),
-    Spec("tiny10000", "50x50x1 uint8 -> .jpg q95", 10000, 10000, ".jpg", 95, tiny),
-    Spec("video", "1080x1920x3 uint8 frames -> .jpg q95", 48, 12, ".jpg", 95, video),
-    Spec("dataset", "256x256x3 uint8 -> .png (OpenCV default compression)", 2000, 100, ".png", None, dataset),
-    Spec("microscopy", "512x512 uint16 (12-bit) -> .png (OpenCV default compression)", 200, 40, ".png", None, microscopy),
-    Spec("mixed", "list of uint8 BGR arrays, sides 32-1024 px -> .webp q90", 1000, 24, ".webp", 90, mixed),
-    # Issue 12: the question's three sizes (noise, OpenCV's default JPEG quality) and 50,000 tiny images,
-    # on tmpfs only (on the disk, thousands of tiny files measure the disk, and a full run stays < 1 h).
-    Spec("question100", "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
-         100, 100, ".jpg", None, noise, 25, ("tmpfs",)),
-    Spec("question1000", "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
-         1000, 1000, ".jpg", None, noise, 11, ("tmpfs",)),
-    Spec("question10000", "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
-         10000, 10000, ".jpg", None, noise, 1, ("tmpfs",)),
-    Spec("tiny50000", "50x50x1 uint8 -> .jpg q95", 50000, 20000, ".jpg", 95, tiny, 1, ("tmpfs",)),
-)}
+SPECS: dict[str, Spec] = {
+    s.name: s
+    for s in (
+        Spec("tiny100", "50x50x1 uint8 -> .jpg q95", 100, 100, ".jpg", 95, tiny, 25),
+        Spec("tiny1000", "50x50x1 uint8 -> .jpg q95", 1000, 1000, ".jpg", 95, tiny, 11),
+        Spec("tiny10000", "50x50x1 uint8 -> .jpg q95", 10000, 10000, ".jpg", 95, tiny),
+        Spec("video", "1080x1920x3 uint8 frames -> .jpg q95", 48, 12, ".jpg", 95, video),
+        Spec("dataset", "256x256x3 uint8 -> .png (OpenCV default compression)", 2000, 100, ".png", None, dataset),
+        Spec(
+            "microscopy",
+            "512x512 uint16 (12-bit) -> .png (OpenCV default compression)",
+            200,
+            40,
+            ".png",
+            None,
+            microscopy,
+        ),
+        Spec("mixed", "list of uint8 BGR arrays, sides 32-1024 px -> .webp q90", 1000, 24, ".webp", 90, mixed),
+        # Issue 12: the question's three sizes (noise, OpenCV's default JPEG quality) and 50,000 tiny images,
+        # on tmpfs only (on the disk, thousands of tiny files measure the disk, and a full run stays < 1 h).
+        Spec(
+            "question100",
+            "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
+            100,
+            100,
+            ".jpg",
+            None,
+            noise,
+            25,
+            ("tmpfs",),
+        ),
+        Spec(
+            "question1000",
+            "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
+            1000,
+            1000,
+            ".jpg",
+            None,
+            noise,
+            11,
+            ("tmpfs",),
+        ),
+        Spec(
+            "question10000",
+            "50x50x1 uint8 noise (the question's arrays) -> .jpg (OpenCV default quality)",
+            10000,
+            10000,
+            ".jpg",
+            None,
+            noise,
+            1,
+            ("tmpfs",),
+        ),
+        Spec("tiny50000", "50x50x1 uint8 -> .jpg q95", 50000, 20000, ".jpg", 95, tiny, 1, ("tmpfs",)),
+    )
+}
 
 
 @dataclass
@@ -192,7 +231,7 @@ class Workload:
     """
 
     spec: Spec
-    images: "np.ndarray | list[np.ndarray]"
+    images: np.ndarray | list[np.ndarray]
     scratch: Path
     _cache: dict = field(default_factory=dict, repr=False)
 

@@ -1,13 +1,13 @@
 """shmsave: save batches of in-memory images to files on every core.
 
-    report = shmsave.save(images, "out/{index:06d}.jpg", quality=90)
+report = shmsave.save(images, "out/{index:06d}.jpg", quality=90)
 
-    with shmsave.Writer(workers=4) as writer:
-        writer.save(batch, "run/{index}.png")
+with shmsave.Writer(workers=4) as writer:
+    writer.save(batch, "run/{index}.png")
 
-    with shmsave.stream("out/{index:06d}.jpg") as stream:   # inside a loop that makes images
-        for frame in video:
-            stream.write(frame)
+with shmsave.stream("out/{index:06d}.jpg") as stream:   # inside a loop that makes images
+    for frame in video:
+        stream.write(frame)
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import _opencv
-from .errors import (InvalidRequest, ShmsaveError, StreamClosed, WorkerDied, WorkerFailed, WriteFailed,
-                     WriterClosed)
+from .errors import InvalidRequest, ShmsaveError, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
 
 _opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
@@ -48,8 +47,14 @@ __all__ = [
 
 # Imported on first use: every worker process imports this file too (it runs
 # shmsave._worker), and the parent's modules cost it ~30 ms of a ~120 ms start.
-_LAZY = {"save": "api", "stream": "api", "Stream": "streaming", "Writer": "writer", "Report": "report",
-         "Failure": "report"}
+_LAZY = {
+    "save": "api",
+    "stream": "api",
+    "Stream": "streaming",
+    "Writer": "writer",
+    "Report": "report",
+    "Failure": "report",
+}
 
 
 def __getattr__(name: str) -> Any:

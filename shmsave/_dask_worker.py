@@ -92,7 +92,9 @@ def save_block(block, template: str, first: int, count: int, options: dict, sizi
         if error.report is not None:
             report = error.report
         else:
-            failed = tuple(Failure(index, template.format(index=index), error.message, error.errno)
-                           for index in range(first, first + count))
+            failed = tuple(
+                Failure(index, template.format(index=index), error.message, error.errno)
+                for index in range(first, first + count)
+            )
             report = Report(0, 0, time.time() - began, failed, engine="none", workers=writer.workers)
     return Block(report, first, count, (socket.gethostname(), os.getpid()), began, time.time())

@@ -22,6 +22,7 @@ import errno as _errno
 import mmap
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,10 @@ import numpy as np
 from ._protocol import Job, Outcome
 from .errors import describe_oserror
 from .naming import name_maker
+
+if TYPE_CHECKING:
+    from ._protocol import Task
+    from .request import Request
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -160,8 +165,7 @@ def _exists(name: str, folder: int) -> bool:
         status = os.stat(name, dir_fd=folder)
     except FileNotFoundError:
         if _lexists(name, folder):
-            raise FileNotFoundError(_errno.ENOENT, "a symbolic link of this name points to nothing",
-                                    name) from None
+            raise FileNotFoundError(_errno.ENOENT, "a symbolic link of this name points to nothing", name) from None
         return False
     if stat.S_ISDIR(status.st_mode):
         raise IsADirectoryError(_errno.EISDIR, os.strerror(_errno.EISDIR), name)
@@ -340,3 +344,13 @@ def part_name(name: str, pid: int) -> str:
 
     digest = hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()
     return f".shmsave-{digest}.{pid}.part"
+
+
+def remove_partial_files(request: Request, task: Task, pid: int) -> None:
+    """Delete what a dead worker may have left of the files of ``task``: a temporary file, or an
+    empty file under the final name (killed between open and write; see ``_write_file``)."""
+    for index in range(task.first, task.end):
+        path = request.absolute_path(index)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary_path(path, pid))
+        remove_if_empty(path)

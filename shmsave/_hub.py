@@ -106,8 +106,7 @@ class Hub:
     def _serve(self) -> None:
         try:
             while True:
-                self._pool.run(self._tasks(), self._on_result, self._on_death, self._on_abandon,
-                               wake=self._wake_read)
+                self._pool.run(self._tasks(), self._on_result, self._on_death, self._on_abandon, wake=self._wake_read)
                 with self._mutex:
                     if not self._streams:  # a stream opened since the source ended is served by a new run
                         self._end_thread()

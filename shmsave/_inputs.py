@@ -73,8 +73,10 @@ def open_inputs(paths: list[str], keys: list[str] | None) -> list[Unit]:
             continue
         extension = os.path.splitext(path)[1].lower()
         if extension not in (".npy", ".npz"):
-            raise UsageError(f"{path}: shmsave reads .npy and .npz files and .zarr stores, "
-                              f"not {extension or 'files without extension'}")
+            raise UsageError(
+                f"{path}: shmsave reads .npy and .npz files and .zarr stores, "
+                f"not {extension or 'files without extension'}"
+            )
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file")
         if os.path.isdir(path):
@@ -91,8 +93,9 @@ def open_inputs(paths: list[str], keys: list[str] | None) -> list[Unit]:
 def is_zarr(path: str) -> bool:
     """A .zarr store, or an array inside one (a folder with zarr metadata)."""
     path = path.rstrip(os.sep)
-    return path.lower().endswith(".zarr") or (os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, name)) for name in (".zarray", "zarr.json")))
+    return path.lower().endswith(".zarr") or (
+        os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (".zarray", "zarr.json"))
+    )
 
 
 def _open_zarr(path: str) -> list[Unit]:
@@ -124,8 +127,9 @@ def _open_npz(path: str, keys: list[str] | None) -> list[Unit]:
             if keys:
                 missing = [key for key in keys if key not in members]
                 if missing:
-                    raise UsageError(f"{path} has no array named {missing[0]!r}; it holds "
-                                      f"{', '.join(members) or 'no arrays'}")
+                    raise UsageError(
+                        f"{path} has no array named {missing[0]!r}; it holds {', '.join(members) or 'no arrays'}"
+                    )
                 members = [key for key in members if key in keys]
             if not members:
                 raise UsageError(f"{path} holds no arrays")
@@ -137,8 +141,10 @@ def _open_npz(path: str, keys: list[str] | None) -> list[Unit]:
                     except UsageError as error:
                         if keys or len(members) < 2:
                             raise
-                        raise UsageError(f"{error}. To save only the image arrays of {path}, name them with "
-                                          f"--key (it holds {', '.join(members)})") from None
+                        raise UsageError(
+                            f"{error}. To save only the image arrays of {path}, name them with "
+                            f"--key (it holds {', '.join(members)})"
+                        ) from None
                 units.append(Unit(path, key, shape, dtype, fields={"stem": _stem(path), "key": key}))
             return units
     except (zipfile.BadZipFile, EOFError) as error:
@@ -155,27 +161,37 @@ def _read_header(stream, label: str) -> tuple[tuple, np.dtype]:
         elif version == (2, 0):
             shape, fortran_order, dtype = fmt.read_array_header_2_0(stream)
         else:
-            raise UsageError(f"{label} uses .npy format version {version[0]}.{version[1]}; "
-                              "shmsave reads versions 1.0 and 2.0 (plain numeric arrays)")
+            raise UsageError(
+                f"{label} uses .npy format version {version[0]}.{version[1]}; "
+                "shmsave reads versions 1.0 and 2.0 (plain numeric arrays)"
+            )
     except ValueError as error:
         raise UsageError(f"{label} is not a valid .npy array ({error})") from None
     if dtype.hasobject:
-        raise UsageError(f"{label} holds Python objects (dtype {dtype}), which cannot be mapped or saved "
-                          "as images; save one numeric stack instead, e.g. np.save(path, np.stack(images))")
+        raise UsageError(
+            f"{label} holds Python objects (dtype {dtype}), which cannot be mapped or saved "
+            "as images; save one numeric stack instead, e.g. np.save(path, np.stack(images))"
+        )
     if dtype.kind not in "biuf" or dtype.shape:
-        raise UsageError(f"{label} holds {dtype} values; images need a plain integer or float dtype "
-                          "such as uint8, uint16 or float32")
+        raise UsageError(
+            f"{label} holds {dtype} values; images need a plain integer or float dtype such as uint8, uint16 or float32"
+        )
     if not dtype.isnative:
-        raise UsageError(f"{label} is stored {'big' if dtype.byteorder == '>' else 'little'}-endian "
-                          f"({dtype.str}), which OpenCV would read with its bytes swapped; convert it once: "
-                          f"np.save(path, np.load(path).astype('{dtype.newbyteorder('=').str}'))")
+        raise UsageError(
+            f"{label} is stored {'big' if dtype.byteorder == '>' else 'little'}-endian "
+            f"({dtype.str}), which OpenCV would read with its bytes swapped; convert it once: "
+            f"np.save(path, np.load(path).astype('{dtype.newbyteorder('=').str}'))"
+        )
     if len(shape) not in (3, 4):
         hint = "; for a single image, save image[None]" if len(shape) in (2, 3) else ""
-        raise UsageError(f"{label} holds an array of shape {shape}; shmsave needs a stack of images, "
-                          f"(N, H, W) or (N, H, W, C){hint}")
+        raise UsageError(
+            f"{label} holds an array of shape {shape}; shmsave needs a stack of images, (N, H, W) or (N, H, W, C){hint}"
+        )
     if fortran_order:
-        raise UsageError(f"{label} is stored in Fortran order, so its images are not contiguous in the "
-                          "file; convert it once: np.save(path, np.ascontiguousarray(np.load(path)))")
+        raise UsageError(
+            f"{label} is stored in Fortran order, so its images are not contiguous in the "
+            "file; convert it once: np.save(path, np.ascontiguousarray(np.load(path)))"
+        )
     return tuple(shape), dtype
 
 
@@ -207,20 +223,26 @@ def check(units: list[Unit], template: str, options: dict) -> None:
             continue
         values = tuple(sorted((name, value) for name, value in unit.fields.items() if name in used))
         for other in claimed.setdefault(values, []):
-            if "index" not in used or (unit.start < other.start + other.count
-                                       and other.start < unit.start + unit.count):
+            if "index" not in used or (
+                unit.start < other.start + other.count and other.start < unit.start + unit.count
+            ):
                 raise UsageError(_clash(other, unit, template))
         claimed[values].append(unit)
 
 
 def _clash(first: Unit, second: Unit, template: str) -> str:
     example = template.format(index=max(first.start, second.start), **second.fields)
-    differ = [name for name in ("stem", "key") if name in first.fields and name in second.fields
-              and first.fields[name] != second.fields[name]]
+    differ = [
+        name
+        for name in ("stem", "key")
+        if name in first.fields and name in second.fields and first.fields[name] != second.fields[name]
+    ]
     if differ:
         fields = ["{" + name + "}" for name in differ]
-        fix = (f"put {' and '.join(fields)} in the template, e.g. -o 'out/{'/'.join(fields)}/{{index:06d}}.png', "
-               "or pass --continue-index")
+        fix = (
+            f"put {' and '.join(fields)} in the template, e.g. -o 'out/{'/'.join(fields)}/{{index:06d}}.png', "
+            "or pass --continue-index"
+        )
     elif os.path.realpath(first.path) == os.path.realpath(second.path) and first.key == second.key:
         fix = "the same input is given twice"
     else:
@@ -237,7 +259,7 @@ def load_member(unit: Unit, writer: Writer) -> np.ndarray:
             _read_header(stream, unit.label)
             done = 0
             while done < len(target):
-                got = stream.readinto(target[done:done + _READ_CHUNK_BYTES])
+                got = stream.readinto(target[done : done + _READ_CHUNK_BYTES])
                 if not got:
                     raise UnreadableInput(f"it is truncated: {done} of {len(target)} bytes")
                 done += got

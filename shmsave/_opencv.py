@@ -16,8 +16,10 @@ import re
 # the "opencv" extra's floor says the same for pip, this says it for an OpenCV installed otherwise.
 MINIMUM_VERSION = (4, 8)
 
-INSTALL_HINT = ('pip install "shmsave[opencv]" (adds opencv-python-headless), or install the OpenCV '
-                "you prefer (opencv-python, opencv-contrib-python, opencv-python-headless, ...)")
+INSTALL_HINT = (
+    'pip install "shmsave[opencv]" (adds opencv-python-headless), or install the OpenCV '
+    "you prefer (opencv-python, opencv-contrib-python, opencv-python-headless, ...)"
+)
 
 
 def check_installed() -> None:
@@ -26,8 +28,7 @@ def check_installed() -> None:
     Cheap (no import), so the package itself can call it on import.
     """
     if importlib.util.find_spec("cv2") is None:
-        raise ImportError(f"shmsave needs OpenCV (the cv2 module), and none is installed; {INSTALL_HINT}",
-                          name="cv2")
+        raise ImportError(f"shmsave needs OpenCV (the cv2 module), and none is installed; {INSTALL_HINT}", name="cv2")
 
 
 def import_cv2():
@@ -36,9 +37,12 @@ def import_cv2():
     try:
         import cv2
     except ImportError as error:  # present but broken, e.g. the GUI build without libGL on a server
-        raise ImportError(f"OpenCV (cv2) is installed but cannot be imported: {error}. If this machine has "
-                          "no display libraries, use the headless build: pip uninstall opencv-python, then "
-                          "pip install opencv-python-headless", name="cv2") from error
+        raise ImportError(
+            f"OpenCV (cv2) is installed but cannot be imported: {error}. If this machine has "
+            "no display libraries, use the headless build: pip uninstall opencv-python, then "
+            "pip install opencv-python-headless",
+            name="cv2",
+        ) from error
     check_version(cv2.__version__)
     return cv2
 
@@ -48,6 +52,9 @@ def check_version(version: str) -> None:
     numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
     if numbers < MINIMUM_VERSION:
         wanted = ".".join(map(str, MINIMUM_VERSION))
-        raise ImportError(f"shmsave needs OpenCV {wanted} or newer, and this is OpenCV {version}; upgrade the "
-                          "OpenCV distribution you use, e.g. pip install -U opencv-python-headless "
-                          "(or opencv-python, opencv-contrib-python, ...)", name="cv2")
+        raise ImportError(
+            f"shmsave needs OpenCV {wanted} or newer, and this is OpenCV {version}; upgrade the "
+            "OpenCV distribution you use, e.g. pip install -U opencv-python-headless "
+            "(or opencv-python, opencv-contrib-python, ...)",
+            name="cv2",
+        )

@@ -79,8 +79,7 @@ def single_core_seconds(count: int, nbytes: int) -> float:
     return count * _SECONDS_PER_IMAGE + nbytes * _SECONDS_PER_BYTE
 
 
-def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: str, *,
-                  pool_ready: bool) -> Choice:
+def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: str, *, pool_ready: bool) -> Choice:
     """The engine for a request of ``count`` images and ``nbytes`` pixel bytes.
 
     ``engine``: the Writer's (``"auto"`` or a forced one); ``source``: one of

@@ -10,7 +10,8 @@ message, only the name of the memory that holds them (a source).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 
 class Job(NamedTuple):
@@ -49,7 +50,7 @@ class ListSource(NamedTuple):
     entries: tuple[tuple[int, tuple[int, ...], str], ...]
 
 
-Source = Union[StackSource, ListSource]
+Source = StackSource | ListSource
 
 
 class Task(NamedTuple):

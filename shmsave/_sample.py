@@ -1,6 +1,6 @@
 """Sample image stacks with realistic content, for the demo, tests and benchmarks.
 
-    python -m shmsave._sample OUT.npy [--count N] [--height H] [--width W]
+python -m shmsave._sample OUT.npy [--count N] [--height H] [--width W]
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -87,20 +87,37 @@ class Stager:
         low, high = byte_bounds(stack)
         for block in list(self._buffers.values()):
             if block.address <= low and high <= block.address + block.nbytes:
-                return StackSource(block.kind, block.locator, stack.ctypes.data - block.address, stack.shape,
-                                   stack.strides, stack.dtype.str)
+                return StackSource(
+                    block.kind,
+                    block.locator,
+                    stack.ctypes.data - block.address,
+                    stack.shape,
+                    stack.strides,
+                    stack.dtype.str,
+                )
         mapping = getattr(stack, "_mmap", None)
         # mode "c" keeps the caller's changes private (the file lacks them); a deleted file
         # cannot be mapped again by name: copy those like any other array
-        if (isinstance(stack, np.memmap) and mapping is not None and stack.filename and stack.mode != "c"
-                and os.path.exists(stack.filename)):
+        if (
+            isinstance(stack, np.memmap)
+            and mapping is not None
+            and stack.filename
+            and stack.mode != "c"
+            and os.path.exists(stack.filename)
+        ):
             try:
                 address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
             except ValueError:  # a closed mapping
                 return None
             mapped_from = stack.offset - stack.offset % mmap.ALLOCATIONGRANULARITY
-            return StackSource("file", os.fspath(stack.filename), mapped_from + stack.ctypes.data - address,
-                               stack.shape, stack.strides, stack.dtype.str)
+            return StackSource(
+                "file",
+                os.fspath(stack.filename),
+                mapped_from + stack.ctypes.data - address,
+                stack.shape,
+                stack.strides,
+                stack.dtype.str,
+            )
         return None
 
     # -- tasks --------------------------------------------------------------
@@ -139,8 +156,7 @@ class Stager:
             slot = slots[number]
             staged = slot.array((hi - lo, *stack.shape[1:]), dtype, used * image_bytes)
             np.copyto(staged, stack[lo:hi], casting="unsafe")
-            source = StackSource(slot.kind, slot.locator, used * image_bytes, staged.shape, staged.strides,
-                                 dtype.str)
+            source = StackSource(slot.kind, slot.locator, used * image_bytes, staged.shape, staged.strides, dtype.str)
             used += hi - lo
             yield self._sent_from(number, Task(next(self._ids), source, 0, hi - lo, request.start + lo, job))
 
@@ -205,9 +221,11 @@ class Stager:
                 return segment.Segment.create(nbytes)
         if not self._warned_disk:
             self._warned_disk = True
-            _warn_caller(f"shmsave: /dev/shm has {0 if free is None else free // _MB} MB free, too little for "
-                         f"{nbytes // _MB + 1} MB; staging through a temporary file instead (slower). "
-                         "Give the container more shared memory (docker run --shm-size=1g) to avoid this.")
+            _warn_caller(
+                f"shmsave: /dev/shm has {0 if free is None else free // _MB} MB free, too little for "
+                f"{nbytes // _MB + 1} MB; staging through a temporary file instead (slower). "
+                "Give the container more shared memory (docker run --shm-size=1g) to avoid this."
+            )
         return segment.Segment.create(nbytes, on_disk=True)
 
     def release_slots(self) -> None:

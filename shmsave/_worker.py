@@ -28,8 +28,7 @@ def images_of(source: Source, lo: int, hi: int):
     """The images ``lo:hi`` that a task's ``source`` describes, mapped read-only."""
     mapping = _map(source.kind, source.locator)
     if isinstance(source, StackSource):
-        stack = np.ndarray(source.shape, source.dtype, buffer=mapping, offset=source.offset,
-                           strides=source.strides)
+        stack = np.ndarray(source.shape, source.dtype, buffer=mapping, offset=source.offset, strides=source.strides)
         return stack[lo:hi]
     return [np.ndarray(shape, dtype, buffer=mapping, offset=offset) for offset, shape, dtype in source.entries[lo:hi]]
 
@@ -89,6 +88,7 @@ def main(argv: list[str]) -> None:
     cv2.setNumThreads(1)  # one process per core already
     conn = Connection(fd)
     from . import segment  # noqa: F401 - every task maps memory: import it before saying ready
+
     try:
         conn.send(Ready(os.getpid()))
         _serve(conn, parent_pid)
@@ -99,4 +99,3 @@ def main(argv: list[str]) -> None:
             unlink_owned_by(parent_pid)
     finally:
         conn.close()
-

@@ -29,11 +29,21 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def save(images: np.ndarray | Sequence[np.ndarray], template: str | os.PathLike[str], *,
-         workers: int | None = None, quality: int | None = None, compression: int | None = None,
-         params: Mapping[int | str, int] | Sequence[int | str] | None = None, rgb: bool = False,
-         start: int = 0, overwrite: bool = True, errors: str = "raise", progress: Progress = False,
-         fields: Mapping[str, Any] | None = None) -> Report:
+def save(
+    images: np.ndarray | Sequence[np.ndarray],
+    template: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    quality: int | None = None,
+    compression: int | None = None,
+    params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+    rgb: bool = False,
+    start: int = 0,
+    overwrite: bool = True,
+    errors: str = "raise",
+    progress: Progress = False,
+    fields: Mapping[str, Any] | None = None,
+) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
     ``images``: an (N, H, W) or (N, H, W, C) array with C in 1, 3, 4, or a
@@ -56,14 +66,36 @@ def save(images: np.ndarray | Sequence[np.ndarray], template: str | os.PathLike[
     the CPUs this process may use.
     """
     writer = _shared_writer(workers)
-    return writer.save(images, template, quality=quality, compression=compression, params=params, rgb=rgb,
-                       start=start, overwrite=overwrite, errors=errors, progress=progress, fields=fields)
+    return writer.save(
+        images,
+        template,
+        quality=quality,
+        compression=compression,
+        params=params,
+        rgb=rgb,
+        start=start,
+        overwrite=overwrite,
+        errors=errors,
+        progress=progress,
+        fields=fields,
+    )
 
 
-def stream(template: str | os.PathLike[str], *, workers: int | None = None, quality: int | None = None,
-           compression: int | None = None, params: Mapping[int | str, int] | Sequence[int | str] | None = None,
-           rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
-           progress: Progress = False, total: int | None = None, buffer_bytes: int | None = None) -> Stream:
+def stream(
+    template: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    quality: int | None = None,
+    compression: int | None = None,
+    params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+    rgb: bool = False,
+    start: int = 0,
+    overwrite: bool = True,
+    errors: str = "raise",
+    progress: Progress = False,
+    total: int | None = None,
+    buffer_bytes: int | None = None,
+) -> Stream:
     """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
 
         with shmsave.stream("out/{index:06d}.jpg", quality=90) as s:
@@ -81,9 +113,19 @@ def stream(template: str | os.PathLike[str], *, workers: int | None = None, qual
     is byte-identical to ``cv2.imwrite``'s and appears only once complete.
     """
     writer = _shared_writer(workers)
-    return writer.stream(template, quality=quality, compression=compression, params=params, rgb=rgb,
-                         start=start, overwrite=overwrite, errors=errors, progress=progress, total=total,
-                         buffer_bytes=buffer_bytes)
+    return writer.stream(
+        template,
+        quality=quality,
+        compression=compression,
+        params=params,
+        rgb=rgb,
+        start=start,
+        overwrite=overwrite,
+        errors=errors,
+        progress=progress,
+        total=total,
+        buffer_bytes=buffer_bytes,
+    )
 
 
 def _shared_writer(workers: int | None) -> Writer:

@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 from . import __version__
-from ._inputs import UnreadableInput, Unit, UsageError, check, is_zarr, load_member, number, open_inputs
+from ._inputs import Unit, UnreadableInput, UsageError, check, is_zarr, load_member, number, open_inputs
 from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed
 from .report import Failure
 from .writer import Writer
@@ -74,45 +74,82 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {_as_flags(str(error))}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        _say("interrupted; the files written so far are complete. "
-             "Rerun with --no-overwrite to write only what is missing.")
+        _say(
+            "interrupted; the files written so far are complete. "
+            "Rerun with --no-overwrite to write only what is missing."
+        )
         return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="shmsave", usage="shmsave INPUT [INPUT ...] -o TEMPLATE [options]",
-                     description=_DESCRIPTION, epilog=_EPILOG, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="shmsave",
+        usage="shmsave INPUT [INPUT ...] -o TEMPLATE [options]",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy or .npz files")
-    parser.add_argument("-o", "--output", required=True, metavar="TEMPLATE",
-                        help='where image i goes, e.g. "out/{stem}/{index:06d}.png"')
-    parser.add_argument("--key", action="append", metavar="NAME",
-                        help="save only this array of each .npz (repeatable); default: all of them")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="TEMPLATE",
+        help='where image i goes, e.g. "out/{stem}/{index:06d}.png"',
+    )
+    parser.add_argument(
+        "--key",
+        action="append",
+        metavar="NAME",
+        help="save only this array of each .npz (repeatable); default: all of them",
+    )
     parser.add_argument("--start", type=int, default=0, metavar="N", help="the first index (default 0)")
-    parser.add_argument("--continue-index", action="store_true",
-                        help="number on across inputs instead of restarting at --start for each")
+    parser.add_argument(
+        "--continue-index",
+        action="store_true",
+        help="number on across inputs instead of restarting at --start for each",
+    )
     parser.add_argument("-j", "--workers", type=int, metavar="N", help="worker processes (default: all usable CPUs)")
     parser.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP/AVIF/JPEG 2000 quality")
     parser.add_argument("--compression", type=int, metavar="C", help="PNG (0-9), TIFF, HDR or EXR compression")
-    parser.add_argument("--param", action="append", type=_param, default=[], metavar="FLAG=VALUE",
-                        help="a raw OpenCV flag, e.g. IMWRITE_PNG_STRATEGY=1 (repeatable)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="FLAG=VALUE",
+        help="a raw OpenCV flag, e.g. IMWRITE_PNG_STRATEGY=1 (repeatable)",
+    )
     parser.add_argument("--rgb", action="store_true", help="the pixels are RGB(A), not OpenCV's BGR(A)")
-    parser.add_argument("--no-overwrite", action="store_true",
-                        help="leave existing files alone (resume an interrupted run)")
-    parser.add_argument("--errors", choices=("raise", "collect"), default="raise",
-                        help="stop at the first failed image (raise, default) or write the rest and "
-                             "list the failures (collect)")
-    parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="save .zarr inputs on this Dask cluster (e.g. tcp://10.0.0.5:8786); default: "
-                             "Dask's threads in this process. Needs pip install 'shmsave[dask]'")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object on stdout instead of the summary line")
+    parser.add_argument(
+        "--no-overwrite", action="store_true", help="leave existing files alone (resume an interrupted run)"
+    )
+    parser.add_argument(
+        "--errors",
+        choices=("raise", "collect"),
+        default="raise",
+        help="stop at the first failed image (raise, default) or write the rest and list the failures (collect)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="save .zarr inputs on this Dask cluster (e.g. tcp://10.0.0.5:8786); default: "
+        "Dask's threads in this process. Needs pip install 'shmsave[dask]'",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout instead of the summary line"
+    )
     shown = parser.add_mutually_exclusive_group()
-    shown.add_argument("--progress", action="store_true", help="show the progress bar even when stderr "
-                                                               "is not a terminal")
+    shown.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when stderr is not a terminal"
+    )
     shown.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary; errors only")
-    parser.add_argument("--version", action=_Version, help="show shmsave's and OpenCV's versions and the "
-                                                           "formats this OpenCV writes, then exit")
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="show shmsave's and OpenCV's versions and the formats this OpenCV writes, then exit",
+    )
     return parser
 
 
@@ -141,11 +178,13 @@ def _param(text: str) -> tuple:
             raise ValueError
         return (int(flag) if flag.strip().isdigit() else flag.strip()), int(value, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FLAG=VALUE with an integer VALUE, e.g. "
-                                         f"IMWRITE_PNG_STRATEGY=1; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected FLAG=VALUE with an integer VALUE, e.g. IMWRITE_PNG_STRATEGY=1; got {text!r}"
+        ) from None
 
 
 # -- the run ----------------------------------------------------------------
+
 
 def _run(args) -> int:
     if args.workers is not None and args.workers < 1:
@@ -157,8 +196,14 @@ def _run(args) -> int:
     if args.scheduler and not on_dask:
         raise UsageError("--scheduler runs .zarr inputs on a Dask cluster, and no .zarr input was given")
     number(units, args.start, args.continue_index)
-    options = dict(quality=args.quality, compression=args.compression, params=dict(args.param) or None,
-                   rgb=args.rgb, overwrite=not args.no_overwrite, errors=args.errors)
+    options = dict(
+        quality=args.quality,
+        compression=args.compression,
+        params=dict(args.param) or None,
+        rgb=args.rgb,
+        overwrite=not args.no_overwrite,
+        errors=args.errors,
+    )
     check(units, args.output, options)
     # -- nothing was written before this line --
     bar = None
@@ -178,8 +223,10 @@ def _run(args) -> int:
         if unit.error:
             _say(f"failed: {unit.label}: {unit.error}; none of its {unit.count} images was written")
     if stopped in (_Stop.AT_AN_IMAGE, _Stop.AT_AN_INPUT):
-        _say("error: stopped at the first failure" + (" (--errors collect writes the other images and "
-                                                      "lists every failure)" if args.errors == "raise" else ""))
+        _say(
+            "error: stopped at the first failure"
+            + (" (--errors collect writes the other images and lists every failure)" if args.errors == "raise" else "")
+        )
     if args.json:
         print(json.dumps(_summary_object(units, failures, seconds)), flush=True)
     elif not args.quiet and stopped is not _Stop.AT_THE_FOLDER:  # its one failure line says it all
@@ -202,8 +249,9 @@ class _Stop(enum.Enum):
     AT_THE_FOLDER = "at the folder"  # it cannot be written: no image was tried
 
 
-def _save_all(units: list[Unit], template: str, options: dict, writer: Writer,
-              bar) -> tuple[list[Failure], _Stop | None]:
+def _save_all(
+    units: list[Unit], template: str, options: dict, writer: Writer, bar
+) -> tuple[list[Failure], _Stop | None]:
     """Save the units in order; return the failures and where a failure stopped the run, if it did."""
     failures: list[Failure] = []
     for unit in units:
@@ -222,8 +270,12 @@ def _save_all(units: list[Unit], template: str, options: dict, writer: Writer,
             if report is None:
                 unit.failed = 1
                 return [*failures, _failure_of(error, unit)], _Stop.AT_THE_FOLDER
-        unit.written, unit.bytes, unit.skipped, unit.failed = (report.count, report.bytes, report.skipped,
-                                                               len(report.failed))
+        unit.written, unit.bytes, unit.skipped, unit.failed = (
+            report.count,
+            report.bytes,
+            report.skipped,
+            len(report.failed),
+        )
         failures += report.failed
         if stopped:
             return failures, stopped
@@ -266,6 +318,7 @@ def _failure_of(error: ShmsaveError, unit: Unit) -> Failure:
 
 # -- output -----------------------------------------------------------------
 
+
 def _bar(total: int, description: str | None):
     from tqdm import tqdm  # ~0.1 s to import: only when a bar is shown
 
@@ -284,8 +337,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _summary_line(units: list[Unit], failures: list, seconds: float, template: str) -> str:
     written = sum(unit.written for unit in units)
     nbytes = sum(unit.bytes for unit in units)
-    text = (f"wrote {written} images ({nbytes / 1e6:.1f} MB) to {_where(units, template)} in {seconds:.2f} s, "
-            f"{written / seconds if seconds > 0 else 0:.0f} images/s")
+    text = (
+        f"wrote {written} images ({nbytes / 1e6:.1f} MB) to {_where(units, template)} in {seconds:.2f} s, "
+        f"{written / seconds if seconds > 0 else 0:.0f} images/s"
+    )
     skipped = sum(unit.skipped for unit in units)
     if skipped:
         text += f"; {skipped} skipped (already there)"
@@ -303,9 +358,20 @@ def _summary_object(units: list[Unit], failures: list, seconds: float) -> dict:
         "images_per_second": round(written / seconds, 3) if seconds > 0 else 0.0,
         "skipped": sum(unit.skipped for unit in units),
         "failed": [{"index": f.index, "path": f.path, "message": f.message} for f in failures],
-        "inputs": [{"path": unit.path, "key": unit.key, "shape": list(unit.shape), "dtype": unit.dtype.name,
-                    "start": unit.start, "written": unit.written, "skipped": unit.skipped,
-                    "failed": unit.failed, "error": unit.error or None} for unit in units],
+        "inputs": [
+            {
+                "path": unit.path,
+                "key": unit.key,
+                "shape": list(unit.shape),
+                "dtype": unit.dtype.name,
+                "start": unit.start,
+                "written": unit.written,
+                "skipped": unit.skipped,
+                "failed": unit.failed,
+                "error": unit.error or None,
+            }
+            for unit in units
+        ],
     }
 
 

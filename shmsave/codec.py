@@ -47,14 +47,18 @@ _ANY_CHANNELS = frozenset({1, 3, 4})
 
 # libjpeg's JPEG_MAX_DIMENSION; libwebp's WEBP_MAX_DIMENSION (encoding fails silently above them)
 _JPEG = Format("JPEG", _U8, _ANY_CHANNELS, _flag("IMWRITE_JPEG_QUALITY"), max_side=65500)
-_PNG = Format("PNG", _U8_U16, _ANY_CHANNELS, None, compression_flag=_flag("IMWRITE_PNG_COMPRESSION"),
-              compression_range=(0, 9))
+_PNG = Format(
+    "PNG", _U8_U16, _ANY_CHANNELS, None, compression_flag=_flag("IMWRITE_PNG_COMPRESSION"), compression_range=(0, 9)
+)
 _WEBP = Format("WebP", _U8, _ANY_CHANNELS, _flag("IMWRITE_WEBP_QUALITY"), (1, 101), max_side=16383)
-_TIFF = Format("TIFF", frozenset({"uint8", "int8", "uint16", "int16", "int32", "float32", "float64"}),
-               _ANY_CHANNELS, compression_flag=_flag("IMWRITE_TIFF_COMPRESSION"))
+_TIFF = Format(
+    "TIFF",
+    frozenset({"uint8", "int8", "uint16", "int16", "int32", "float32", "float64"}),
+    _ANY_CHANNELS,
+    compression_flag=_flag("IMWRITE_TIFF_COMPRESSION"),
+)
 _BMP = Format("BMP", _U8, _ANY_CHANNELS)
-_JP2 = Format("JPEG 2000", _U8_U16, _ANY_CHANNELS, _flag("IMWRITE_JPEG2000_COMPRESSION_X1000"),
-              quality_scale=10)
+_JP2 = Format("JPEG 2000", _U8_U16, _ANY_CHANNELS, _flag("IMWRITE_JPEG2000_COMPRESSION_X1000"), quality_scale=10)
 _AVIF = Format("AVIF", _U8_U16, _ANY_CHANNELS, _flag("IMWRITE_AVIF_QUALITY"))
 _PGM = Format("PGM", _U8_U16, frozenset({1}))
 _PPM = Format("PPM", _U8_U16, frozenset({3}))
@@ -65,21 +69,30 @@ _PFM = Format("PFM", _F32, frozenset({1, 3}))
 _HDR = Format("Radiance HDR", _F32, frozenset({1, 3}), compression_flag=_flag("IMWRITE_HDR_COMPRESSION"))
 _SUNRASTER = Format("Sun raster", _U8, _ANY_CHANNELS)
 _GIF = Format("GIF", _U8, frozenset({3, 4}))
-_EXR = Format("OpenEXR", frozenset({"float32"}), _ANY_CHANNELS,
-              compression_flag=_flag("IMWRITE_EXR_COMPRESSION"))
+_EXR = Format("OpenEXR", frozenset({"float32"}), _ANY_CHANNELS, compression_flag=_flag("IMWRITE_EXR_COMPRESSION"))
 
 _BY_EXTENSION = {
-    ".jpg": _JPEG, ".jpeg": _JPEG, ".jpe": _JPEG,
+    ".jpg": _JPEG,
+    ".jpeg": _JPEG,
+    ".jpe": _JPEG,
     ".png": _PNG,
     ".webp": _WEBP,
-    ".tif": _TIFF, ".tiff": _TIFF,
-    ".bmp": _BMP, ".dib": _BMP,
+    ".tif": _TIFF,
+    ".tiff": _TIFF,
+    ".bmp": _BMP,
+    ".dib": _BMP,
     ".jp2": _JP2,
     ".avif": _AVIF,
-    ".pgm": _PGM, ".ppm": _PPM, ".pnm": _PNM, ".pbm": _PBM, ".pam": _PAM,
+    ".pgm": _PGM,
+    ".ppm": _PPM,
+    ".pnm": _PNM,
+    ".pbm": _PBM,
+    ".pam": _PAM,
     ".pfm": _PFM,
-    ".hdr": _HDR, ".pic": _HDR,
-    ".sr": _SUNRASTER, ".ras": _SUNRASTER,
+    ".hdr": _HDR,
+    ".pic": _HDR,
+    ".sr": _SUNRASTER,
+    ".ras": _SUNRASTER,
     ".gif": _GIF,
     ".exr": _EXR,
 }
@@ -170,8 +183,10 @@ def plan_encoding(
     if quality is not None:
         if fmt.quality_flag is None:
             takes = ", ".join(sorted({e for e, f in _BY_EXTENSION.items() if f.quality_flag is not None}))
-            raise InvalidRequest(f"quality does not apply to {fmt.name} ({ext}); it applies to {takes}"
-                                 + ("; for PNG use compression=0..9" if fmt is _PNG else ""))
+            raise InvalidRequest(
+                f"quality does not apply to {fmt.name} ({ext}); it applies to {takes}"
+                + ("; for PNG use compression=0..9" if fmt is _PNG else "")
+            )
         low, high = fmt.quality_range
         if not _is_int(quality) or not low <= quality <= high:
             raise InvalidRequest(f"quality for {fmt.name} must be an integer from {low} to {high}, got {quality!r}")
@@ -197,20 +212,26 @@ def _check_raw_param(fmt: Format, ext: str, code: int, value: int) -> None:
     if code == fmt.quality_flag:
         low, high = fmt.quality_range
         if not low * fmt.quality_scale <= value <= high * fmt.quality_scale:
-            raise InvalidRequest(f"params: the quality of {fmt.name} must be from {low * fmt.quality_scale} to "
-                                 f"{high * fmt.quality_scale}, got {value}")
+            raise InvalidRequest(
+                f"params: the quality of {fmt.name} must be from {low * fmt.quality_scale} to "
+                f"{high * fmt.quality_scale}, got {value}"
+            )
         return
     if code == fmt.compression_flag:
         bounds = fmt.compression_range
         if bounds and not bounds[0] <= value <= bounds[1]:
-            raise InvalidRequest(f"params: the compression of {fmt.name} must be from {bounds[0]} to "
-                                 f"{bounds[1]}, got {value}")
+            raise InvalidRequest(
+                f"params: the compression of {fmt.name} must be from {bounds[0]} to {bounds[1]}, got {value}"
+            )
         return
-    owners = sorted({f.name for f in _BY_EXTENSION.values()
-                     if code in (f.quality_flag, f.compression_flag) and f is not fmt})
+    owners = sorted(
+        {f.name for f in _BY_EXTENSION.values() if code in (f.quality_flag, f.compression_flag) and f is not fmt}
+    )
     if owners:
-        raise InvalidRequest(f"params: OpenCV flag {code} sets the quality or compression of "
-                             f"{' and '.join(owners)}, not of {fmt.name} ({ext})")
+        raise InvalidRequest(
+            f"params: OpenCV flag {code} sets the quality or compression of "
+            f"{' and '.join(owners)}, not of {fmt.name} ({ext})"
+        )
 
 
 def format_for(extension: str) -> Format:
@@ -248,21 +269,23 @@ def check_pixels(encoding: Encoding, dtype: np.dtype, channels: int, what: str, 
     dtype = np.dtype(dtype)
     name = dtype.name
     if not dtype.isnative:
-        raise InvalidRequest(f"{what} is {dtype.str}, with a byte order that is not this machine's; "
-                             "OpenCV would read its bytes swapped. Convert it first: "
-                             "images.astype(images.dtype.newbyteorder('='))")
+        raise InvalidRequest(
+            f"{what} is {dtype.str}, with a byte order that is not this machine's; "
+            "OpenCV would read its bytes swapped. Convert it first: "
+            "images.astype(images.dtype.newbyteorder('='))"
+        )
     if channels not in (1, 3, 4):
         raise InvalidRequest(
             f"{what} has {channels} channels; images need 1 (gray), 3 (BGR) or 4 (BGRA) channels "
             "as the last axis. If the channels are first, move them: np.moveaxis(images, 1, -1)"
         )
     if name not in fmt.dtypes and not castable:
-        raise InvalidRequest(f"{what} is {name}, which {fmt.name} ({encoding.extension}) cannot hold; "
-                             + dtype_advice(name, fmt))
+        raise InvalidRequest(
+            f"{what} is {name}, which {fmt.name} ({encoding.extension}) cannot hold; " + dtype_advice(name, fmt)
+        )
     if channels not in fmt.channels:
         counts = " or ".join(str(c) for c in sorted(fmt.channels))
-        raise InvalidRequest(f"{what} has {channels} channel(s); {fmt.name} ({encoding.extension}) "
-                             f"takes {counts}")
+        raise InvalidRequest(f"{what} has {channels} channel(s); {fmt.name} ({encoding.extension}) takes {counts}")
     if fmt is _AVIF and name in fmt.dtypes:
         _check_avif_depth(encoding, name)
 
@@ -277,20 +300,26 @@ def _check_avif_depth(encoding: Encoding, dtype_name: str) -> None:
     flags = dict(zip(encoding.params[::2], encoding.params[1::2]))
     depth = flags.get(cv2.IMWRITE_AVIF_DEPTH)
     if dtype_name == "uint16" and depth not in (10, 12):
-        raise InvalidRequest("16-bit AVIF needs a bit depth of 10 or 12: pass params={cv2.IMWRITE_AVIF_DEPTH: 10} "
-                             f"(or 12){'' if depth is None else f'; got {depth}'}")
+        raise InvalidRequest(
+            "16-bit AVIF needs a bit depth of 10 or 12: pass params={cv2.IMWRITE_AVIF_DEPTH: 10} "
+            f"(or 12){'' if depth is None else f'; got {depth}'}"
+        )
     if dtype_name == "uint8" and depth not in (None, 8):
-        raise InvalidRequest(f"AVIF of uint8 pixels is 8 bits deep; got IMWRITE_AVIF_DEPTH {depth}. "
-                             "For 10 or 12 bits, pass uint16 pixels")
+        raise InvalidRequest(
+            f"AVIF of uint8 pixels is 8 bits deep; got IMWRITE_AVIF_DEPTH {depth}. "
+            "For 10 or 12 bits, pass uint16 pixels"
+        )
 
 
 def check_size(encoding: Encoding, height: int, width: int, what: str) -> None:
     """Refuse an image larger than the format's encoder can write (it fails only when encoding)."""
     limit = format_for(encoding.extension).max_side
     if limit is not None and max(height, width) > limit:
-        raise InvalidRequest(f"{what} is {height}x{width} pixels; {format_for(encoding.extension).name} "
-                             f"({encoding.extension}) images can be at most {limit} pixels on a side. "
-                             "Use .png or .tiff, or split the image")
+        raise InvalidRequest(
+            f"{what} is {height}x{width} pixels; {format_for(encoding.extension).name} "
+            f"({encoding.extension}) images can be at most {limit} pixels on a side. "
+            "Use .png or .tiff, or split the image"
+        )
 
 
 def dtype_advice(name: str, fmt: Format) -> str:
@@ -298,17 +327,23 @@ def dtype_advice(name: str, fmt: Format) -> str:
     holds = ", ".join(sorted(fmt.dtypes))
     if name.startswith("float"):
         if "uint8" in fmt.dtypes and "float32" not in fmt.dtypes:
-            return (f"it holds {holds}. Scale and cast first, e.g. "
-                    "(np.clip(images, 0, 1) * 255).round().astype(np.uint8), "
-                    "or save floats losslessly as .tiff, .pfm or .hdr")
+            return (
+                f"it holds {holds}. Scale and cast first, e.g. "
+                "(np.clip(images, 0, 1) * 255).round().astype(np.uint8), "
+                "or save floats losslessly as .tiff, .pfm or .hdr"
+            )
         return f"it holds {holds}; cast with images.astype(np.float32)"
     if name == "bool":
         return f"it holds {holds}; convert with images.astype(np.uint8) * 255"
     if fmt is _TIFF:  # wider integers than TIFF takes: int64, uint32, uint64
-        return (f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
-                "images.astype(np.int32) if the values fit, or scale them to uint16")
-    return (f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
-            f"np.clip(images, 0, 255).astype(np.uint8), or use .tiff for other integer types")
+        return (
+            f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
+            "images.astype(np.int32) if the values fit, or scale them to uint16"
+        )
+    return (
+        f"it holds {holds}. Cast explicitly (OpenCV would saturate silently), e.g. "
+        f"np.clip(images, 0, 255).astype(np.uint8), or use .tiff for other integer types"
+    )
 
 
 def _is_int(value) -> bool:
@@ -322,8 +357,10 @@ def _flatten_params(params) -> list[int]:
     if pairs is None:
         values = list(params)
         if len(values) % 2:
-            raise InvalidRequest("params must be a {flag: value} dict or a flat [flag, value, ...] list "
-                                 f"of even length; got {len(values)} items")
+            raise InvalidRequest(
+                "params must be a {flag: value} dict or a flat [flag, value, ...] list "
+                f"of even length; got {len(values)} items"
+            )
         pairs = list(zip(values[::2], values[1::2]))
     flat = []
     for flag, value in pairs:
@@ -343,5 +380,6 @@ def _flag_code(flag) -> int:
             code = getattr(cv2, candidate, None)
             if candidate.startswith("IMWRITE_") and _is_int(code):
                 return int(code)
-    raise InvalidRequest(f"unknown OpenCV write flag {flag!r}; use a cv2.IMWRITE_* constant or its name, "
-                         "e.g. 'IMWRITE_PNG_STRATEGY'")
+    raise InvalidRequest(
+        f"unknown OpenCV write flag {flag!r}; use a cv2.IMWRITE_* constant or its name, e.g. 'IMWRITE_PNG_STRATEGY'"
+    )

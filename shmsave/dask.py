@@ -33,8 +33,9 @@ try:
     import dask.array as da
     import dask.system
 except ImportError as _error:  # pragma: no cover - exercised in a subprocess without dask
-    raise ImportError('shmsave.dask needs Dask: pip install "shmsave[dask]" '
-                      f"(dask[array], distributed, zarr); {_error}") from _error
+    raise ImportError(
+        f'shmsave.dask needs Dask: pip install "shmsave[dask]" (dask[array], distributed, zarr); {_error}'
+    ) from _error
 
 import contextlib
 import math
@@ -55,9 +56,21 @@ from .request import make_request
 __all__ = ["save", "save_zarr", "open_zarr", "scheduler", "writer_size"]
 
 
-def save(array, template, *, compute: bool = True, workers: int | None = None, quality=None, compression=None,
-         params=None, rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
-         progress=False):
+def save(
+    array,
+    template,
+    *,
+    compute: bool = True,
+    workers: int | None = None,
+    quality=None,
+    compression=None,
+    params=None,
+    rgb: bool = False,
+    start: int = 0,
+    overwrite: bool = True,
+    errors: str = "raise",
+    progress=False,
+):
     """Write ``array[i]`` to ``template.format(index=start + i)`` on the Dask workers; return a Report.
 
     ``array``: a ``dask.array.Array`` of shape (N, H, W) or (N, H, W, C), any
@@ -82,12 +95,24 @@ def save(array, template, *, compute: bool = True, workers: int | None = None, q
     ``compute()`` returns the merged Report (raising as above); its
     ``seconds`` then spans the first block's start to the last block's end.
     """
-    graph = _block_tasks(array, template, workers=workers, quality=quality, compression=compression,
-                         params=params, rgb=rgb, start=start, overwrite=overwrite, errors=errors)
+    graph = _block_tasks(
+        array,
+        template,
+        workers=workers,
+        quality=quality,
+        compression=compression,
+        params=params,
+        rgb=rgb,
+        start=start,
+        overwrite=overwrite,
+        errors=errors,
+    )
     if not compute:
         if progress:
-            raise InvalidRequest("progress is shown only while shmsave.dask.save computes; with compute=False "
-                                 "use dask's own (dask.diagnostics.ProgressBar, distributed.progress)")
+            raise InvalidRequest(
+                "progress is shown only while shmsave.dask.save computes; with compute=False "
+                "use dask's own (dask.diagnostics.ProgressBar, distributed.progress)"
+            )
         return dask.delayed(_merge_parts, pure=False)(graph.parts, errors, None)
     began = time.perf_counter()
     tick, bar = _ticker(progress, sum(count for _, count in graph.spans))
@@ -100,6 +125,7 @@ def save(array, template, *, compute: bool = True, workers: int | None = None, q
 
 
 # -- the graph ---------------------------------------------------------------
+
 
 class _Graph(NamedTuple):
     """The block tasks of one save, and the (first index, image count) of each."""
@@ -121,26 +147,29 @@ class _Lost(NamedTuple):
 def _block_tasks(array, template, *, workers, start, errors, **options) -> _Graph:
     """Check the request on the client; return one delayed ``_save_block`` per block."""
     if isinstance(array, np.ndarray):
-        raise InvalidRequest("this array is already in this process: save it with shmsave.save(array, ...), "
-                             "which is faster; shmsave.dask.save is for Dask arrays whose blocks live on workers")
+        raise InvalidRequest(
+            "this array is already in this process: save it with shmsave.save(array, ...), "
+            "which is faster; shmsave.dask.save is for Dask arrays whose blocks live on workers"
+        )
     if not isinstance(array, da.Array):
-        raise InvalidRequest(f"shmsave.dask.save takes a dask.array.Array, got {type(array).__name__}; "
-                             "wrap other data with dask.array.from_array / from_zarr first")
+        raise InvalidRequest(
+            f"shmsave.dask.save takes a dask.array.Array, got {type(array).__name__}; "
+            "wrap other data with dask.array.from_array / from_zarr first"
+        )
     if any(math.isnan(n) for n in array.shape):
-        raise InvalidRequest(f"the Dask array has unknown chunk sizes (shape {array.shape}); call "
-                             "array.compute_chunk_sizes() first, so each block knows its first index")
-    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
-                                or workers < 1):
-        raise InvalidRequest(f"workers must be a positive integer or None (sized to each Dask worker), "
-                             f"got {workers!r}")
+        raise InvalidRequest(
+            f"the Dask array has unknown chunk sizes (shape {array.shape}); call "
+            "array.compute_chunk_sizes() first, so each block knows its first index"
+        )
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1):
+        raise InvalidRequest(f"workers must be a positive integer or None (sized to each Dask worker), got {workers!r}")
     shape, dtype = tuple(int(n) for n in array.shape), array.dtype
     if len(shape) not in (3, 4):
         raise InvalidRequest(f"the Dask array must be (N, H, W) or (N, H, W, C) images, got shape {shape}")
     # A zero-filled stand-in of the same shape and dtype, with zero strides (no memory), goes through
     # shmsave's own checks. For float data they would scan every pixel for NaN: one image stands in
     # there, and each block checks its own pixels on its worker.
-    stand_in = np.broadcast_to(np.zeros((), dtype), (min(shape[0], 1) if dtype.kind == "f" else shape[0],
-                                                     *shape[1:]))
+    stand_in = np.broadcast_to(np.zeros((), dtype), (min(shape[0], 1) if dtype.kind == "f" else shape[0], *shape[1:]))
     make_request(stand_in, template, start=start, errors=errors, **options)
     parse_template(template, max(shape[0], 1), int(start))
     template = os.fspath(template)
@@ -152,8 +181,11 @@ def _block_tasks(array, template, *, workers, start, errors, **options) -> _Grap
     parts, spans, first = [], [], int(start)
     for i, (block, size) in enumerate(zip(blocks, array.chunks[0])):
         if size:
-            parts.append(dask.delayed(save_block, pure=False)(block, template, first, size, options, sizing,
-                                                               dask_key_name=(name, i)))
+            parts.append(
+                dask.delayed(save_block, pure=False)(
+                    block, template, first, size, options, sizing, dask_key_name=(name, i)
+                )
+            )
             spans.append((first, size))
         first += size
     return _Graph(parts, spans, template)
@@ -169,7 +201,7 @@ def _fill_fields(template: str, fields: dict) -> str:
         if name == "index":
             out.append("{index" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
         else:
-            text = ("{0" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
+            text = "{0" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
             out.append(text.format(fields[name]).replace("{", "{{").replace("}", "}}"))
     return "".join(out)
 
@@ -207,6 +239,7 @@ def _multiprocessing_get():
 
 
 # -- back on the client --------------------------------------------------------
+
 
 def _compute(graph: _Graph, tick) -> list:
     """Compute the block tasks on the active scheduler: a Block or a _Lost per block."""
@@ -261,15 +294,19 @@ def _merge_parts(results: list, errors: str, seconds: float | None) -> Report:
             began, ended = min(began, result.began), max(ended, result.ended)
         else:  # a _Lost block: its Dask workers kept dying
             last = result.first + result.count - 1
-            message = (f"every Dask worker that tried images {result.first} to {last} died "
-                       f"({type(result.error).__name__}); each of those files is complete or absent: "
-                       "rerun with overwrite=False to write what is missing")
-            failed += [Failure(index, result.template.format(index=index), message)
-                       for index in range(result.first, last + 1)]
+            message = (
+                f"every Dask worker that tried images {result.first} to {last} died "
+                f"({type(result.error).__name__}); each of those files is complete or absent: "
+                "rerun with overwrite=False to write what is missing"
+            )
+            failed += [
+                Failure(index, result.template.format(index=index), message) for index in range(result.first, last + 1)
+            ]
     if seconds is None:
         seconds = max(0.0, ended - began) if results else 0.0
-    report = Report(count, nbytes, seconds, tuple(sorted(failed, key=lambda f: f.index)), skipped, "dask",
-                    sum(sizes.values()))
+    report = Report(
+        count, nbytes, seconds, tuple(sorted(failed, key=lambda f: f.index)), skipped, "dask", sum(sizes.values())
+    )
     if errors == "raise" and report.failed:
         first = report.failed[0]
         error = WriteFailed(first.index, first.path, first.message, first.errno)
@@ -292,6 +329,7 @@ def _ticker(progress, total: int):
 
 # -- zarr stores and the command --------------------------------------------------
 
+
 def open_zarr(path) -> da.Array:
     """The array of the zarr store at ``path`` as a Dask array (read lazily), or InvalidRequest."""
     try:
@@ -299,8 +337,10 @@ def open_zarr(path) -> da.Array:
     except ImportError as error:
         raise ImportError(f'reading .zarr stores needs zarr: pip install "shmsave[dask]"; {error}') from error
     except Exception as error:  # zarr raises several types for "not an array here"
-        raise InvalidRequest(f"{path} is not a readable zarr array ({type(error).__name__}: {error}); "
-                             "point at the array itself, e.g. scan.zarr/frames for an array in a group") from None
+        raise InvalidRequest(
+            f"{path} is not a readable zarr array ({type(error).__name__}: {error}); "
+            "point at the array itself, e.g. scan.zarr/frames for an array in a group"
+        ) from None
 
 
 def save_zarr(path, template, *, fields: dict | None = None, **options) -> Report:

@@ -133,7 +133,7 @@ class RemoteTraceback(Exception):
         self.text = text
 
     def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.text}\"\"\""
+        return f'\n"""\n{self.text}"""'
 
 
 def _cause(exitcode: int | None) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import InvalidRequest
 
@@ -41,25 +41,30 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
     if isinstance(template, os.PathLike):
         template = os.fspath(template)
     if not isinstance(template, str) or not template.strip():
-        raise InvalidRequest(f"the path template must be a non-empty string like 'out/{{index:06d}}.png', "
-                             f"got {template!r}")
+        raise InvalidRequest(
+            f"the path template must be a non-empty string like 'out/{{index:06d}}.png', got {template!r}"
+        )
     template = _expand_home(template)
     fields = dict(fields or {})
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as error:
-        raise InvalidRequest(f"the path template {template!r} is malformed ({error}); "
-                             "write literal braces as '{{' and '}}'") from None
+        raise InvalidRequest(
+            f"the path template {template!r} is malformed ({error}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
     names = {name for _, name, _, _ in parts if name is not None}
     allowed = {"index", *fields}
     unknown = sorted(n for n in names if n not in allowed)
     if unknown:
-        raise InvalidRequest(f"the path template {template!r} uses unknown field(s) "
-                             f"{', '.join('{' + n + '}' for n in unknown)}; it may use "
-                             f"{', '.join('{' + n + '}' for n in sorted(allowed))}")
+        raise InvalidRequest(
+            f"the path template {template!r} uses unknown field(s) "
+            f"{', '.join('{' + n + '}' for n in unknown)}; it may use "
+            f"{', '.join('{' + n + '}' for n in sorted(allowed))}"
+        )
     if "" in names or any(name and not name.isidentifier() for name in names):
-        raise InvalidRequest(f"the path template {template!r} has a positional or indexed field; "
-                             "name the field, e.g. {index}")
+        raise InvalidRequest(
+            f"the path template {template!r} has a positional or indexed field; name the field, e.g. {{index}}"
+        )
     if count > 1 and "index" not in names:
         printf = printf_to_format(template)
         if printf:
@@ -67,25 +72,32 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
             fix = f"{first} is a printf field, which shmsave does not expand; write {printf!r}"
         else:
             fix = "add one, e.g. 'out/{index:06d}.png'"
-        raise InvalidRequest(f"the path template {template!r} has no {{index}} field, so all {count} "
-                             f"images would go to one file; {fix}")
+        raise InvalidRequest(
+            f"the path template {template!r} has no {{index}} field, so all {count} images would go to one file; {fix}"
+        )
     specs = [spec for _, name, spec, _ in parts if name == "index"]
     try:
         first = template.format(index=start, **fields)
     except (ValueError, TypeError, KeyError, IndexError) as error:
         raise InvalidRequest(f"the path template {template!r} cannot format index {start}: {error}") from None
     if any(_separator_in(spec, i) for spec in specs for i in (start, start + max(count, 1) - 1)):
-        raise InvalidRequest(f"the {{index}} format of the path template {template!r} puts {os.sep!r} in "
-                             "file names; use a fill character that is not a path separator, e.g. {index:06d}")
+        raise InvalidRequest(
+            f"the {{index}} format of the path template {template!r} puts {os.sep!r} in "
+            "file names; use a fill character that is not a path separator, e.g. {index:06d}"
+        )
     if "\0" in first:
-        raise InvalidRequest(f"the path template {template!r} gives a path with a NUL character ('\\0'), "
-                             "which no file name can hold; remove it")
+        raise InvalidRequest(
+            f"the path template {template!r} gives a path with a NUL character ('\\0'), "
+            "which no file name can hold; remove it"
+        )
     extension = os.path.splitext(first)[1]
     if count > 1 and not any(_INJECTIVE_SPEC.match(spec or "") for spec in specs):
         paths = {template.format(index=i, **fields) for i in range(start, start + count)}
         if len(paths) < count:
-            raise InvalidRequest(f"the path template {template!r} gives several images the same path "
-                                 f"(its {{index}} format hides digits); use e.g. {{index:06d}}")
+            raise InvalidRequest(
+                f"the path template {template!r} gives several images the same path "
+                f"(its {{index}} format hides digits); use e.g. {{index:06d}}"
+            )
     folder = None if _index_in_folder(parts) else os.path.dirname(first)
     return Template(template, tuple(sorted(fields.items())), extension, folder)
 
@@ -154,6 +166,7 @@ def name_maker(text: str, fields: dict) -> Callable[[int], str]:
     of shmsave's own work per tiny image); a template whose ``{index}`` appears
     once is parsed here, once.
     """
+
     def slow(index: int) -> str:
         return text.format(index=index, **fields)
 

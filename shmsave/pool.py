@@ -53,7 +53,9 @@ class _Worker:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],
-                pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL,
+                pass_fds=[child_end.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
             )
         except BaseException:
             parent_end.close()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 from .errors import WorkerDied, WorkerFailed, WriteFailed
 
@@ -48,8 +49,10 @@ class Report:
         return not self.failed
 
     def __str__(self) -> str:
-        text = (f"{self.count} images, {self.bytes / 1e6:.1f} MB in {self.seconds:.2f} s "
-                f"({self.images_per_second:.0f} images/s, {self.engine} x{self.workers})")
+        text = (
+            f"{self.count} images, {self.bytes / 1e6:.1f} MB in {self.seconds:.2f} s "
+            f"({self.images_per_second:.0f} images/s, {self.engine} x{self.workers})"
+        )
         if self.skipped:
             text += f", {self.skipped} skipped (already there)"
         if self.failed:
@@ -57,7 +60,7 @@ class Report:
         return text
 
 
-Progress = Union[bool, Callable[[int], None]]
+Progress = bool | Callable[[int], None]
 
 
 class Tally:
@@ -88,8 +91,9 @@ class Tally:
             error = WorkerFailed(index, end, description)
             error.__cause__ = cause
             self.errors.append(error)
-            self.failed.extend(Failure(i, self.request.path(i), f"unexpected error: {description}")
-                               for i in range(index, end))
+            self.failed.extend(
+                Failure(i, self.request.path(i), f"unexpected error: {description}") for i in range(index, end)
+            )
             finished += end - index
         if self.tick is not None:
             self.tick(finished)
@@ -99,8 +103,9 @@ class Tally:
         """Count the images of a task whose worker died; False means stop."""
         error = WorkerDied(exitcode, task.first, task.end)
         self.errors.append(error)
-        self.failed.extend(Failure(index, self.request.path(index), str(error))
-                           for index in range(task.first, task.end))
+        self.failed.extend(
+            Failure(index, self.request.path(index), str(error)) for index in range(task.first, task.end)
+        )
         if self.tick is not None:
             self.tick(task.end - task.first)
         return self.request.collect

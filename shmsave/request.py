@@ -38,9 +38,19 @@ class Request:
 
     def job(self) -> Job:
         """What every task carries besides its pixels (see ``_worker.write_images``)."""
-        return Job(self.template.text, self.template.folder, self.template.fields, self.encoding.extension,
-                   self.encoding.params, self.encoding.rgb, self.overwrite, not self.collect, self.cwd,
-                   self.umask, None if self.cast is None else self.cast.str)
+        return Job(
+            self.template.text,
+            self.template.folder,
+            self.template.fields,
+            self.encoding.extension,
+            self.encoding.params,
+            self.encoding.rgb,
+            self.overwrite,
+            not self.collect,
+            self.cwd,
+            self.umask,
+            None if self.cast is None else self.cast.str,
+        )
 
     def path(self, index: int) -> str:
         """The path of image ``index`` as the caller wrote it (relative paths stay relative)."""
@@ -51,15 +61,25 @@ class Request:
         return os.path.join(self.cwd, self.template.path(index))
 
 
-def make_request(images, template, *, quality=None, compression=None, params=None, rgb=False,
-                 start=0, overwrite=True, errors="raise", fields=None) -> Request:
+def make_request(
+    images,
+    template,
+    *,
+    quality=None,
+    compression=None,
+    params=None,
+    rgb=False,
+    start=0,
+    overwrite=True,
+    errors="raise",
+    fields=None,
+) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
     _check_errors_and_start(errors, start)
     stack, listed = _normalize(images)
     count = len(stack) if stack is not None else len(listed)
     parsed = parse_template(template, max(count, 1), int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression,
-                                   params=params, rgb=rgb)
+    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
     dtype = stack.dtype if stack is not None else (listed[0].dtype if listed else np.dtype(np.uint8))
     targets = codec.integer_targets(encoding, dtype)
     if stack is not None:
@@ -75,10 +95,25 @@ def make_request(images, template, *, quality=None, compression=None, params=Non
             check_finite(image, f"image {i}")
     cast = _integer_cast(stack if stack is not None else listed, dtype, targets, encoding) if targets else None
     itemsize = (cast or dtype).itemsize
-    nbytes = sum(image.size for image in (stack if stack is not None else listed)) * itemsize \
-        if cast is not None else (stack.nbytes if stack is not None else sum(image.nbytes for image in listed))
-    return Request(stack, listed, count, nbytes, int(start), parsed, encoding, bool(overwrite),
-                   errors == "collect", cast, _working_folder(parsed.text), current_umask())
+    nbytes = (
+        sum(image.size for image in (stack if stack is not None else listed)) * itemsize
+        if cast is not None
+        else (stack.nbytes if stack is not None else sum(image.nbytes for image in listed))
+    )
+    return Request(
+        stack,
+        listed,
+        count,
+        nbytes,
+        int(start),
+        parsed,
+        encoding,
+        bool(overwrite),
+        errors == "collect",
+        cast,
+        _working_folder(parsed.text),
+        current_umask(),
+    )
 
 
 def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encoding: codec.Encoding) -> np.dtype:
@@ -101,12 +136,14 @@ def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encodi
             codec.check_cast(encoding, target)
             return target
     widest = [np.iinfo(t) for t in targets]
-    for i, (lo, hi) in enumerate(zip(lows.tolist(), highs.tolist())):
-        if not any(info.min <= lo and hi <= info.max for info in widest):
-            break
+    ranges = list(zip(lows.tolist(), highs.tolist()))
+    i = next(i for i, (lo, hi) in enumerate(ranges) if not any(t.min <= lo and hi <= t.max for t in widest))
+    lo, hi = ranges[i]
     fmt = codec.format_for(encoding.extension)
-    raise InvalidRequest(f"image {i} is {dtype.name} with values from {lo} to {hi}, which {fmt.name} "
-                         f"({encoding.extension}) cannot hold; {codec.dtype_advice(dtype.name, fmt)}")
+    raise InvalidRequest(
+        f"image {i} is {dtype.name} with values from {lo} to {hi}, which {fmt.name} "
+        f"({encoding.extension}) cannot hold; {codec.dtype_advice(dtype.name, fmt)}"
+    )
 
 
 # A stream's image count is unknown unless given: the check that no two images get one path
@@ -114,8 +151,19 @@ def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encodi
 _STREAM_COUNT_CHECKED = 10_000
 
 
-def make_stream_request(template, *, total=None, quality=None, compression=None, params=None, rgb=False,
-                        start=0, overwrite=True, errors="raise", fields=None) -> Request:
+def make_stream_request(
+    template,
+    *,
+    total=None,
+    quality=None,
+    compression=None,
+    params=None,
+    rgb=False,
+    start=0,
+    overwrite=True,
+    errors="raise",
+    fields=None,
+) -> Request:
     """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
     ``total`` or unknown); each image is checked as it comes (``check_image``)."""
     _check_errors_and_start(errors, start)
@@ -123,18 +171,31 @@ def make_stream_request(template, *, total=None, quality=None, compression=None,
         raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
     count = int(total) if total is not None else _STREAM_COUNT_CHECKED
     parsed = parse_template(template, count, int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression,
-                                   params=params, rgb=rgb)
-    return Request(None, None, int(total or 0), 0, int(start), parsed, encoding, bool(overwrite),
-                   errors == "collect", None, _working_folder(parsed.text), current_umask())
+    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    return Request(
+        None,
+        None,
+        int(total or 0),
+        0,
+        int(start),
+        parsed,
+        encoding,
+        bool(overwrite),
+        errors == "collect",
+        None,
+        _working_folder(parsed.text),
+        current_umask(),
+    )
 
 
 def check_image(encoding: codec.Encoding, image, what: str) -> None:
     """Refuse one image that is not a 2-D/3-D array ``encoding`` can write unchanged (NaN and
     infinity aside: ``check_finite``)."""
     if not isinstance(image, np.ndarray):
-        raise InvalidRequest(f"{what} is a {_type_name(image)}, not a numpy array"
-                             + (_asarray_hint(image) or "; each image must be a numpy array"))
+        raise InvalidRequest(
+            f"{what} is a {_type_name(image)}, not a numpy array"
+            + (_asarray_hint(image) or "; each image must be a numpy array")
+        )
     if image.ndim not in (2, 3):
         raise InvalidRequest(f"{what} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
     if 0 in image.shape:
@@ -194,9 +255,11 @@ def _working_folder(template: str) -> str:
     except FileNotFoundError:
         if os.path.isabs(template):
             return "/"
-        raise InvalidRequest("the working folder of this process no longer exists, so the relative path "
-                             f"template {template!r} cannot be resolved; use an absolute path or "
-                             "os.chdir() to an existing folder") from None
+        raise InvalidRequest(
+            "the working folder of this process no longer exists, so the relative path "
+            f"template {template!r} cannot be resolved; use an absolute path or "
+            "os.chdir() to an existing folder"
+        ) from None
 
 
 def current_umask() -> int:
@@ -219,21 +282,25 @@ def _normalize(images):
             return None, _normalize_list(list(images))
         if images.ndim not in (3, 4):
             hint = " For one image, pass [image] or image[None]." if images.ndim == 2 else ""
-            raise InvalidRequest(f"images must be an (N, H, W) or (N, H, W, C) array, got {images.ndim} "
-                                 f"dimension(s) with shape {images.shape}.{hint}")
+            raise InvalidRequest(
+                f"images must be an (N, H, W) or (N, H, W, C) array, got {images.ndim} "
+                f"dimension(s) with shape {images.shape}.{hint}"
+            )
         if images.ndim == 3 and images.shape[2] in (3, 4):
             n, h, c = images.shape
             raise InvalidRequest(
                 f"an array of shape {images.shape} is ambiguous: one {n}x{h} image with {c} color channels, "
                 f"or {n} gray images of {h}x{c} pixels. Say which: images[None] for one color image, "
-                "images[..., None] for gray images")
+                "images[..., None] for gray images"
+            )
         if len(images) and 0 in images.shape[1:]:
             raise InvalidRequest(f"images of shape {images.shape[1:]} have no pixels")
         return images, None
     if isinstance(images, (list, tuple)):
         return None, _normalize_list(list(images))
-    raise InvalidRequest(f"images must be a numpy array or a list of arrays, got {_type_name(images)}"
-                         + _asarray_hint(images))
+    raise InvalidRequest(
+        f"images must be a numpy array or a list of arrays, got {_type_name(images)}" + _asarray_hint(images)
+    )
 
 
 def _type_name(value) -> str:
@@ -251,8 +318,10 @@ def _normalize_list(images: list) -> list:
     dtype = None
     for i, image in enumerate(images):
         if not isinstance(image, np.ndarray):
-            raise InvalidRequest(f"image {i} is a {_type_name(image)}, not a numpy array"
-                                 + (_asarray_hint(image) or "; each image must be a numpy array"))
+            raise InvalidRequest(
+                f"image {i} is a {_type_name(image)}, not a numpy array"
+                + (_asarray_hint(image) or "; each image must be a numpy array")
+            )
         if image.ndim not in (2, 3):
             raise InvalidRequest(f"image {i} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
         if 0 in image.shape:
@@ -260,8 +329,10 @@ def _normalize_list(images: list) -> list:
         if dtype is None:
             dtype = image.dtype
         elif image.dtype != dtype:
-            raise InvalidRequest(f"image {i} is {image.dtype} but image 0 is {dtype}; "
-                                 "all images of one call must share a dtype: cast them first")
+            raise InvalidRequest(
+                f"image {i} is {image.dtype} but image 0 is {dtype}; "
+                "all images of one call must share a dtype: cast them first"
+            )
     return images
 
 
@@ -274,9 +345,11 @@ def check_finite(array: np.ndarray, what: str) -> None:
         return
     step = max(1, _FINITE_CHUNK_BYTES // max(1, array[:1].nbytes))
     for lo in range(0, len(array), step):
-        if not np.isfinite(array[lo:lo + step]).all():
-            raise InvalidRequest(f"{what} contains NaN or infinity, which no image format stores faithfully; "
-                                 "replace them first, e.g. np.nan_to_num(images)")
+        if not np.isfinite(array[lo : lo + step]).all():
+            raise InvalidRequest(
+                f"{what} contains NaN or infinity, which no image format stores faithfully; "
+                "replace them first, e.g. np.nan_to_num(images)"
+            )
 
 
 def prepare_folder(request: Request) -> None:
@@ -301,8 +374,9 @@ def prepare_folder(request: Request) -> None:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as error:
-        raise WriteFailed(request.start, request.path(request.start), f"{doing}: {describe_oserror(error)}",
-                          error.errno) from error
+        raise WriteFailed(
+            request.start, request.path(request.start), f"{doing}: {describe_oserror(error)}", error.errno
+        ) from error
 
 
 def make_folders(folder: str) -> None:

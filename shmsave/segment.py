@@ -248,7 +248,7 @@ def _segment_files():
     for folder in (SHM_DIR, tempfile.gettempdir()):
         with contextlib.suppress(OSError):
             for name in os.listdir(folder):
-                owner = name[len(PREFIX):].split("_", 1)[0]
+                owner = name[len(PREFIX) :].split("_", 1)[0]
                 if name.startswith(PREFIX) and owner.isdigit():
                     yield os.path.join(folder, name), int(owner)
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._files import remove_partial_files
 from ._plan import TASK_BYTES, TASK_IMAGES
 from ._protocol import ListSource, Task
 from ._ring import aligned
 from .errors import InvalidRequest, ShmsaveError, StreamClosed
 from .report import Progress, Report, Tally
 from .request import ImageChecks
-from .writer import remove_partial_files
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -64,8 +64,9 @@ class Stream:
     the stream. Calls on one stream are for one thread at a time.
     """
 
-    def __init__(self, request: Request, ring: Ring, store: RingStore, hub: Hub, progress: Progress,
-                 workers: int) -> None:
+    def __init__(
+        self, request: Request, ring: Ring, store: RingStore, hub: Hub, progress: Progress, workers: int
+    ) -> None:
         self._request = request
         self._job = request.job()
         self._ring = ring
@@ -112,8 +113,10 @@ class Stream:
         index = self._next
         layout = self._checks.check(image, index)
         if self._end is not None and index >= self._end:
-            raise InvalidRequest(f"image {index} is one more than the total={self._request.count} announced "
-                                 "when the stream was opened; pass a larger total (or none)")
+            raise InvalidRequest(
+                f"image {index} is one more than the total={self._request.count} announced "
+                "when the stream was opened; pass a larger total (or none)"
+            )
         size = aligned(layout.nbytes)
         if size > self._ring.size:
             self._write_own_segment(image, layout, index)
@@ -128,9 +131,10 @@ class Stream:
             view = self._views.get(layout.dtype)
             if view is None:
                 view = self._views[layout.dtype] = self._ring.block.array(
-                    (self._ring.size // layout.dtype.itemsize,), layout.dtype)
+                    (self._ring.size // layout.dtype.itemsize,), layout.dtype
+                )
             start = offset // layout.dtype.itemsize
-            view[start:start + image.size].reshape(layout.shape)[...] = image
+            view[start : start + image.size].reshape(layout.shape)[...] = image
             if not self._pending:
                 self._pending_first = index
             self._pending.append((offset, layout.shape, layout.dtype_str))
@@ -225,8 +229,10 @@ class Stream:
         if self._state is _STOPPED and self._report is None:
             self.close()  # raises the failure that stopped the stream
         if self._state is _CLOSED and self._report is None:
-            raise StreamClosed("this stream belongs to the process that opened it (this one is a fork of it); "
-                               "open a new one here with Writer.stream()")
+            raise StreamClosed(
+                "this stream belongs to the process that opened it (this one is a fork of it); "
+                "open a new one here with Writer.stream()"
+            )
         raise StreamClosed("this stream is closed (its Report is in .report); open a new one with Writer.stream()")
 
     def _abort(self) -> None:

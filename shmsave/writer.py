@@ -13,7 +13,6 @@ Writer's hub thread (``_hub.py``), which owns the pool while a stream is open.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -22,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._files import remove_if_empty, temporary_path, write_images
+from ._files import remove_partial_files, write_images
 from ._plan import ENGINES, Choice, Chunks, choose_engine, usable_cpus
+from ._processes import Processes
 from ._protocol import Task
 from .errors import InvalidRequest, WriterClosed
 from .report import Progress, Report, Tally
@@ -36,11 +36,8 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ._protocol import Result
-    from ._hub import Hub
-    from ._ring import RingStore
-    from ._staging import Stager
-    from .pool import Pool
     from .streaming import Stream
+
 
 class Writer:
     """Saves image batches with a pool of long-lived worker processes.
@@ -57,14 +54,15 @@ class Writer:
     """
 
     def __init__(self, workers: int | None = None, *, engine: str = "auto") -> None:
-        if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
-                                    or workers < 1):
+        if workers is not None and (
+            not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1
+        ):
             raise InvalidRequest(f"workers must be a positive integer or None (all usable CPUs), got {workers!r}")
         if engine not in ENGINES:
             raise InvalidRequest(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.workers = int(workers) if workers is not None else usable_cpus()
         self.engine = engine
-        self._processes = _Processes(self.workers)
+        self._processes = Processes(self.workers)
         self._lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
@@ -75,33 +73,73 @@ class Writer:
 
     # -- public -----------------------------------------------------------
 
-    def save(self, images: np.ndarray | Sequence[np.ndarray], template: str | os.PathLike[str], *,
-             quality: int | None = None, compression: int | None = None,
-             params: Mapping[int | str, int] | Sequence[int | str] | None = None, rgb: bool = False,
-             start: int = 0, overwrite: bool = True, errors: str = "raise", progress: Progress = False,
-             fields: Mapping[str, Any] | None = None) -> Report:
+    def save(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        template: str | os.PathLike[str],
+        *,
+        quality: int | None = None,
+        compression: int | None = None,
+        params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+        rgb: bool = False,
+        start: int = 0,
+        overwrite: bool = True,
+        errors: str = "raise",
+        progress: Progress = False,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Report:
         """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``.
 
         ``progress``: True for a tqdm bar, or a callable ``progress(n)`` told
         each time ``n`` more images are finished (written, skipped or failed).
         ``fields``: values of further ``{name}`` fields of the template.
         """
-        request = self._check(images, template, quality=quality, compression=compression, params=params,
-                              rgb=rgb, start=start, overwrite=overwrite, errors=errors, fields=fields)
+        request = self._check(
+            images,
+            template,
+            quality=quality,
+            compression=compression,
+            params=params,
+            rgb=rgb,
+            start=start,
+            overwrite=overwrite,
+            errors=errors,
+            fields=fields,
+        )
         return self._run(request, progress)
 
-    def submit(self, images: np.ndarray | Sequence[np.ndarray], template: str | os.PathLike[str], *,
-               quality: int | None = None, compression: int | None = None,
-               params: Mapping[int | str, int] | Sequence[int | str] | None = None, rgb: bool = False,
-               start: int = 0, overwrite: bool = True, errors: str = "raise", progress: Progress = False,
-               fields: Mapping[str, Any] | None = None) -> concurrent.futures.Future[Report]:
+    def submit(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        template: str | os.PathLike[str],
+        *,
+        quality: int | None = None,
+        compression: int | None = None,
+        params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+        rgb: bool = False,
+        start: int = 0,
+        overwrite: bool = True,
+        errors: str = "raise",
+        progress: Progress = False,
+        fields: Mapping[str, Any] | None = None,
+    ) -> concurrent.futures.Future[Report]:
         """Like ``save`` but return at once with a Future of the Report.
 
         The request is checked now (bad input raises here, not in the Future).
         Do not modify ``images`` until the Future is done.
         """
-        request = self._check(images, template, quality=quality, compression=compression, params=params,
-                              rgb=rgb, start=start, overwrite=overwrite, errors=errors, fields=fields)
+        request = self._check(
+            images,
+            template,
+            quality=quality,
+            compression=compression,
+            params=params,
+            rgb=rgb,
+            start=start,
+            overwrite=overwrite,
+            errors=errors,
+            fields=fields,
+        )
         with self._lock:
             if self._submitter is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -109,11 +147,22 @@ class Writer:
                 self._submitter = ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
         return self._submitter.submit(self._run, request, progress)
 
-    def stream(self, template: str | os.PathLike[str], *, quality: int | None = None,
-               compression: int | None = None, params: Mapping[int | str, int] | Sequence[int | str] | None = None,
-               rgb: bool = False, start: int = 0, overwrite: bool = True, errors: str = "raise",
-               progress: Progress = False, fields: Mapping[str, Any] | None = None, total: int | None = None,
-               buffer_bytes: int | None = None) -> Stream:
+    def stream(
+        self,
+        template: str | os.PathLike[str],
+        *,
+        quality: int | None = None,
+        compression: int | None = None,
+        params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+        rgb: bool = False,
+        start: int = 0,
+        overwrite: bool = True,
+        errors: str = "raise",
+        progress: Progress = False,
+        fields: Mapping[str, Any] | None = None,
+        total: int | None = None,
+        buffer_bytes: int | None = None,
+    ) -> Stream:
         """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
 
         The options are those of ``save``; ``start`` is the first index, ``total``
@@ -123,9 +172,18 @@ class Writer:
         ``write`` waits while it is full. Several streams may be open at once;
         while any is, ``save`` on this Writer runs on threads.
         """
-        request = make_stream_request(template, total=total, quality=quality, compression=compression,
-                                      params=params, rgb=rgb, start=start, overwrite=overwrite, errors=errors,
-                                      fields=fields)
+        request = make_stream_request(
+            template,
+            total=total,
+            quality=quality,
+            compression=compression,
+            params=params,
+            rgb=rgb,
+            start=start,
+            overwrite=overwrite,
+            errors=errors,
+            fields=fields,
+        )
         from ._ring import ring_bytes
         from .streaming import Stream
 
@@ -203,9 +261,14 @@ class Writer:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
             prepare_folder(request)
             streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads
-            choice = choose_engine(self.engine, self.workers, request.count, request.nbytes,
-                                   self._processes.source_kind(request),
-                                   pool_ready=not streaming and self._processes.ready())
+            choice = choose_engine(
+                self.engine,
+                self.workers,
+                request.count,
+                request.nbytes,
+                self._processes.source_kind(request),
+                pool_ready=not streaming and self._processes.ready(),
+            )
             if streaming and choice.engine == "process":
                 choice = Choice("thread", self.workers)
             if choice.small and not streaming:
@@ -239,8 +302,10 @@ class Writer:
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
         images, job = _images(request), request.job()
-        ends = {self._threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
-                for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)}
+        ends = {
+            self._threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
+            for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
+        }
         counted = set()
         try:
             for future in concurrent.futures.as_completed(ends):
@@ -289,98 +354,6 @@ class Writer:
         self._small_calls = 0
 
 
-class _Processes:
-    """A Writer's worker processes and shared memory, made on first need.
-
-    ``pool.py`` (subprocess, sockets, multiprocessing) and ``_staging.py`` /
-    ``segment.py`` are imported only then: a script whose call runs inline or
-    on threads never pays for them (~10 ms of a one-shot call's imports).
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool: Pool | None = None
-        self._stager: Stager | None = None
-        self._rings: RingStore | None = None
-        self._hub: Hub | None = None
-
-    def rings(self) -> RingStore:
-        """The shared-memory rings of streams (``_ring.py``)."""
-        if self._rings is None:
-            from ._ring import RingStore
-
-            self._rings = RingStore(self.stager().new_segment, self.forget)
-        return self._rings
-
-    def hub(self) -> Hub:
-        """The thread that dispatches streams' tasks to the workers (``_hub.py``)."""
-        if self._hub is None:
-            from ._hub import Hub
-
-            self._hub = Hub(self.pool())
-        return self._hub
-
-    def streaming(self) -> bool:
-        """Whether the hub owns the workers (a stream is open)."""
-        return self._hub is not None and self._hub.active
-
-    def close_streams(self) -> None:
-        if self._hub is not None:
-            self._hub.close_streams()
-
-    def stager(self) -> Stager:
-        if self._stager is None:
-            from ._staging import Stager
-
-            self._stager = Stager(self.forget)
-        return self._stager
-
-    def source_kind(self, request: Request) -> str:
-        """Where the request's pixels are (``_plan.SOURCE_KINDS``)."""
-        if self._stager is not None:
-            return self._stager.source_kind(request)
-        if request.stack is None:
-            return "list"
-        return "file" if isinstance(request.stack, np.memmap) and request.stack.filename else "array"
-
-    def pool(self) -> Pool:
-        if self._pool is None:
-            from .pool import Pool
-
-            self._pool = Pool(self.workers)
-        return self._pool
-
-    def ready(self) -> bool:
-        return self._pool is not None and self._pool.ready()
-
-    @property
-    def pids(self) -> list[int]:
-        return [] if self._pool is None else self._pool.pids
-
-    def forget(self, locator: str) -> None:
-        """Tell the workers, if any, to unmap a released segment."""
-        if self._pool is not None:
-            self._pool.forget(locator)
-
-    def close(self) -> None:
-        if self._hub is not None:
-            self._hub.stop()
-        if self._pool is not None:
-            self._pool.close()
-        if self._stager is not None:
-            self._stager.release()
-        if self._rings is not None:
-            self._rings.release()
-
-    def drop_inherited(self) -> None:
-        """In a forked child: the parent's pool and memory stay the parent's (pool.py and
-        segment.py drop our hold on them)."""
-        self._pool = None
-        for part in (self._stager, self._rings, self._hub):
-            if part is not None:
-                part.drop_inherited()
-
-
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
 
 
@@ -394,13 +367,3 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _images(request: Request) -> Any:
     return request.stack if request.stack is not None else request.listed
-
-
-def remove_partial_files(request: Request, task: Task, pid: int) -> None:
-    """Delete what a dead worker may have left of the files of ``task``: a temporary file, or an
-    empty file under the final name (killed between open and write; see ``_files._write_file``)."""
-    for index in range(task.first, task.end):
-        path = request.absolute_path(index)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary_path(path, pid))
-        remove_if_empty(path)

@@ -46,18 +46,19 @@ def no_leaks():
     if api._shared is not None:
         api._shared.close()
         api._shared = None
-    assert wait_until(lambda: not (children() - before_children), 10), \
+    assert wait_until(lambda: not (children() - before_children), 10), (
         f"child processes left running: {children() - before_children}"
+    )
     assert not shmsave_segments(os.getpid()), f"segments left in /dev/shm: {shmsave_segments(os.getpid())}"
 
 
 def orphaned_segments() -> set[str]:
     """shmsave segments whose owner is this process or a process that no longer exists."""
+
     def owner(name):
         return int(name.split("_")[1])
 
-    return {name for name in shmsave_segments()
-            if owner(name) == os.getpid() or not psutil.pid_exists(owner(name))}
+    return {name for name in shmsave_segments() if owner(name) == os.getpid() or not psutil.pid_exists(owner(name))}
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -27,10 +27,18 @@ def test_each_method_writes_every_image_as_imwrite_would_and_reports_its_time(tm
         np.save(source, images)
     (tmp_path / "out").mkdir()
     (tmp_path / "spare").mkdir()
-    job = {"method": method, "input": str(source), "pattern": str(tmp_path / "out" / "{index:03d}.jpg"),
-           "workers": 2, "params": [cv2.IMWRITE_JPEG_QUALITY, 80], "quality": 80, "spare": str(tmp_path / "spare")}
-    done = subprocess.run([sys.executable, str(FRESH_CHILD), json.dumps(job)], capture_output=True, text=True,
-                          timeout=120)
+    job = {
+        "method": method,
+        "input": str(source),
+        "pattern": str(tmp_path / "out" / "{index:03d}.jpg"),
+        "workers": 2,
+        "params": [cv2.IMWRITE_JPEG_QUALITY, 80],
+        "quality": 80,
+        "spare": str(tmp_path / "spare"),
+    }
+    done = subprocess.run(
+        [sys.executable, str(FRESH_CHILD), json.dumps(job)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert 0 <= figures["import_seconds"] <= figures["seconds"] < 60

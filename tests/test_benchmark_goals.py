@@ -12,14 +12,34 @@ from benchmarks import goals  # noqa: E402
 from benchmarks.summary import Row  # noqa: E402
 
 
-def row(method: str, median: float, spread: float = 0.0, workload: str = "tiny1000", loop: float = 1.0,
-        workers: int = 2, quartile: float | None = None) -> Row:
+def row(
+    method: str,
+    median: float,
+    spread: float = 0.0,
+    workload: str = "tiny1000",
+    loop: float = 1.0,
+    workers: int = 2,
+    quartile: float | None = None,
+) -> Row:
     """A row whose min-max spread is median +- spread, and its quartiles median +- quartile (default spread / 2)."""
     used = 1 if method in ("loop", "write-only") else workers
     speedup = loop / median
     quartile = spread / 2 if quartile is None else quartile
-    return Row(workload, "tmpfs", method, method, used, 5, median, median - spread, median + spread,
-               speedup, speedup / used, 100.0, quartiles=(median - quartile, median + quartile))
+    return Row(
+        workload,
+        "tmpfs",
+        method,
+        method,
+        used,
+        5,
+        median,
+        median - spread,
+        median + spread,
+        speedup,
+        speedup / used,
+        100.0,
+        quartiles=(median - quartile, median + quartile),
+    )
 
 
 def verdicts(rows, counts=None) -> dict[tuple[str, str], str]:
@@ -28,17 +48,28 @@ def verdicts(rows, counts=None) -> dict[tuple[str, str], str]:
 
 
 def test_a_warm_writer_that_wins_meets_every_goal():
-    rows = [row("loop", 1.0), row("threads-chunked", 0.7), row("processes-chunked", 0.9),
-            row("shmsave-cold", 0.95), row("shmsave-warm", 0.55)]
-    assert verdicts(rows) == {("fastest", "tiny1000"): "met", ("1.5x processes", "tiny1000"): "met",
-                              ("85% efficiency", "tiny1000"): "met"}
+    rows = [
+        row("loop", 1.0),
+        row("threads-chunked", 0.7),
+        row("processes-chunked", 0.9),
+        row("shmsave-cold", 0.95),
+        row("shmsave-warm", 0.55),
+    ]
+    assert verdicts(rows) == {
+        ("fastest", "tiny1000"): "met",
+        ("1.5x processes", "tiny1000"): "met",
+        ("85% efficiency", "tiny1000"): "met",
+    }
 
 
 def test_a_loss_is_level_only_when_the_interquartile_ranges_overlap():
     close = [row("loop", 1.0), row("threads-chunked", 0.60, 0.05), row("shmsave-warm", 0.62, 0.05)]
     apart = [row("loop", 1.0), row("threads-chunked", 0.50, 0.01), row("shmsave-warm", 0.62, 0.01)]
-    outliers_only = [row("loop", 1.0), row("threads-chunked", 0.50, 0.2, quartile=0.01),
-                     row("shmsave-warm", 0.62, 0.2, quartile=0.01)]
+    outliers_only = [
+        row("loop", 1.0),
+        row("threads-chunked", 0.50, 0.2, quartile=0.01),
+        row("shmsave-warm", 0.62, 0.2, quartile=0.01),
+    ]
     assert verdicts(close)[("fastest", "tiny1000")] == "level"
     assert verdicts(apart)[("fastest", "tiny1000")] == "not met"
     assert verdicts(outliers_only)[("fastest", "tiny1000")] == "not met"  # min-max overlap is not enough
@@ -59,8 +90,12 @@ def test_efficiency_is_not_judged_below_a_thousand_images():
 
 
 def test_one_shot_is_compared_with_the_fastest_method_but_not_write_only():
-    rows = [row("loop", 1.0, workload="tiny100"), row("write-only", 0.2, workload="tiny100"),
-            row("threads-chunked", 0.85, workload="tiny100"), row("shmsave-cold", 1.0, workload="tiny100")]
+    rows = [
+        row("loop", 1.0, workload="tiny100"),
+        row("write-only", 0.2, workload="tiny100"),
+        row("threads-chunked", 0.85, workload="tiny100"),
+        row("shmsave-cold", 1.0, workload="tiny100"),
+    ]
     check = next(c for c in goals.check_goals(rows, {"tiny100": 100}) if c.goal.startswith("one-shot"))
     assert check.verdict == "not met" and "threads-chunked" in check.figures and "+18%" in check.figures
     rows[2] = row("threads-chunked", 0.95, workload="tiny100")
@@ -68,8 +103,12 @@ def test_one_shot_is_compared_with_the_fastest_method_but_not_write_only():
 
 
 def test_compact_table_bolds_the_fastest_method_of_each_workload():
-    rows = [row("loop", 2.0, loop=2.0), row("threads-chunked", 1.0, loop=2.0), row("shmsave-warm", 0.8, loop=2.0),
-            row("shmsave-cli", 4.0, loop=2.0)]
+    rows = [
+        row("loop", 2.0, loop=2.0),
+        row("threads-chunked", 1.0, loop=2.0),
+        row("shmsave-warm", 0.8, loop=2.0),
+        row("shmsave-cli", 4.0, loop=2.0),
+    ]
     table = goals.compact_table(rows, "tmpfs")
     line = next(line for line in table.splitlines() if line.startswith("| tiny1000"))
     assert line == "| tiny1000 | 2.00 | 2.00× | **2.50×** | 0.50× |"
@@ -96,8 +135,11 @@ def test_render_rewrites_the_sections_from_the_raw_timings_and_keeps_the_header(
     from benchmarks import render
     from benchmarks.runner import Study, Trial, WorkloadInfo
 
-    trials = [Trial("tiny1000", "tmpfs", method, 2, rep, seconds, 100.0)
-              for rep in range(3) for method, seconds in (("loop", 1.0 + rep / 100), ("shmsave-warm", 0.55))]
+    trials = [
+        Trial("tiny1000", "tmpfs", method, 2, rep, seconds, 100.0)
+        for rep in range(3)
+        for method, seconds in (("loop", 1.0 + rep / 100), ("shmsave-warm", 0.55))
+    ]
     study = Study(trials, [], [WorkloadInfo("tiny1000", "tiny", 1000, 1000, 2.5, ".jpg", 0.1)])
     (tmp_path / "full.json").write_text(json.dumps({"workers": 2, **study.to_json(), "rows": []}))
     (tmp_path / "full.md").write_text("# header kept\n\n## Results\n\nold table\n")
@@ -119,8 +161,14 @@ def fresh(method: str, median: float, workload: str = "tiny1000", spread: float 
 
 
 def fresh_verdicts(rows, counts=None) -> dict[tuple[str, str], str]:
-    counts = counts or {"tiny100": 100, "tiny1000": 1000, "question1000": 1000, "tiny10000": 10000,
-                        "video": 48, "tiny50": 50}
+    counts = counts or {
+        "tiny100": 100,
+        "tiny1000": 1000,
+        "question1000": 1000,
+        "tiny10000": 10000,
+        "video": 48,
+        "tiny50": 50,
+    }
     return {(c.goal, c.workload): c.verdict for c in goals.check_fresh_goals(rows, counts)}
 
 
@@ -148,8 +196,12 @@ def test_fresh_one_shot_must_not_fall_below_the_loop_from_a_hundred_images():
 
 
 def test_fresh_one_shot_must_match_fresh_threads_where_the_goal_says_so():
-    rows = [fresh("threads-chunked-fresh", 0.50, "video", 0.01), fresh("shmsave-oneshot-fresh", 0.60, "video", 0.01),
-            fresh("threads-chunked-fresh", 0.50, "tiny1000"), fresh("shmsave-oneshot-fresh", 0.60, "tiny1000")]
+    rows = [
+        fresh("threads-chunked-fresh", 0.50, "video", 0.01),
+        fresh("shmsave-oneshot-fresh", 0.60, "video", 0.01),
+        fresh("threads-chunked-fresh", 0.50, "tiny1000"),
+        fresh("shmsave-oneshot-fresh", 0.60, "tiny1000"),
+    ]
     verdicts = fresh_verdicts(rows)
     assert verdicts == {("fresh one-shot ≥ threads", "video"): "not met"}  # no such goal at 1,000 images
     rows[1] = fresh("shmsave-oneshot-fresh", 0.50, "video")
@@ -157,8 +209,11 @@ def test_fresh_one_shot_must_match_fresh_threads_where_the_goal_says_so():
 
 
 def test_the_issue_5_one_shot_goal_ignores_the_fresh_interpreters():
-    rows = [row("loop", 1.0, workload="tiny100"), row("shmsave-cold", 1.0, workload="tiny100"),
-            fresh("loop-fresh", 0.5, "tiny100")]
+    rows = [
+        row("loop", 1.0, workload="tiny100"),
+        row("shmsave-cold", 1.0, workload="tiny100"),
+        fresh("loop-fresh", 0.5, "tiny100"),
+    ]
     check = next(c for c in goals.check_goals(rows, {"tiny100": 100}) if c.goal.startswith("one-shot"))
     assert check.verdict == "met" and "loop-fresh" not in check.figures
 
@@ -190,13 +245,15 @@ def test_warm_rows_of_another_size_or_without_a_baseline_are_not_judged():
 def test_the_warm_baseline_is_read_from_a_results_table(tmp_path):
     from benchmarks import warm_baseline
 
-    markdown = ("# x\n\n## Workloads\n\n- **tiny1000**: 1000 × 50x50x1\n- **video**: 48 × frames\n\n"
-                "## Results\n\n| workload | target | method | workers | median s | spread (min–max) s | x |\n"
-                "|---|---|---|---|---|---|---|\n"
-                "| tiny1000 | tmpfs | loop (cv2.imwrite) | 1 | 0.0186 | 0.0179–0.0207 | 1.00× |\n"
-                "| tiny1000 | tmpfs | shmsave Writer (warm) | 2 | 0.0106 | 0.00943–0.0172 | 1.75× |\n"
-                "| tiny1000 | tmpfs | ThreadPool chunked | 2 | 0.00986 | 0.00962–0.0142 | 1.88× |\n"
-                "| video | tmpfs | shmsave Writer (warm) | 2 | 0.114 | 0.112–0.118 | 1.92× |\n")
+    markdown = (
+        "# x\n\n## Workloads\n\n- **tiny1000**: 1000 × 50x50x1\n- **video**: 48 × frames\n\n"
+        "## Results\n\n| workload | target | method | workers | median s | spread (min–max) s | x |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| tiny1000 | tmpfs | loop (cv2.imwrite) | 1 | 0.0186 | 0.0179–0.0207 | 1.00× |\n"
+        "| tiny1000 | tmpfs | shmsave Writer (warm) | 2 | 0.0106 | 0.00943–0.0172 | 1.75× |\n"
+        "| tiny1000 | tmpfs | ThreadPool chunked | 2 | 0.00986 | 0.00962–0.0142 | 1.88× |\n"
+        "| video | tmpfs | shmsave Writer (warm) | 2 | 0.114 | 0.112–0.118 | 1.92× |\n"
+    )
     rows = warm_baseline.from_markdown(markdown)
     assert rows == {("tiny1000", "tmpfs", "shmsave-warm"): goals.BaselineRow(1000, 0.0106, 0.00943, 0.0172, 0.0186)}
     path = tmp_path / "baseline.csv"
@@ -215,17 +272,23 @@ def test_the_committed_warm_baseline_holds_the_warm_rows_of_both_targets():
 
 
 def test_the_command_must_match_the_mmap_threads_script():
-    rows = [row("mmap-threads-script", 0.30, 0.01, workload="video"), row("shmsave-command", 0.45, 0.01, workload="video"),
-            row("mmap-threads-script", 0.30, 0.01, workload="dataset"),
-            row("shmsave-command", 0.29, 0.01, workload="dataset")]
+    rows = [
+        row("mmap-threads-script", 0.30, 0.01, workload="video"),
+        row("shmsave-command", 0.45, 0.01, workload="video"),
+        row("mmap-threads-script", 0.30, 0.01, workload="dataset"),
+        row("shmsave-command", 0.29, 0.01, workload="dataset"),
+    ]
     checks = {c.workload: c for c in goals.check_command_goals(rows)}
     assert checks["video"].verdict == "not met" and "0.67×" in checks["video"].figures
     assert checks["dataset"].verdict == "met"
 
 
 def test_fresh_table_gives_speed_ups_over_the_fresh_loop_and_shmsave_imports():
-    rows = [fresh("loop-fresh", 0.020), fresh("threads-chunked-fresh", 0.025),
-            fresh("shmsave-oneshot-fresh", 0.010, imports=0.004)]
+    rows = [
+        fresh("loop-fresh", 0.020),
+        fresh("threads-chunked-fresh", 0.025),
+        fresh("shmsave-oneshot-fresh", 0.010, imports=0.004),
+    ]
     line = next(line for line in goals.fresh_table(rows, "tmpfs").splitlines() if line.startswith("| tiny1000"))
     assert line == "| tiny1000 | 20 ms | 0.80× (25 ms) | **2.00× (10 ms)** | 4 ms |"
 
@@ -235,8 +298,10 @@ def test_summarize_reports_the_imports_inside_a_fresh_interpreter_timing():
     from benchmarks.summary import summarize
 
     trials = [Trial("tiny1000", "tmpfs", "loop", 2, 0, 0.02, 100.0)]
-    trials += [Trial("tiny1000", "tmpfs", "shmsave-oneshot-fresh", 2, rep, 0.05, 100.0, import_seconds=imports)
-               for rep, imports in enumerate((0.030, 0.034, 0.040))]
+    trials += [
+        Trial("tiny1000", "tmpfs", "shmsave-oneshot-fresh", 2, rep, 0.05, 100.0, import_seconds=imports)
+        for rep, imports in enumerate((0.030, 0.034, 0.040))
+    ]
     one_shot = next(r for r in summarize(Study(trials, [], []), 2) if r.method == "shmsave-oneshot-fresh")
     assert one_shot.import_median == 0.034 and one_shot.note == "of which imports 34.0 ms"
 

@@ -39,8 +39,7 @@ def wait_until(predicate, timeout: float) -> bool:
 
 
 def shmsave_cli(*args, cwd=None, timeout=TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def same_bytes(path, image, params=()) -> bool:
@@ -59,16 +58,23 @@ def test_the_console_script_is_installed():
 
 # -- round trips --------------------------------------------------------------
 
-@pytest.mark.parametrize("ext, options, params, convert", [
-    (".jpg", ["--quality", "80", "--rgb"], [cv2.IMWRITE_JPEG_QUALITY, 80], cv2.COLOR_RGB2BGR),
-    (".png", ["--compression", "3", "--param", "IMWRITE_PNG_STRATEGY=1"],
-     [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, 1], None),
-    (".bmp", [], [], None),
-])
+
+@pytest.mark.parametrize(
+    "ext, options, params, convert",
+    [
+        (".jpg", ["--quality", "80", "--rgb"], [cv2.IMWRITE_JPEG_QUALITY, 80], cv2.COLOR_RGB2BGR),
+        (
+            ".png",
+            ["--compression", "3", "--param", "IMWRITE_PNG_STRATEGY=1"],
+            [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, 1],
+            None,
+        ),
+        (".bmp", [], [], None),
+    ],
+)
 def test_npy_round_trip_is_byte_identical_to_imwrite(ext, options, params, convert, photos, tmp_path):
     np.save(tmp_path / "frames.npy", photos)
-    result = shmsave_cli(tmp_path / "frames.npy", "-o", tmp_path / "out" / ("{stem}_{index:03d}" + ext),
-                         *options)
+    result = shmsave_cli(tmp_path / "frames.npy", "-o", tmp_path / "out" / ("{stem}_{index:03d}" + ext), *options)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "out")) == [f"frames_{i:03d}{ext}" for i in range(len(photos))]
     for i, image in enumerate(photos):
@@ -81,8 +87,14 @@ def test_npz_round_trip_saves_every_array(photos, tmp_path):
     deep = photos[:3].astype(np.uint16) * 257
     np.savez(tmp_path / "plain.npz", color=photos, gray=gray)
     np.savez_compressed(tmp_path / "packed.npz", deep=deep)
-    result = shmsave_cli(tmp_path / "plain.npz", tmp_path / "packed.npz",
-                         "-o", tmp_path / "out" / "{stem}" / "{key}" / "{index}.png", "--compression", "1")
+    result = shmsave_cli(
+        tmp_path / "plain.npz",
+        tmp_path / "packed.npz",
+        "-o",
+        tmp_path / "out" / "{stem}" / "{key}" / "{index}.png",
+        "--compression",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
     for stem, key, stack in [("plain", "color", photos), ("plain", "gray", gray), ("packed", "deep", deep)]:
@@ -103,12 +115,20 @@ def test_key_selects_one_array_of_an_npz(photos, tmp_path):
 def test_numbering_restarts_per_input_unless_continued(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos[:3])
     np.save(tmp_path / "b.npy", photos[3:5])
-    restarted = shmsave_cli(tmp_path / "a.npy", tmp_path / "b.npy", "--start", "10",
-                            "-o", tmp_path / "r" / "{stem}-{index}.bmp")
+    restarted = shmsave_cli(
+        tmp_path / "a.npy", tmp_path / "b.npy", "--start", "10", "-o", tmp_path / "r" / "{stem}-{index}.bmp"
+    )
     assert restarted.returncode == 0, restarted.stderr
     assert sorted(os.listdir(tmp_path / "r")) == ["a-10.bmp", "a-11.bmp", "a-12.bmp", "b-10.bmp", "b-11.bmp"]
-    continued = shmsave_cli(tmp_path / "a.npy", tmp_path / "b.npy", "--start", "10", "--continue-index",
-                            "-o", tmp_path / "c" / "{index}.bmp")
+    continued = shmsave_cli(
+        tmp_path / "a.npy",
+        tmp_path / "b.npy",
+        "--start",
+        "10",
+        "--continue-index",
+        "-o",
+        tmp_path / "c" / "{index}.bmp",
+    )
     assert continued.returncode == 0, continued.stderr
     assert sorted(os.listdir(tmp_path / "c")) == [f"{i}.bmp" for i in range(10, 15)]
     assert same_bytes(tmp_path / "c" / "13.bmp", photos[3])
@@ -116,11 +136,11 @@ def test_numbering_restarts_per_input_unless_continued(photos, tmp_path):
 
 # -- output -------------------------------------------------------------------
 
+
 def test_json_summary_on_stdout(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)
     np.savez(tmp_path / "b.npz", gray=photos[:2, :, :, 0])
-    result = shmsave_cli(tmp_path / "a.npy", tmp_path / "b.npz", "-o", tmp_path / "out" / "{stem}{index}.png",
-                         "--json")
+    result = shmsave_cli(tmp_path / "a.npy", tmp_path / "b.npz", "-o", tmp_path / "out" / "{stem}{index}.png", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     files = list((tmp_path / "out").iterdir())
@@ -129,7 +149,9 @@ def test_json_summary_on_stdout(photos, tmp_path):
     assert summary["skipped"] == 0 and summary["failed"] == []
     assert summary["seconds"] > 0 and summary["images_per_second"] > 0
     assert [(i["path"], i["key"], i["written"]) for i in summary["inputs"]] == [
-        (str(tmp_path / "a.npy"), None, len(photos)), (str(tmp_path / "b.npz"), "gray", 2)]
+        (str(tmp_path / "a.npy"), None, len(photos)),
+        (str(tmp_path / "b.npz"), "gray", 2),
+    ]
     assert result.stderr == ""  # no summary line, and no progress bar when stderr is not a terminal
 
 
@@ -138,7 +160,7 @@ def test_summary_line_says_where_the_images_went(photos, tmp_path):
     result = shmsave_cli("a.npy", "-o", "pictures/{index:04d}.jpg", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    line, = result.stderr.splitlines()
+    (line,) = result.stderr.splitlines()
     assert line.startswith(f"shmsave: wrote {len(photos)} images") and " to pictures/ in " in line, line
 
 
@@ -156,8 +178,22 @@ def test_help_and_version():
     assert shown.returncode == 0
     assert shown.stdout.startswith("usage: shmsave INPUT")
     assert "examples:" in shown.stdout.split("options:")[0]  # the examples come first
-    for flag in ["--output", "--key", "--start", "--continue-index", "--workers", "--quality", "--compression",
-                 "--param", "--rgb", "--no-overwrite", "--errors", "--json", "--progress", "--quiet"]:
+    for flag in [
+        "--output",
+        "--key",
+        "--start",
+        "--continue-index",
+        "--workers",
+        "--quality",
+        "--compression",
+        "--param",
+        "--rgb",
+        "--no-overwrite",
+        "--errors",
+        "--json",
+        "--progress",
+        "--quiet",
+    ]:
         assert flag in shown.stdout
     assert re.search(r"-j( N)?, --workers N", shown.stdout)  # Python 3.13 writes the metavar once
 
@@ -181,25 +217,43 @@ def test_dash_j_is_workers(photos, tmp_path):
 
 def test_python_dash_m_runs_the_same_command(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)
-    result = subprocess.run([sys.executable, "-m", "shmsave", str(tmp_path / "a.npy"),
-                             "-o", str(tmp_path / "out" / "{index}.bmp"), "--json"],
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmsave",
+            str(tmp_path / "a.npy"),
+            "-o",
+            str(tmp_path / "out" / "{index}.bmp"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["images"] == len(photos) == len(os.listdir(tmp_path / "out"))
 
 
 def test_the_make_demo_commands(tmp_path):
-    sample = subprocess.run([sys.executable, "-m", "shmsave._sample", "demo-out/frames.npy", "--count", "240"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    sample = subprocess.run(
+        [sys.executable, "-m", "shmsave._sample", "demo-out/frames.npy", "--count", "240"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert sample.returncode == 0, sample.stderr
-    result = shmsave_cli("demo-out/frames.npy", "-o", "demo-out/images/{index:04d}.jpg", "--quality", "90",
-                         cwd=tmp_path)
+    result = shmsave_cli(
+        "demo-out/frames.npy", "-o", "demo-out/images/{index:04d}.jpg", "--quality", "90", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 240 images" in result.stderr and "demo-out/images/" in result.stderr
     assert sorted(os.listdir(tmp_path / "demo-out" / "images")) == [f"{i:04d}.jpg" for i in range(240)]
 
 
 # -- usage errors: exit 2, one line, nothing written ----------------------------
+
 
 @pytest.fixture
 def inputs(photos, tmp_path):
@@ -274,20 +328,29 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(args, message, inpu
     result = shmsave_cli(*args, cwd=inputs)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    line, = result.stderr.splitlines()
+    (line,) = result.stderr.splitlines()
     assert line.startswith("shmsave: error: ") and message in line, line
     assert result.stdout == ""
     assert not out.exists()
 
 
 def test_every_input_is_checked_before_anything_is_written(inputs, tmp_path):
-    result = shmsave_cli("good.npy", "pair.npz", "fortran.npy", "-o", tmp_path / "out" / "{stem}/{index}.png",
-                         "--key", "gray", cwd=inputs)
+    result = shmsave_cli(
+        "good.npy",
+        "pair.npz",
+        "fortran.npy",
+        "-o",
+        tmp_path / "out" / "{stem}/{index}.png",
+        "--key",
+        "gray",
+        cwd=inputs,
+    )
     assert result.returncode == 2 and "fortran.npy is stored in Fortran order" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
 # -- failures: exit 1 -----------------------------------------------------------
+
 
 def _corrupt_member(path, key: str) -> None:
     """Flip the last data byte of an uncompressed .npz member: its header reads, its CRC fails."""
@@ -323,8 +386,9 @@ def test_an_input_found_bad_while_saving_is_named_and_exits_1(bad, errors, photo
         label = "b.npz[frames]"
     np.save(tmp_path / "c.npy", floats)
     second = "b.npy" if bad == "nan" else "b.npz"
-    result = shmsave_cli("a.npy", second, "c.npy", "-o", tmp_path / "out" / "{stem}/{index}.tiff",
-                         "--errors", errors, cwd=tmp_path)
+    result = shmsave_cli(
+        "a.npy", second, "c.npy", "-o", tmp_path / "out" / "{stem}/{index}.tiff", "--errors", errors, cwd=tmp_path
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"failed: {label}: " in result.stderr and "none of its 8 images was written" in result.stderr
@@ -337,11 +401,12 @@ def test_an_input_found_bad_while_saving_is_named_and_exits_1(bad, errors, photo
 def test_failed_images_are_listed_and_exit_1_when_collected(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)
     (tmp_path / "out" / "0002.png").mkdir(parents=True)  # a folder where image 2 should go
-    result = shmsave_cli(tmp_path / "a.npy", "-o", tmp_path / "out" / "{index:04d}.png", "--errors", "collect",
-                         "--json")
+    result = shmsave_cli(
+        tmp_path / "a.npy", "-o", tmp_path / "out" / "{index:04d}.png", "--errors", "collect", "--json"
+    )
     assert result.returncode == 1
     summary = json.loads(result.stdout)
-    failure, = summary["failed"]
+    (failure,) = summary["failed"]
     assert failure["index"] == 2 and failure["path"] == str(tmp_path / "out" / "0002.png")
     assert summary["images"] == len(photos) - 1
     assert f"image 2 -> {tmp_path / 'out' / '0002.png'}" in result.stderr and "Traceback" not in result.stderr
@@ -353,8 +418,9 @@ def test_the_first_failure_stops_the_run_and_exits_1(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)
     np.save(tmp_path / "b.npy", photos)
     (tmp_path / "out" / "a" / "0002.png").mkdir(parents=True)
-    result = shmsave_cli(tmp_path / "a.npy", tmp_path / "b.npy", "-o", tmp_path / "out" / "{stem}/{index:04d}.png",
-                         "--workers", "1")
+    result = shmsave_cli(
+        tmp_path / "a.npy", tmp_path / "b.npy", "-o", tmp_path / "out" / "{stem}/{index:04d}.png", "--workers", "1"
+    )
     assert result.returncode == 1
     assert f"shmsave: failed: image 2 -> {tmp_path / 'out' / 'a' / '0002.png'}: EISDIR" in result.stderr
     assert "shmsave: error: stopped at the first failure" in result.stderr
@@ -363,6 +429,7 @@ def test_the_first_failure_stops_the_run_and_exits_1(photos, tmp_path):
 
 
 # -- resume ---------------------------------------------------------------------
+
 
 def test_no_overwrite_writes_only_what_is_missing(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)
@@ -381,6 +448,7 @@ def test_no_overwrite_writes_only_what_is_missing(photos, tmp_path):
 
 
 # -- Ctrl-C -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def big_inputs(tmp_path_factory):
@@ -409,10 +477,22 @@ def _alive(process: psutil.Process) -> bool:
 @pytest.mark.parametrize("name", ["frames.npy", "frames.npz"])
 def test_ctrl_c_stops_cleanly(name, big_inputs, tmp_path):
     out = tmp_path / "out"
-    process = subprocess.Popen([str(SCRIPT), str(big_inputs / name), "-o", str(out / "{index:04d}.png"),
-                                "--compression", "9", "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=sigint_as_in_a_terminal)
+    process = subprocess.Popen(
+        [
+            str(SCRIPT),
+            str(big_inputs / name),
+            "-o",
+            str(out / "{index:04d}.png"),
+            "--compression",
+            "9",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_in_a_terminal,
+    )
     try:
         assert wait_until(lambda: any(out.glob("*.png")) or process.poll() is not None, TIMEOUT)
         assert process.poll() is None, f"finished before it could be interrupted: {process.communicate()}"
@@ -476,8 +556,9 @@ def big_npy(tmp_path_factory):
 
 def _parent_peak_growth(args) -> tuple[int, int]:
     """Run the command measured; return (peak RSS after imports, peak RSS at the end), in bytes."""
-    result = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     before_kb, peak_kb = map(int, result.stderr.split("rss_kb")[1].split())
     return before_kb * 1024, peak_kb * 1024
@@ -491,9 +572,11 @@ def test_parent_memory_stays_small_for_a_big_npy(workers, big_npy, tmp_path, cap
     before, peak = _parent_peak_growth([big_npy, "-o", tmp_path / "out" / "{index:05d}.jpg", "--quiet", *workers])
     assert len(os.listdir(tmp_path / "out")) == 2000
     with capsys.disabled():
-        print(f"\nshmsave {' '.join(workers)}: {size / 1e6:.0f} MB .npy -> 2000 .jpg: parent peak RSS "
-              f"{peak / 2**20:.0f} MiB ({before / 2**20:.0f} MiB after imports, "
-              f"+{(peak - before) / 2**20:.1f} MiB while saving = {100 * (peak - before) / size:.1f}% of the file)")
+        print(
+            f"\nshmsave {' '.join(workers)}: {size / 1e6:.0f} MB .npy -> 2000 .jpg: parent peak RSS "
+            f"{peak / 2**20:.0f} MiB ({before / 2**20:.0f} MiB after imports, "
+            f"+{(peak - before) / 2**20:.1f} MiB while saving = {100 * (peak - before) / size:.1f}% of the file)"
+        )
     assert peak - before < 0.25 * size
 
 
@@ -502,10 +585,11 @@ def test_an_npz_array_is_held_once(big_npy, tmp_path, capsys):
     """An .npz array is read into shared memory once: never a second copy (np.load, then copy, would be 2x)."""
     np.savez(tmp_path / "big.npz", frames=np.load(big_npy, mmap_mode="r"))
     size = os.path.getsize(big_npy)
-    before, peak = _parent_peak_growth([tmp_path / "big.npz", "-o", tmp_path / "out" / "{index:05d}.bmp",
-                                        "--quiet"])
+    before, peak = _parent_peak_growth([tmp_path / "big.npz", "-o", tmp_path / "out" / "{index:05d}.bmp", "--quiet"])
     assert len(os.listdir(tmp_path / "out")) == 2000
     with capsys.disabled():
-        print(f"\nshmsave: {size / 1e6:.0f} MB array in an .npz -> 2000 .bmp: parent peak RSS +"
-              f"{(peak - before) / 2**20:.0f} MiB while saving = {(peak - before) / size:.2f}x the array")
+        print(
+            f"\nshmsave: {size / 1e6:.0f} MB array in an .npz -> 2000 .bmp: parent peak RSS +"
+            f"{(peak - before) / 2**20:.0f} MiB while saving = {(peak - before) / size:.2f}x the array"
+        )
     assert peak - before < 1.5 * size

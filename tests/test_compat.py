@@ -18,11 +18,13 @@ TIMEOUT = 120
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **env}
+    )
 
 
 # -- which formats this OpenCV writes ---------------------------------------------
+
 
 @pytest.fixture
 def fresh_probes(monkeypatch):
@@ -88,16 +90,26 @@ print("saved")
 
 def test_the_command_exits_2_for_an_unsupported_extension_and_prints_one_line(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((2, 8, 8), np.float32))
-    result = subprocess.run([sys.executable, "-m", "shmsave", str(tmp_path / "a.npy"), "-o",
-                             str(tmp_path / "{index}.exr" if ".exr" not in codec.writable_extensions()
-                                 else tmp_path / "{index}.xyz")],
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmsave",
+            str(tmp_path / "a.npy"),
+            "-o",
+            str(tmp_path / "{index}.exr" if ".exr" not in codec.writable_extensions() else tmp_path / "{index}.xyz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 2
-    line, = result.stderr.splitlines()
+    (line,) = result.stderr.splitlines()
     assert line.startswith("shmsave: error: ") and "cannot write images with" in line
 
 
 # -- no OpenCV at all ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("statement", ["import shmsave", "from shmsave import codec"])
 def test_importing_without_opencv_says_what_to_install(statement):
@@ -108,8 +120,18 @@ def test_importing_without_opencv_says_what_to_install(statement):
     assert 'pip install "shmsave[opencv]"' in last and "opencv-python" in last
 
 
-@pytest.mark.parametrize("version, ok", [("4.6.0", False), ("4.7.0", False), ("4.8.0", True), ("4.14.0", True),
-                                         ("5.0.0", True), ("4.10.0-dev", True), ("3.4.18", False)])
+@pytest.mark.parametrize(
+    "version, ok",
+    [
+        ("4.6.0", False),
+        ("4.7.0", False),
+        ("4.8.0", True),
+        ("4.14.0", True),
+        ("5.0.0", True),
+        ("4.10.0-dev", True),
+        ("3.4.18", False),
+    ],
+)
 def test_opencv_older_than_the_floor_is_refused_with_an_upgrade_hint(version, ok):
     from shmsave._opencv import check_version
 
@@ -122,16 +144,20 @@ def test_opencv_older_than_the_floor_is_refused_with_an_upgrade_hint(version, ok
 
 # -- printf templates ------------------------------------------------------------
 
-@pytest.mark.parametrize("printf, fmt", [
-    ("out/%06d.png", "out/{index:06d}.png"),
-    ("%d.jpg", "{index}.jpg"),
-    ("out/{stem}/%4i.png", "out/{stem}/{index:4d}.png"),
-    ("%-5d.png", "{index:<5d}.png"),
-    ("%+d.png", "{index:+d}.png"),
-    ("100%%_%03x.png", "100%_{index:03x}.png"),
-    ("plain.png", None),
-    ("100%%.png", None),
-])
+
+@pytest.mark.parametrize(
+    "printf, fmt",
+    [
+        ("out/%06d.png", "out/{index:06d}.png"),
+        ("%d.jpg", "{index}.jpg"),
+        ("out/{stem}/%4i.png", "out/{stem}/{index:4d}.png"),
+        ("%-5d.png", "{index:<5d}.png"),
+        ("%+d.png", "{index:+d}.png"),
+        ("100%%_%03x.png", "100%_{index:03x}.png"),
+        ("plain.png", None),
+        ("100%%.png", None),
+    ],
+)
 def test_printf_fields_convert_to_format_fields(printf, fmt):
     assert printf_to_format(printf) == fmt
     if fmt is not None and "{stem}" not in fmt:  # the conversion names the same files
@@ -142,32 +168,50 @@ def test_printf_fields_convert_to_format_fields(printf, fmt):
 def test_a_printf_template_points_at_the_format_field():
     with pytest.raises(shmsave.InvalidRequest) as error:
         parse_template("out/%06d.png", count=10)
-    assert str(error.value).endswith("%06d is a printf field, which shmsave does not expand; "
-                                     "write 'out/{index:06d}.png'")
+    assert str(error.value).endswith(
+        "%06d is a printf field, which shmsave does not expand; write 'out/{index:06d}.png'"
+    )
 
 
 # -- cgroup CPU quotas -------------------------------------------------------------
+
 
 def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
 
-@pytest.mark.parametrize("files, cpus", [
-    ({}, None),
-    ({"cpu.max": "max 100000\n"}, None),
-    ({"cpu.max": "150000 100000\n"}, 2),
-    ({"cpu.max": "50000 100000\n"}, 1),
-    ({"cpu.max": "400000 100000\n"}, 4),
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
-    ({"cpu/cpu.cfs_quota_us": "250000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
-    ({"cpu,cpuacct/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/cpu.cfs_period_us": "50000\n"}, 2),
-    ({"cpu/cpu.cfs_quota_us": "200000\n"}, None),  # no period: not a quota we can read
-    ({"cpu.max": "garbage\n", "cpu/cpu.cfs_quota_us": "x\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-    ({"cpu.max": "600000 100000\n", "cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2),
-], ids=["none", "v2-max", "v2-1.5", "v2-0.5", "v2-4", "v1-unlimited", "v1-3", "v1-2.5", "v1-cpu,cpuacct",
-        "v1-no-period", "unreadable", "smallest-wins"])
+@pytest.mark.parametrize(
+    "files, cpus",
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "400000 100000\n"}, 4),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "250000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/cpu.cfs_period_us": "50000\n"}, 2),
+        ({"cpu/cpu.cfs_quota_us": "200000\n"}, None),  # no period: not a quota we can read
+        ({"cpu.max": "garbage\n", "cpu/cpu.cfs_quota_us": "x\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "600000 100000\n", "cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2),
+    ],
+    ids=[
+        "none",
+        "v2-max",
+        "v2-1.5",
+        "v2-0.5",
+        "v2-4",
+        "v1-unlimited",
+        "v1-3",
+        "v1-2.5",
+        "v1-cpu,cpuacct",
+        "v1-no-period",
+        "unreadable",
+        "smallest-wins",
+    ],
+)
 def test_cgroup_cpu_limit(files, cpus, tmp_path):
     for name, text in files.items():
         write(tmp_path / name, text)

@@ -92,20 +92,26 @@ def no_leaks():
     if api._shared is not None:
         api._shared.close()
         api._shared = None
-    assert wait_until(lambda: not (children() - before - _cluster_pids() - _resource_tracker()), 10), \
+    assert wait_until(lambda: not (children() - before - _cluster_pids() - _resource_tracker()), 10), (
         f"child processes left running: {children() - before - _cluster_pids() - _resource_tracker()}"
+    )
     assert not shmsave_segments(os.getpid()), f"segments left in /dev/shm: {shmsave_segments(os.getpid())}"
 
 
 @pytest.fixture(scope="module")
 def cluster():
     before = children()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=40) as local, distributed.Client(local) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+        ) as local,
+        distributed.Client(local) as client,
+    ):
         yield local, client
         _cluster_pids()
-    assert wait_until(lambda: not (children() - before - _resource_tracker()), 20), \
+    assert wait_until(lambda: not (children() - before - _resource_tracker()), 20), (
         f"left running: {children() - before - _resource_tracker()}"
+    )
     left = {name for pid in _cluster_state["ever"] for name in shmsave_segments(pid)}
     assert not left, f"segments left by the cluster's processes: {left}"
 
@@ -131,12 +137,20 @@ def client(cluster):
 
 # -- without a cluster ------------------------------------------------------------
 
+
 def test_import_shmsave_does_not_import_dask():
-    code = ("import sys, numpy, shmsave, shmsave.cli; "
-            "shmsave.save(numpy.zeros((2, 8, 8), 'uint8'), sys.argv[1] + '/{index}.png'); "
-            "print(sorted(m for m in ('dask', 'distributed', 'zarr') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code, str(REPO / ".pytest_tmp_unused")], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, numpy, shmsave, shmsave.cli; "
+        "shmsave.save(numpy.zeros((2, 8, 8), 'uint8'), sys.argv[1] + '/{index}.png'); "
+        "print(sorted(m for m in ('dask', 'distributed', 'zarr') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / ".pytest_tmp_unused")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     try:
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "[]"
@@ -166,13 +180,16 @@ def test_without_dask_the_error_names_the_extra():
     assert 'pip install "shmsave[dask]"' in done.stdout
 
 
-@pytest.mark.parametrize("nthreads, cpus, on_host, expected", [
-    (1, 2, 2, 1),    # the test cluster: one thread each, two workers on two CPUs
-    (2, 2, 1, 2),    # one worker with every thread of the host
-    (8, 16, 1, 8),   # a worker given half the host: its threads
-    (4, 16, 8, 2),   # eight workers share sixteen CPUs: two each
-    (4, 2, 4, 1),    # more workers than CPUs: still one
-])
+@pytest.mark.parametrize(
+    "nthreads, cpus, on_host, expected",
+    [
+        (1, 2, 2, 1),  # the test cluster: one thread each, two workers on two CPUs
+        (2, 2, 1, 2),  # one worker with every thread of the host
+        (8, 16, 1, 8),  # a worker given half the host: its threads
+        (4, 16, 8, 2),  # eight workers share sixteen CPUs: two each
+        (4, 2, 4, 1),  # more workers than CPUs: still one
+    ],
+)
 def test_writer_size_follows_the_dask_worker(nthreads, cpus, on_host, expected):
     assert shmsave.dask.writer_size(nthreads, cpus, on_host) == expected
 
@@ -208,8 +225,7 @@ def test_threaded_scheduler_is_byte_identical_to_shmsave_save(tmp_path):
     with dask.config.set(scheduler="threads"):
         array = da.from_array(frames, chunks=((3, 7, 5, 8), (20, 28), (64,), (3,)))
         seen = []
-        report = shmsave.dask.save(array, str(tmp_path / "dask" / "{index:03d}.png"), start=10,
-                                   progress=seen.append)
+        report = shmsave.dask.save(array, str(tmp_path / "dask" / "{index:03d}.png"), start=10, progress=seen.append)
         assert report.count == 23 and report.ok and report.engine == "dask"
         assert sum(seen) == 23
         assert _bytes_of(tmp_path / "dask") == _bytes_of(tmp_path / "ref")
@@ -226,6 +242,7 @@ def test_empty_array(tmp_path):
 
 
 # -- on the cluster -----------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_cluster_is_byte_identical_with_uneven_chunks(client, tmp_path):
@@ -282,8 +299,9 @@ def test_a_target_that_is_a_folder_fails_alone(client, tmp_path, errors):
 def test_a_read_only_folder_fails_every_image(client, tmp_path, errors):
     folder = tmp_path / "ro"
     folder.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)],
-                           capture_output=True, text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mount.returncode:
         pytest.skip(f"cannot mount a read-only tmpfs here: {mount.stderr.strip()}")
     try:
@@ -332,13 +350,17 @@ def _kill_when_saving(block, folder: str, marker: str, first: int, every_time: b
         os.kill(os.getpid(), signal.SIGKILL)
 
     def saving_here() -> bool:  # this process is inside shmsave.dask's block function, on this block
-        return any(frame.f_code.co_name == "save_block" and frame.f_locals.get("first") == first
-                   for top in sys._current_frames().values() for frame in _stack(top))
+        return any(
+            frame.f_code.co_name == "save_block" and frame.f_locals.get("first") == first
+            for top in sys._current_frames().values()
+            for frame in _stack(top)
+        )
 
     def killer():
         names = [f"{index:03d}.png" for index in range(first, first + len(block))]
-        if wait_until(lambda: saving_here() and sum(os.path.exists(os.path.join(folder, n)) for n in names) >= 2,
-                      20, 0.001):
+        if wait_until(
+            lambda: saving_here() and sum(os.path.exists(os.path.join(folder, n)) for n in names) >= 2, 20, 0.001
+        ):
             Path(marker + ".mid-block").touch()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -356,8 +378,15 @@ def _with_killer(frames, chunks, index, folder, marker, every_time=False):
     array = da.from_array(frames, chunks=(chunks, -1, -1, -1))
     lo = sum(array.chunks[0][:index])
     hi = lo + array.chunks[0][index]
-    killed = array[lo:hi].map_blocks(_kill_when_saving, str(folder), str(marker), lo, every_time, _TEST_PROCESS,
-                                     meta=np.empty((0, 0, 0, 0), frames.dtype))  # never called here
+    killed = array[lo:hi].map_blocks(
+        _kill_when_saving,
+        str(folder),
+        str(marker),
+        lo,
+        every_time,
+        _TEST_PROCESS,
+        meta=np.empty((0, 0, 0, 0), frames.dtype),
+    )  # never called here
     return da.concatenate([array[:lo], killed, array[hi:]])
 
 
@@ -400,11 +429,13 @@ def test_a_block_whose_workers_keep_dying_names_its_images(cluster, client, tmp_
     written = sorted(int(p.stem) for p in tmp_path.glob("*.png"))
     assert written == sorted(set(range(30)) - set(failed))
     shmsave.save(frames, str(tmp_path / "ref" / "{index:03d}.png"))
-    assert all((tmp_path / f"{i:03d}.png").read_bytes() == (tmp_path / "ref" / f"{i:03d}.png").read_bytes()
-               for i in written)
+    assert all(
+        (tmp_path / f"{i:03d}.png").read_bytes() == (tmp_path / "ref" / f"{i:03d}.png").read_bytes() for i in written
+    )
 
 
 # -- the command ---------------------------------------------------------------------
+
 
 def _zarr_store(path: Path, frames: np.ndarray, chunks) -> Path:
     zarr = pytest.importorskip("zarr")
@@ -432,16 +463,24 @@ def test_command_saves_a_zarr_store(cluster, tmp_path, where):
 
 def test_command_scheduler_needs_a_zarr_input(tmp_path):
     np.save(tmp_path / "a.npy", _frames(2))
-    done = subprocess.run([str(SCRIPT), str(tmp_path / "a.npy"), "-o", str(tmp_path / "{index}.png"),
-                           "--scheduler", "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(SCRIPT), str(tmp_path / "a.npy"), "-o", str(tmp_path / "{index}.png"), "--scheduler", "tcp://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "no .zarr input" in done.stderr
 
 
 def test_command_unreachable_scheduler_is_a_usage_error(tmp_path):
     store = _zarr_store(tmp_path / "s.zarr", _frames(2), (1, 48, 64, 3))
-    done = subprocess.run([str(SCRIPT), str(store), "-o", str(tmp_path / "{index}.png"),
-                           "--scheduler", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    done = subprocess.run(
+        [str(SCRIPT), str(store), "-o", str(tmp_path / "{index}.png"), "--scheduler", "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+    )
     assert done.returncode == 2, done.stderr
     assert "cannot reach the Dask scheduler" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.glob("*.png"))

@@ -74,7 +74,7 @@ _PNG9 = {"compression": 9}  # ~50 ms per 480x640 frame: batches slow enough to h
 ENGINES = ["inline", "thread", "process"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tile() -> np.ndarray:
     return frames(4, 480, 640)
 
@@ -96,7 +96,7 @@ def _expect_small(index: int) -> bytes:
     return cv2.imencode(".jpg", np.ascontiguousarray(_tile()[index % 4, :32, :32, 1]))[1].tobytes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tile_encoded(i: int, ext: str, params: tuple) -> bytes:
     return cv2.imencode(ext, _tile()[i], list(params))[1].tobytes()
 
@@ -197,8 +197,11 @@ def _check_after_death(report, template: str, count: int, folder, collect: bool)
 
 # -- 1, 2: a worker dies ------------------------------------------------------
 
-SIGNALS = [pytest.param(signal.SIGKILL, id="SIGKILL"), pytest.param(signal.SIGSEGV, id="SIGSEGV"),
-           pytest.param(signal.SIGABRT, id="SIGABRT")]
+SIGNALS = [
+    pytest.param(signal.SIGKILL, id="SIGKILL"),
+    pytest.param(signal.SIGSEGV, id="SIGSEGV"),
+    pytest.param(signal.SIGABRT, id="SIGABRT"),
+]
 
 
 @pytest.mark.slow
@@ -339,19 +342,23 @@ _CHILD = textwrap.dedent("""
 
 
 @contextlib.contextmanager
-def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O_TMPFILE",
-                  images: str = "frames"):
+def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O_TMPFILE", images: str = "frames"):
     """Run _CHILD; yield (process, info) once it is writing its big batch."""
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     out = tmp_path / "child"
     out.mkdir()
     with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen([sys.executable, str(script), str(out), str(count), engine, files, images],
-                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=sigint_as_in_a_terminal)
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(out), str(count), engine, files, images],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=sigint_as_in_a_terminal,
+        )
     try:
-        assert wait_until(lambda: (out / "info.json").exists() or process.poll() is not None, 30), \
+        assert wait_until(lambda: (out / "info.json").exists() or process.poll() is not None, 30), (
             "the child never started its batch"
+        )
         assert process.poll() is None, (tmp_path / "child.log").read_text()
         info = json.loads((out / "info.json").read_text())
         assert wait_until(lambda: len(_final_names(out / "run")) >= 2, 20), "no file of the batch appeared"
@@ -401,20 +408,24 @@ def test_parent_killed_mid_batch(tmp_path):
         assert shmsave_segments(pid), "the batch should be staged in shared memory"
         process.kill()
         process.wait(10)
-    assert wait_until(lambda: not any(_alive(w) for w in workers), 10, 0.01), \
+    assert wait_until(lambda: not any(_alive(w) for w in workers), 10, 0.01), (
         f"workers outlived their parent: {[w for w in workers if _alive(w)]}"
+    )
     # The workers remove their dead parent's segments before they exit. (Any later
     # shmsave.Writer() on the machine would sweep them too, which must not mask a leak
     # here: so no grace beyond a moment.)
-    assert wait_until(lambda: not _segments_of(pid), 0.5, 0.01), \
+    assert wait_until(lambda: not _segments_of(pid), 0.5, 0.01), (
         f"segments outlived their owner and its workers: {_segments_of(pid)}"
+    )
     done = assert_complete(tmp_path / "child" / "run", _expect_tile(**_PNG9))
     assert len(done) < 150, "the batch finished before the parent was killed"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, files", [("process", "O_TMPFILE"), ("thread", "O_TMPFILE"),
-                                           ("thread", "no-O_TMPFILE"), ("inline", "no-O_TMPFILE")])
+@pytest.mark.parametrize(
+    "engine, files",
+    [("process", "O_TMPFILE"), ("thread", "O_TMPFILE"), ("thread", "no-O_TMPFILE"), ("inline", "no-O_TMPFILE")],
+)
 def test_ctrl_c_mid_batch(engine, files, tmp_path):
     with _child_saving(tmp_path, 150 if engine != "inline" else 80, engine, files) as (process, info):
         pid, workers = info["pid"], info["workers"]
@@ -451,6 +462,7 @@ def test_ctrl_c_mid_batch_of_small_files(engine, tmp_path):
 
 # -- 5, 6: the file system refuses -------------------------------------------
 
+
 @contextlib.contextmanager
 def _tmpfs(folder, *options: str):
     """Mount a tmpfs at ``folder`` (root only); skip the test when mounting is impossible."""
@@ -469,12 +481,11 @@ def _tmpfs(folder, *options: str):
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-
-
 # Files are written through O_TMPFILE where the file system has it, else through a named
 # temporary file (NFS, FUSE, ...); the second path is run in-process with O_TMPFILE turned off.
 WRITE_PATHS = [pytest.param((engine, True), id=engine) for engine in ENGINES] + [
-    pytest.param((engine, False), id=f"{engine}-no-O_TMPFILE") for engine in ("inline", "thread")]
+    pytest.param((engine, False), id=f"{engine}-no-O_TMPFILE") for engine in ("inline", "thread")
+]
 
 
 @pytest.fixture
@@ -574,8 +585,12 @@ def test_errors_survive_pickling(tmp_path):
         assert copy.args == error.args
     copy = pickle.loads(pickle.dumps(info.value))
     assert copy.report == info.value.report and copy.report.count == 3  # the report travels along
-    assert (copy.index, copy.path, copy.errno, copy.message) == (3, str(tmp_path / "3.png"), errno.EISDIR,
-                                                                 info.value.message)
+    assert (copy.index, copy.path, copy.errno, copy.message) == (
+        3,
+        str(tmp_path / "3.png"),
+        errno.EISDIR,
+        info.value.message,
+    )
     assert str(copy).count(copy.path) == 1
 
 
@@ -592,6 +607,7 @@ def test_folder_in_path_is_a_file(tmp_path):
 
 
 # -- 7: /dev/shm too small ----------------------------------------------------
+
 
 @pytest.fixture
 def shm_free(monkeypatch):
@@ -694,6 +710,7 @@ def test_empty_with_little_dev_shm_is_file_backed(shm_free, tmp_path):
 
 # -- 8: inputs bigger than memory ---------------------------------------------
 
+
 def _rss(pid: int | None = None) -> int:
     return psutil.Process(pid).memory_info().rss
 
@@ -705,7 +722,7 @@ def test_memmap_is_not_read_into_the_parent(tmp_path):
     try:
         mapped = np.lib.format.open_memmap(path, "w+", np.uint8, (count, 480, 640, 3))
         for lo in range(0, count, 4):
-            mapped[lo:lo + 4] = _tile()
+            mapped[lo : lo + 4] = _tile()
         mapped.flush()
         del mapped
         gc.collect()
@@ -763,6 +780,7 @@ def test_memmap_of_a_deleted_file(tmp_path):
 
 # -- 9: many calls ------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_thousand_calls_leak_nothing(tmp_path):
     me = psutil.Process()
@@ -792,11 +810,16 @@ def test_thousand_calls_leak_nothing(tmp_path):
 
 # -- 10: concurrent use -------------------------------------------------------
 
+
 def _distinct_stacks(count: int, n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     base = frames(4, 96, 128, seed=seed)
-    return [np.clip(np.resize(base, (n, 96, 128, 3)).astype(np.int16)
-                    + rng.integers(-20, 20, (n, 96, 128, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
+    return [
+        np.clip(
+            np.resize(base, (n, 96, 128, 3)).astype(np.int16) + rng.integers(-20, 20, (n, 96, 128, 3)), 0, 255
+        ).astype(np.uint8)
+        for _ in range(count)
+    ]
 
 
 def _run_threads(targets) -> None:
@@ -822,11 +845,13 @@ def _run_threads(targets) -> None:
 def test_two_threads_share_one_writer(engine, tmp_path):
     stacks = {name: _distinct_stacks(4, 24, seed) for seed, name in enumerate("ab")}
     with shmsave.Writer(2, engine=engine) as writer:
+
         def work(name):
             for call, stack in enumerate(stacks[name]):
                 ext = ".png" if call % 2 else ".jpg"
                 report = writer.save(stack, str(tmp_path / f"{name}{call}" / ("{index}" + ext)))
                 assert report.count == len(stack)
+
         _run_threads([lambda: work("a"), lambda: work("b")])
     for name, per_call in stacks.items():
         for call, stack in enumerate(per_call):
@@ -837,8 +862,12 @@ def test_two_threads_share_one_writer(engine, tmp_path):
 def test_two_writers_in_one_process(tmp_path):
     stacks = _distinct_stacks(2, 40, 7)
     with shmsave.Writer(2, engine="process") as first, shmsave.Writer(2, engine="process") as second:
-        _run_threads([lambda: first.save(stacks[0], str(tmp_path / "first" / "{index}.png")),
-                      lambda: second.save(stacks[1], str(tmp_path / "second" / "{index}.png"))])
+        _run_threads(
+            [
+                lambda: first.save(stacks[0], str(tmp_path / "first" / "{index}.png")),
+                lambda: second.save(stacks[1], str(tmp_path / "second" / "{index}.png")),
+            ]
+        )
         assert not set(first.pids) & set(second.pids)
     assert assert_complete(tmp_path / "first", _expect(stacks[0])) == set(range(40))
     assert assert_complete(tmp_path / "second", _expect(stacks[1])) == set(range(40))
@@ -850,8 +879,9 @@ def test_close_waits_for_submitted_saves(tmp_path):
 
     def submit_and_close():
         with shmsave.Writer(2, engine="process") as writer:
-            futures.extend(writer.submit(stack, str(tmp_path / f"s{i}" / "{index}.png"))
-                           for i, stack in enumerate(stacks))
+            futures.extend(
+                writer.submit(stack, str(tmp_path / f"s{i}" / "{index}.png")) for i, stack in enumerate(stacks)
+            )
 
     closer = threading.Thread(target=submit_and_close, daemon=True)
     closer.start()

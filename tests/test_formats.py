@@ -14,17 +14,33 @@ from shmsave.codec import writable_extensions
 
 # dtype and channels each extension is tested with
 PIXELS = {
-    ".pgm": ("uint8", 1), ".pbm": ("uint8", 1), ".ppm": ("uint8", 3), ".pnm": ("uint16", 3),
-    ".pfm": ("float32", 3), ".hdr": ("float32", 3), ".pic": ("float32", 1), ".exr": ("float32", 3),
-    ".gif": ("uint8", 3), ".avif": ("uint8", 3), ".jp2": ("uint16", 1), ".tif": ("float64", 4),
-    ".tiff": ("int16", 1), ".png": ("uint16", 4), ".pam": ("uint8", 4),
+    ".pgm": ("uint8", 1),
+    ".pbm": ("uint8", 1),
+    ".ppm": ("uint8", 3),
+    ".pnm": ("uint16", 3),
+    ".pfm": ("float32", 3),
+    ".hdr": ("float32", 3),
+    ".pic": ("float32", 1),
+    ".exr": ("float32", 3),
+    ".gif": ("uint8", 3),
+    ".avif": ("uint8", 3),
+    ".jp2": ("uint16", 1),
+    ".tif": ("float64", 4),
+    ".tiff": ("int16", 1),
+    ".png": ("uint16", 4),
+    ".pam": ("uint8", 4),
 }
 
 
 def stack_for(ext, photos):
     dtype, channels = PIXELS.get(ext, ("uint8", 3))
-    base = photos if channels == 3 else photos[..., :1] if channels == 1 else np.concatenate(
-        [photos, photos[..., :1]], axis=3)
+    base = (
+        photos
+        if channels == 3
+        else photos[..., :1]
+        if channels == 1
+        else np.concatenate([photos, photos[..., :1]], axis=3)
+    )
     if dtype == "uint16":
         return base.astype(np.uint16) * 257
     if dtype == "int16":
@@ -47,11 +63,20 @@ def test_every_format_is_byte_identical_to_imwrite(ext, photos, tmp_path, writer
     assert report.bytes == sum(os.path.getsize(tmp_path / "shm" / f"{i}{ext}") for i in range(len(stack)))
 
 
-@pytest.mark.parametrize("ext, dtype, channels", [
-    (".png", "uint8", 1), (".png", "uint8", 3), (".png", "uint8", 4), (".png", "uint16", 1),
-    (".bmp", "uint8", 3), (".tif", "uint8", 3), (".ppm", "uint8", 3), (".pgm", "uint8", 1),
-    (".webp", "uint8", 3),
-])
+@pytest.mark.parametrize(
+    "ext, dtype, channels",
+    [
+        (".png", "uint8", 1),
+        (".png", "uint8", 3),
+        (".png", "uint8", 4),
+        (".png", "uint16", 1),
+        (".bmp", "uint8", 3),
+        (".tif", "uint8", 3),
+        (".ppm", "uint8", 3),
+        (".pgm", "uint8", 1),
+        (".webp", "uint8", 3),
+    ],
+)
 def test_lossless_formats_round_trip_through_pillow(ext, dtype, channels, photos, tmp_path):
     stack = photos[..., :channels] if channels != 4 else np.concatenate([photos, photos[..., :1]], axis=3)
     stack = stack.astype(dtype) * (257 if dtype == "uint16" else 1)

@@ -23,8 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.packaging]
 ROOT = Path(__file__).resolve().parent.parent
 PIP_TIMEOUT = 240  # seconds for one pip command: the first run downloads OpenCV (~60 MB)
 # What pip says when it cannot reach the index, as opposed to a real failure.
-_OFFLINE = re.compile(r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|"
-                      r"Network is unreachable|No matching distribution found|Could not find a version")
+_OFFLINE = re.compile(
+    r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|"
+    r"Network is unreachable|No matching distribution found|Could not find a version"
+)
 
 GUI_LINE = r"GUI:\s*(.+)"
 SAVE_WITH_WORKERS = """
@@ -41,8 +43,9 @@ print("saved", shmsave.__file__)
 def run(*args, timeout=PIP_TIMEOUT) -> subprocess.CompletedProcess:
     """Run a command in the folder of its venv (from this checkout, ``python -c`` would import the
     checkout's shmsave, not the installed one)."""
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          cwd=Path(args[0]).parent.parent)
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=Path(args[0]).parent.parent
+    )
 
 
 def make_venv(folder: Path) -> Path:
@@ -56,8 +59,10 @@ def pip_install(python: Path, *requirements) -> None:
     result = run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements)
     if result.returncode != 0:
         if _OFFLINE.search(result.stderr + result.stdout):
-            pytest.skip(f"pip cannot reach the package index to install {' '.join(map(str, requirements))}: "
-                        f"{result.stderr.strip().splitlines()[-1]}")
+            pytest.skip(
+                f"pip cannot reach the package index to install {' '.join(map(str, requirements))}: "
+                f"{result.stderr.strip().splitlines()[-1]}"
+            )
         pytest.fail(f"pip install {' '.join(map(str, requirements))} failed:\n{result.stderr}")
 
 
@@ -80,12 +85,22 @@ def opencv_gui(python: Path) -> str:
 def wheel(tmp_path_factory) -> Path:
     """shmsave's wheel, built once per session from this checkout."""
     out = tmp_path_factory.mktemp("wheel")
-    result = run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
-                 "--wheel-dir", out, ROOT)
+    result = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--wheel-dir",
+        out,
+        ROOT,
+    )
     if result.returncode != 0 and _OFFLINE.search(result.stderr):
         pytest.skip("pip cannot reach the package index for the build requirements (setuptools)")
     assert result.returncode == 0, result.stderr
-    wheel, = out.glob("shmsave-*.whl")
+    (wheel,) = out.glob("shmsave-*.whl")
     return wheel
 
 

@@ -64,6 +64,7 @@ _ACTION = "check the permissions of the file and its folder"
 
 # -- who acts ---------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _User:
     """How this run acts as a user the kernel checks file modes for."""
@@ -117,8 +118,15 @@ def user() -> _User:
         locked.mkdir(mode=0o555)
         for way in _ways_as_root():
             try:
-                done = subprocess.run([sys.executable, "-c", _PROBE, str(locked)], capture_output=True, text=True,
-                                      env=_child_env(), cwd="/", timeout=_CHILD_TIMEOUT_S, **way.popen)
+                done = subprocess.run(
+                    [sys.executable, "-c", _PROBE, str(locked)],
+                    capture_output=True,
+                    text=True,
+                    env=_child_env(),
+                    cwd="/",
+                    timeout=_CHILD_TIMEOUT_S,
+                    **way.popen,
+                )
             except (OSError, subprocess.SubprocessError):  # e.g. nobody may not execute this Python
                 continue
             if done.returncode == 0 and done.stdout.strip() == "denied":
@@ -135,6 +143,7 @@ def _child_env() -> dict:
 
 
 # -- the folders ------------------------------------------------------------
+
 
 def _new_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="shmsave-permissions-"))  # not tmp_path: pytest's is 0o700, root's
@@ -204,8 +213,9 @@ def _act(user: _User, scenario, *args) -> dict:
     """``scenario(*args)`` as the user: here, or in a child that must leave nothing behind."""
     if user.in_process:
         return scenario(*args)
-    code, out, err, pid = _spawn(user, [sys.executable, "-c", _CHILD_MAIN, scenario.__name__, json.dumps(args)],
-                                 cwd="/")
+    code, out, err, pid = _spawn(
+        user, [sys.executable, "-c", _CHILD_MAIN, scenario.__name__, json.dumps(args)], cwd="/"
+    )
     assert code == 0, f"the scenario failed as {user.name}:\n{err}"
     result = json.loads(out.splitlines()[-1])
     assert result.pop("children_left") == [], f"worker processes outlived the Writer as {user.name}"
@@ -214,8 +224,9 @@ def _act(user: _User, scenario, *args) -> dict:
 
 def _spawn(user: _User, argv: list[str], cwd) -> tuple[int, str, str, int]:
     """Run ``argv`` as the user; return (exit status, stdout, stderr, pid) once no segment of it is left."""
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(),
-                          cwd=cwd, **user.popen) as child:
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(), cwd=cwd, **user.popen
+    ) as child:
         try:
             out, err = child.communicate(timeout=_CHILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -238,6 +249,7 @@ def _noisy(count: int) -> np.ndarray:
 
 # Scenarios: module-level (a child imports them by name); JSON in, JSON out.
 
+
 def save_and_catch(how: str, template: str) -> dict:
     """Save 3 images with ``shmsave.save`` or a ``Writer(2, engine=how)``; describe the WriteFailed raised."""
     pids: list[int] = []
@@ -251,8 +263,15 @@ def save_and_catch(how: str, template: str) -> dict:
                 finally:
                     pids = writer.pids
     except shmsave.WriteFailed as error:
-        return {"raised": True, "errno": error.errno, "index": error.index, "path": error.path,
-                "message": str(error), "after_images": getattr(error, "report", None) is not None, "pids": pids}
+        return {
+            "raised": True,
+            "errno": error.errno,
+            "index": error.index,
+            "path": error.path,
+            "message": str(error),
+            "after_images": getattr(error, "report", None) is not None,
+            "pids": pids,
+        }
     return {"raised": False}
 
 
@@ -269,6 +288,7 @@ def save_and_collect(engine: str, template: str, size: str, tmpfile: bool = True
 
 
 # -- 1. the output folder is not writable -----------------------------------
+
 
 @pytest.mark.parametrize("how", ["shmsave.save", *ENGINES])
 @pytest.mark.parametrize("where", ["folder", "new-subfolder"])
@@ -288,6 +308,7 @@ def test_unwritable_folder_fails_before_any_image(where, how, user, place):
 
 
 # -- 2. one target the user may not write, in a folder they may ----------------
+
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", ["read-only-file", "read-only-subfolder"])
@@ -331,6 +352,7 @@ def test_a_big_image_does_not_replace_a_read_only_file(through, user, place):
 
 
 # -- 3. the shmsave command ---------------------------------------------------
+
 
 def _command_into_locked(user: _User, place: Path, template: str) -> tuple[int, str, str, Path]:
     np.save(place / "x.npy", _tiny(3))

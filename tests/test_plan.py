@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shmsave._plan import Chunks, Choice, choose_engine, single_core_seconds
+from shmsave._plan import Choice, Chunks, choose_engine, single_core_seconds
 
 from .conftest import children
 
@@ -26,11 +26,27 @@ TABLE = [
     ("tiny-few-cold-inline", "auto", 2, 120, 120 * TINY, "array", False, Choice("inline", 1, small=True)),
     ("tiny-1000-cold-inline", "auto", 2, 1000, 1000 * TINY, "array", False, Choice("inline", 1, small=True)),
     ("tiny-3000-cold-threads", "auto", 2, 3000, 3000 * TINY, "array", False, Choice("thread", 2, small=True)),
-    ("tiny-big-cold-2-cores-threads", "auto", 2, 50_000, 50_000 * TINY, "array", False,
-     Choice("thread", 2, small=True)),
+    (
+        "tiny-big-cold-2-cores-threads",
+        "auto",
+        2,
+        50_000,
+        50_000 * TINY,
+        "array",
+        False,
+        Choice("thread", 2, small=True),
+    ),
     ("tiny-big-cold-16-cores-pays", "auto", 16, 50_000, 50_000 * TINY, "array", False, Choice("process", 16)),
-    ("tiny-small-cold-16-cores-threads", "auto", 16, 10_000, 10_000 * TINY, "array", False,
-     Choice("thread", 16, small=True)),
+    (
+        "tiny-small-cold-16-cores-threads",
+        "auto",
+        16,
+        10_000,
+        10_000 * TINY,
+        "array",
+        False,
+        Choice("thread", 16, small=True),
+    ),
     ("tiny-list-ready", "auto", 4, 1000, 1000 * TINY, "list", True, Choice("process", 4)),
     ("big-file-processes", "auto", 4, 300, 300 * MB, "file", False, Choice("process", 4)),
     ("big-file-one-worker", "auto", 1, 300, 300 * MB, "file", False, Choice("process", 1)),
@@ -38,8 +54,9 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize("engine, workers, count, nbytes, source, ready, expected",
-                         [pytest.param(*row[1:], id=row[0]) for row in TABLE])
+@pytest.mark.parametrize(
+    "engine, workers, count, nbytes, source, ready, expected", [pytest.param(*row[1:], id=row[0]) for row in TABLE]
+)
 def test_engine_choice(engine, workers, count, nbytes, source, ready, expected):
     before = children()
     assert choose_engine(engine, workers, count, nbytes, source, pool_ready=ready) == expected

@@ -56,8 +56,9 @@ def _png(image: np.ndarray) -> bytes:
 def _run_script(tmp_path, code: str, *args: str, timeout: float = 120) -> dict:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -186,6 +187,7 @@ def test_at_fork_the_process_wide_writer_is_not_inherited(tmp_path):
 
 # -- working folder, umask, home ------------------------------------------------
 
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_relative_paths_follow_the_callers_folder(engine, tmp_path, monkeypatch):
     (tmp_path / "A").mkdir()
@@ -227,6 +229,7 @@ def test_tilde_is_the_home_folder(tmp_path, monkeypatch):
 
 # -- another PID namespace sharing /dev/shm --------------------------------------
 
+
 def _unshare_works() -> str | None:
     if shutil.which("unshare") is None:
         return "the unshare command is not installed"
@@ -261,8 +264,12 @@ def test_sweep_in_another_pid_namespace_keeps_live_segments(tmp_path):
         buffer[...] = images
         mine = shmsave_segments(os.getpid())
         assert mine
-        done = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, str(script), str(os.getpid())],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["unshare", "-p", "-f", "--mount-proc", sys.executable, str(script), str(os.getpid())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         inside = json.loads(done.stdout)
         assert not inside["outer_visible"], "the test needs a namespace where this process's pid does not exist"
@@ -274,8 +281,10 @@ def test_sweep_in_another_pid_namespace_keeps_live_segments(tmp_path):
 
 def test_segment_lock_ends_with_its_owner(tmp_path):
     """A segment's lock is what proves its owner alive: it ends when the owner is SIGKILLed."""
-    code = ("import os, sys, time, shmsave.segment as s; b = s.Segment.create(4096); "
-            "print(b.locator, flush=True); time.sleep(60)")
+    code = (
+        "import os, sys, time, shmsave.segment as s; b = s.Segment.create(4096); "
+        "print(b.locator, flush=True); time.sleep(60)"
+    )
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         name = owner.stdout.readline().strip()
@@ -292,6 +301,7 @@ def test_segment_lock_ends_with_its_owner(tmp_path):
 
 
 # -- files already at the target ---------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [SMALL, BIG])
 @pytest.mark.parametrize("engine", ENGINES)
@@ -365,6 +375,7 @@ def test_overwrite_false_counts_a_folder_or_dangling_link_as_failed(engine, tmp_
 
 
 # -- unexpected errors ------------------------------------------------------------
+
 
 def _truncated_npy(tmp_path, count: int = 60) -> np.ndarray:
     path = tmp_path / "frames.npy"

@@ -36,6 +36,7 @@ def imencode(image, ext=".png", params=()) -> bytes:
 
 # -- the basic contract ------------------------------------------------------
 
+
 def test_save_writes_one_file_per_image_and_reports(photos, tmp_path, writer):
     report = writer.save(photos, str(tmp_path / "out" / "{index:03d}.png"))
     names = sorted(os.listdir(tmp_path / "out"))
@@ -52,16 +53,25 @@ def test_start_offsets_the_index_and_folders_in_the_template_are_created(photos,
         assert read(tmp_path / f"{10 + i:02d}" / f"frame_{10 + i}.jpg") == imencode(photos[i], ".jpg")
 
 
-@pytest.mark.parametrize("template, fields", [
-    ("{index:06d}.png", {}), ("img_{index}.png", {}), ("{cam}_{index:>4}.png", {"cam": "left"}),
-    ("{{x}}{index:x}.png", {}), ("{cam!r}-{index:+d}.png", {"cam": "c"}), ("{index}_{index:03d}.png", {}),
-    ("{n:03d}/{index:04}.png", {"n": 7}), ("{index:{width}}.png", {"width": 5}),
-])
+@pytest.mark.parametrize(
+    "template, fields",
+    [
+        ("{index:06d}.png", {}),
+        ("img_{index}.png", {}),
+        ("{cam}_{index:>4}.png", {"cam": "left"}),
+        ("{{x}}{index:x}.png", {}),
+        ("{cam!r}-{index:+d}.png", {"cam": "c"}),
+        ("{index}_{index:03d}.png", {}),
+        ("{n:03d}/{index:04}.png", {"n": 7}),
+        ("{index:{width}}.png", {"width": 5}),
+    ],
+)
 def test_file_names_are_what_str_format_gives(template, fields, photos, tmp_path, writer):
     writer.save(photos[:3], str(tmp_path / template), start=8, fields=fields)
     expected = {template.format(index=i, **fields) for i in range(8, 11)}
-    found = {os.path.relpath(os.path.join(root, name), tmp_path)
-             for root, _, names in os.walk(tmp_path) for name in names}
+    found = {
+        os.path.relpath(os.path.join(root, name), tmp_path) for root, _, names in os.walk(tmp_path) for name in names
+    }
     assert found == expected
 
 
@@ -76,15 +86,21 @@ def test_empty_batch_is_a_no_op(tmp_path):
     assert shmsave.save([], str(tmp_path / "{index}.png")).count == 0
 
 
-@pytest.mark.parametrize("ext, options, flags", [
-    (".jpg", {"quality": 37}, [cv2.IMWRITE_JPEG_QUALITY, 37]),
-    (".webp", {"quality": 55}, [cv2.IMWRITE_WEBP_QUALITY, 55]),
-    (".png", {"compression": 9}, [cv2.IMWRITE_PNG_COMPRESSION, 9]),
-    (".jp2", {"quality": 20}, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 200]),
-    (".png", {"params": {"IMWRITE_PNG_STRATEGY": cv2.IMWRITE_PNG_STRATEGY_RLE}},
-     [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]),
-    (".jpg", {"params": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]}, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
-])
+@pytest.mark.parametrize(
+    "ext, options, flags",
+    [
+        (".jpg", {"quality": 37}, [cv2.IMWRITE_JPEG_QUALITY, 37]),
+        (".webp", {"quality": 55}, [cv2.IMWRITE_WEBP_QUALITY, 55]),
+        (".png", {"compression": 9}, [cv2.IMWRITE_PNG_COMPRESSION, 9]),
+        (".jp2", {"quality": 20}, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 200]),
+        (
+            ".png",
+            {"params": {"IMWRITE_PNG_STRATEGY": cv2.IMWRITE_PNG_STRATEGY_RLE}},
+            [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE],
+        ),
+        (".jpg", {"params": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]}, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+    ],
+)
 def test_options_map_to_the_formats_opencv_flags(ext, options, flags, photos, tmp_path):
     shmsave.save(photos, str(tmp_path / ("{index}" + ext)), **options)
     for i, image in enumerate(photos):
@@ -124,8 +140,10 @@ def test_non_contiguous_input(photos, tmp_path, writer):
 
 
 def test_list_of_different_sizes_and_channels(rng, tmp_path, writer):
-    images = [rng.integers(0, 255, (h, w, c), np.uint8) for h, w, c in
-              [(10, 20, 3), (300, 17, 1), (5, 5, 4), (64, 64, 3), (1, 1, 3)]]
+    images = [
+        rng.integers(0, 255, (h, w, c), np.uint8)
+        for h, w, c in [(10, 20, 3), (300, 17, 1), (5, 5, 4), (64, 64, 3), (1, 1, 3)]
+    ]
     images.append(rng.integers(0, 255, (33, 44), np.uint8))
     report = writer.save(images, str(tmp_path / "{index}.png"))
     assert report.count == len(images)
@@ -193,6 +211,7 @@ def test_errors_raise_names_the_index_and_path(photos, tmp_path, writer):
 
 
 # -- workers, engines, reuse -----------------------------------------------------
+
 
 def test_workers_default_to_usable_cpus():
     with shmsave.Writer() as writer:
@@ -272,6 +291,7 @@ def test_calls_after_close_raise_writer_closed(photos, tmp_path):
 
 
 # -- pixels never travel through pickling ------------------------------------------
+
 
 @pytest.fixture
 def sent_sizes(monkeypatch):
@@ -370,8 +390,7 @@ print(shmsave.save(images, sys.argv[1] + "/b{index}.png", workers=2).count)
 
 
 def run_python(args, tmp_path, **kwargs):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, **kwargs)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, **kwargs)
 
 
 def test_works_from_a_script_without_main_guard(tmp_path):
@@ -421,6 +440,7 @@ def test_works_from_threads(photos, tmp_path):
 
 # -- cleanup ---------------------------------------------------------------------
 
+
 def test_close_stops_workers_and_frees_segments(photos, tmp_path):
     writer = shmsave.Writer(workers=2, engine="process")
     writer.save(photos, str(tmp_path / "{index}.png"))
@@ -428,8 +448,7 @@ def test_close_stops_workers_and_frees_segments(photos, tmp_path):
     assert shmsave_segments(os.getpid()), "expected warm staging segments while open"
     writer.close()
     assert not shmsave_segments(os.getpid())
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in pids)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
 
 
 def test_a_forgotten_writer_is_cleaned_up_by_garbage_collection(photos, tmp_path):

@@ -107,9 +107,14 @@ def test_tiny_ring_applies_backpressure_and_loses_nothing(writer, tmp_path):
 
 def test_mixed_shapes_and_dtypes(writer, tmp_path):
     rng = np.random.default_rng(3)
-    images = [_frames(1, 30, 40)[0], _frames(1, 17, 91, 1)[0, :, :, 0], _frames(1, 64, 64, 4)[0],
-              (rng.random((33, 21)) * 65535).astype(np.uint16), _frames(1, 48, 64)[0][::2, ::-1],
-              _frames(1, 50, 50, 1)[0]]
+    images = [
+        _frames(1, 30, 40)[0],
+        _frames(1, 17, 91, 1)[0, :, :, 0],
+        _frames(1, 64, 64, 4)[0],
+        (rng.random((33, 21)) * 65535).astype(np.uint16),
+        _frames(1, 48, 64)[0][::2, ::-1],
+        _frames(1, 50, 50, 1)[0],
+    ]
     with writer.stream(tmp_path / "{index:04d}.png") as stream:
         for image in images * 5:
             stream.write(image)
@@ -129,9 +134,11 @@ def test_image_bigger_than_the_ring_is_written(writer, tmp_path):
 
 def test_two_open_streams_on_one_writer(writer, tmp_path):
     color = _frames(40)
-    depth = (_frames(40, channels=1)[..., 0].astype(np.uint16) * 200)
-    with writer.stream(tmp_path / "color" / "{index:04d}.jpg") as colors, \
-            writer.stream(tmp_path / "depth" / "{index:04d}.png") as depths:
+    depth = _frames(40, channels=1)[..., 0].astype(np.uint16) * 200
+    with (
+        writer.stream(tmp_path / "color" / "{index:04d}.jpg") as colors,
+        writer.stream(tmp_path / "depth" / "{index:04d}.png") as depths,
+    ):
         for c, d in zip(color, depth):
             colors.write(c)
             depths.write(d)
@@ -142,8 +149,14 @@ def test_two_open_streams_on_one_writer(writer, tmp_path):
 
 def test_bad_input_raises_and_the_stream_goes_on(writer, tmp_path):
     good = _frames(6)
-    bad = [np.zeros((8, 8), np.float64) + 0.5, np.zeros((8, 8, 5), np.uint8), [[1, 2], [3, 4]],
-           np.zeros(10, np.uint8), np.zeros((0, 4), np.uint8), np.zeros((4, 4, 1, 1), np.uint8)]
+    bad = [
+        np.zeros((8, 8), np.float64) + 0.5,
+        np.zeros((8, 8, 5), np.uint8),
+        [[1, 2], [3, 4]],
+        np.zeros(10, np.uint8),
+        np.zeros((0, 4), np.uint8),
+        np.zeros((4, 4, 1, 1), np.uint8),
+    ]
     with writer.stream(tmp_path / "{index:04d}.jpg") as stream:
         for image, wrong in zip(good, bad):
             stream.write(image)
@@ -175,7 +188,7 @@ def test_error_in_the_loop_lets_accepted_images_finish(writer, tmp_path):
             for i, frame in enumerate(frames):
                 stream.write(frame)
                 if i == 39:
-                    1 / 0
+                    raise ZeroDivisionError("an error in the loop body")
     assert stream.report.count == 40
     _assert_files(tmp_path, frames[:40], params=(cv2.IMWRITE_PNG_COMPRESSION, 9))
     assert not os.path.exists(tmp_path / "0040.png")
@@ -308,11 +321,16 @@ def test_ctrl_c_in_the_loop(tmp_path):
     script = tmp_path / "loop.py"
     script.write_text(textwrap.dedent(_CTRL_C))
     with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen([sys.executable, str(script), str(out)], stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=sigint_as_in_a_terminal)
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=sigint_as_in_a_terminal,
+        )
     try:
-        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60), \
+        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60), (
             "the loop never started"
+        )
         assert process.poll() is None, (tmp_path / "child.log").read_text()
         info = json.loads((tmp_path / "info.json").read_text())
         process.send_signal(signal.SIGINT)
@@ -327,8 +345,9 @@ def test_ctrl_c_in_the_loop(tmp_path):
     assert names, "no image was written before the interrupt"
     for name in names:
         index = int(name.split(".")[0])
-        assert (out / name).read_bytes() == _encoded(frames[index % 4], ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9)), \
+        assert (out / name).read_bytes() == _encoded(frames[index % 4], ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9)), (
             f"{name} is incomplete or not an image"
+        )
     assert not shmsave_segments(info["pid"]), "segments left in /dev/shm"
     assert wait_until(lambda: not any(psutil.pid_exists(p) for p in info["workers"]), 10), "workers left running"
 

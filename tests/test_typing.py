@@ -22,8 +22,12 @@ def test_the_package_is_marked_typed():
 def test_a_user_script_of_every_public_name_passes_mypy_strict():
     """As for an installed package: shmsave's own modules are followed silently, the script strictly."""
     pytest.importorskip("mypy", reason="mypy comes with the dev extra, which this environment lacks")
-    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
-                           str(USER_SCRIPT)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", str(USER_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

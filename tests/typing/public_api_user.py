@@ -15,17 +15,27 @@ import shmsave
 def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
     reports: list[shmsave.Report] = []
     reports.append(shmsave.save(frames, folder / "{index:06d}.jpg", quality=90, workers=2, start=10))
-    reports.append(shmsave.save([frames[0], frames[1]], str(folder / "{index}.png"), compression=3,
-                                params={"IMWRITE_PNG_STRATEGY": 1}, rgb=True, overwrite=False,
-                                errors="collect", progress=True))
+    reports.append(
+        shmsave.save(
+            [frames[0], frames[1]],
+            str(folder / "{index}.png"),
+            compression=3,
+            params={"IMWRITE_PNG_STRATEGY": 1},
+            rgb=True,
+            overwrite=False,
+            errors="collect",
+            progress=True,
+        )
+    )
     told: list[int] = []
     with shmsave.Writer(workers=2, engine="auto") as writer:
         writer.start()
         buffer: np.ndarray = writer.empty((4, 32, 32, 3), "uint8")
         buffer[...] = frames[:4]
         reports.append(writer.save(buffer, os.path.join(folder, "{index}.bmp"), progress=told.append))
-        future: concurrent.futures.Future[shmsave.Report] = writer.submit(frames, folder / "s{index}.png",
-                                                                          compression=1)
+        future: concurrent.futures.Future[shmsave.Report] = writer.submit(
+            frames, folder / "s{index}.png", compression=1
+        )
         reports.append(future.result())
         pids: list[int] = writer.pids
         assert len(pids) <= writer.workers
