@@ -227,7 +227,8 @@ def test_worker_killed_mid_batch(sig, errors, tmp_path):
         ended = time.monotonic()
         killer.join(5)
         assert killer.killed, "the batch ended before a worker could be killed; make it slower"
-        assert ended - killer.at < 15, f"the call took {ended - killer.at:.1f} s after the worker died"
+        # a hang check, not a speed check: the rest of the batch takes ~1 s quiet, 22 s was seen on a loaded VM
+        assert ended - killer.at < 120, f"the call took {ended - killer.at:.1f} s after the worker died"
         _check_after_death(report, template, count, tmp_path / "out", errors == "collect")
         assert all(signal.Signals(sig).name in f.message for f in report.failed)
 
