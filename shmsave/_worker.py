@@ -52,11 +52,8 @@ def _serve(conn, parent_pid: int) -> None:
     while True:
         try:
             task = conn.recv()
-        except (EOFError, OSError):
-            if os.getppid() != parent_pid:
-                from .segment import unlink_owned_by
-
-                unlink_owned_by(parent_pid)
+        except (EOFError, OSError):  # the socket closed without a word: the parent is dead or dying
+            _clean_up_after(parent_pid)
             return
         if task is None:
             return
@@ -73,6 +70,18 @@ def _run(task: Task):
     except Exception as error:  # noqa: BLE001 - e.g. a .npy truncated after the call was checked
         return unexpected_in_task(task.first, error)
     return write_images(images, task.first, task.job)
+
+
+def _clean_up_after(parent_pid: int) -> None:
+    """Unlink the segments a dead parent abandoned: nobody else will.
+
+    Not ``os.getppid() != parent_pid``: the socket closes while the parent exits, before this
+    process is given a new parent, and that test lost the race (a segment was left). The owner's
+    lock decides instead: a live parent's segments are never touched.
+    """
+    from .segment import unlink_owned_by
+
+    unlink_owned_by(parent_pid)
 
 
 def _stop(signum, frame):
@@ -92,10 +101,7 @@ def main(argv: list[str]) -> None:
     try:
         conn.send(Ready(os.getpid()))
         _serve(conn, parent_pid)
-    except (BrokenPipeError, ConnectionResetError):  # the parent closed our socket
-        if os.getppid() != parent_pid:  # it died mid-task: nobody else will remove its segments
-            from .segment import unlink_owned_by
-
-            unlink_owned_by(parent_pid)
+    except (BrokenPipeError, ConnectionResetError):  # the parent closed our socket: it died mid-task
+        _clean_up_after(parent_pid)
     finally:
         conn.close()
