@@ -229,7 +229,7 @@ CASES = [
 
 
 # cases about a format that older OpenCV builds do not write at all (4.6: no GIF, no AVIF)
-_NEEDS_FORMAT = {"gray-to-gif": ".gif", "avif-16-bit-no-depth": ".avif"}
+_NEEDS_FORMAT = {"gray-to-gif": ".gif", "avif-16-bit-no-depth": ".avif", "avif-8-bit-depth-10": ".avif"}
 
 
 def _case(name, *rest):
