@@ -191,15 +191,7 @@ def make_stream_request(
 def check_image(encoding: codec.Encoding, image, what: str) -> None:
     """Refuse one image that is not a 2-D/3-D array ``encoding`` can write unchanged (NaN and
     infinity aside: ``check_finite``)."""
-    if not isinstance(image, np.ndarray):
-        raise InvalidRequest(
-            f"{what} is a {_type_name(image)}, not a numpy array"
-            + (_asarray_hint(image) or "; each image must be a numpy array")
-        )
-    if image.ndim not in (2, 3):
-        raise InvalidRequest(f"{what} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
-    if 0 in image.shape:
-        raise InvalidRequest(f"{what} has shape {image.shape} and no pixels")
+    _check_array(image, what)
     codec.check_pixels(encoding, image.dtype, image.shape[2] if image.ndim == 3 else 1, what)
     codec.check_size(encoding, image.shape[0], image.shape[1], what)
 
@@ -317,15 +309,7 @@ def _asarray_hint(value) -> str:
 def _normalize_list(images: list) -> list:
     dtype = None
     for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray):
-            raise InvalidRequest(
-                f"image {i} is a {_type_name(image)}, not a numpy array"
-                + (_asarray_hint(image) or "; each image must be a numpy array")
-            )
-        if image.ndim not in (2, 3):
-            raise InvalidRequest(f"image {i} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
-        if 0 in image.shape:
-            raise InvalidRequest(f"image {i} has shape {image.shape} and no pixels")
+        _check_array(image, f"image {i}")
         if dtype is None:
             dtype = image.dtype
         elif image.dtype != dtype:
@@ -334,6 +318,19 @@ def _normalize_list(images: list) -> list:
                 "all images of one call must share a dtype: cast them first"
             )
     return images
+
+
+def _check_array(image, what: str) -> None:
+    """Refuse what is not one 2-D/3-D numpy array with pixels (a list's item, a stream's image)."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidRequest(
+            f"{what} is a {_type_name(image)}, not a numpy array"
+            + (_asarray_hint(image) or "; each image must be a numpy array")
+        )
+    if image.ndim not in (2, 3):
+        raise InvalidRequest(f"{what} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
+    if 0 in image.shape:
+        raise InvalidRequest(f"{what} has shape {image.shape} and no pixels")
 
 
 _FINITE_CHUNK_BYTES = 16 * 2**20  # np.isfinite makes a bool array; check a big stack in slices
