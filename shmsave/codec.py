@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,8 +21,7 @@ from .errors import InvalidRequest
 cv2 = import_cv2()
 
 
-@dataclass(frozen=True)
-class Format:
+class Format(NamedTuple):
     """What one file format can hold and how its options map to OpenCV flags."""
 
     name: str
@@ -153,8 +152,7 @@ def _exr_enabled_by_environment() -> bool:
     return os.environ.get("OPENCV_IO_ENABLE_OPENEXR", "").strip().lower() in ("1", "true", "on", "yes")
 
 
-@dataclass(frozen=True)
-class Encoding:
+class Encoding(NamedTuple):
     """A checked request to encode: what the worker passes to ``cv2.imencode``."""
 
     extension: str

@@ -15,7 +15,6 @@ when they end a call.
 from __future__ import annotations
 
 import errno as _errno
-import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -140,6 +139,8 @@ def _cause(exitcode: int | None) -> str:
     if exitcode is None:
         return "stopped answering"
     if exitcode < 0:
+        import signal  # only a dead worker needs it: keep it out of a script's first call
+
         sig = -exitcode
         try:
             name = signal.Signals(sig).name

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import string
+from _string import formatter_parser  # what string.Formatter().parse calls; string's import costs 0.4 ms
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import InvalidRequest
 
@@ -17,8 +17,7 @@ from .errors import InvalidRequest
 _INJECTIVE_SPEC = re.compile(r"^([^0-9A-Za-z]?[<>=^]|0[>=])?[+\- ]?#?0?\d*[,_]?[dxXob]?$")
 
 
-@dataclass(frozen=True)
-class Template:
+class Template(NamedTuple):
     """A checked path template: ``text.format(index=i, **fields)`` names image i."""
 
     text: str
@@ -47,7 +46,7 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
     template = _expand_home(template)
     fields = dict(fields or {})
     try:
-        parts = list(string.Formatter().parse(template))
+        parts = list(formatter_parser(template))
     except ValueError as error:
         raise InvalidRequest(
             f"the path template {template!r} is malformed ({error}); write literal braces as '{{{{' and '}}}}'"
@@ -171,7 +170,7 @@ def name_maker(text: str, fields: dict) -> Callable[[int], str]:
         return text.format(index=index, **fields)
 
     before, after, spec = [], [], None
-    for literal, name, field_spec, conversion in string.Formatter().parse(text):
+    for literal, name, field_spec, conversion in formatter_parser(text):
         side = before if spec is None else after
         side.append(literal)
         if name is None:

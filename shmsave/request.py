@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -15,8 +14,7 @@ from .errors import InvalidRequest, WriteFailed, describe_oserror
 from .naming import Template, parse_template
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """A checked request: images, where each goes, and how to encode it.
 
     ``stack`` is an (N, H, W[, C]) array, or None when ``images`` is a list of
