@@ -8,6 +8,7 @@ benchmarks (benchmarks/results/full.md).
 from __future__ import annotations
 
 import math
+import threading
 from typing import NamedTuple
 
 from ._cpus import usable_cpus
@@ -34,13 +35,18 @@ _POOL_START_S = 0.4
 _THREADS_FROM_IMAGE_BYTES = 64 * 1024
 # Tiny images on threads: the GIL serializes shmsave's Python work per image (16 % of
 # it, benchmarks/results/profile_tiny.md) and the hand-offs around each encode and
-# file call, so threads top out near 4x however many cores there are; 2 threads ran
-# 10,000 tiny images at 1.8x the loop (issue 12's fresh-interpreter measurement). With
-# the worker processes not yet started, threads win a request unless starting n
-# processes and running at n x beats them: start + W / n < W / min(n, 4). On 2 cores
-# that never happens: a script's one-shot call of tiny images runs on threads (from
-# ~0.1 s of estimated work; inline below).
+# file call, so threads top out near 4x however many cores there are, and get about
+# 0.7 of a core each below that: 2 threads ran 10,000 tiny images at 1.3-1.55x the loop
+# (warm, tmpfs), where cv2.imwrite's single hand-off per image gives 1.55-1.75x. With
+# the worker processes not yet started, a request of tiny images starts them and runs
+# "hybrid" (threads write at once; each worker takes over from a thread as it finishes
+# starting) when starting n processes and running at n x beats the threads:
+# start + W / n < W / (0.7 x min(n, 4)): from ~26,000 tiny images on 2 cores, ~52,000
+# on 4 (where threads come closest), ~19,000 on 16. Smaller requests run on threads
+# (from ~0.1 s of estimated work) or inline; a list runs on processes (it is staged
+# window by window, which threads cannot share).
 _THREAD_SPEEDUP_MOST = 4
+_TINY_THREAD_EFFICIENCY = 0.7
 # Below this estimate (~1,700 tiny images) threads are not paid back: 1,000 tiny images ran no
 # faster on 2 threads than inline (26 vs 26 ms, fresh interpreters), 10,000 ran 1.7x faster.
 _THREADS_FROM_S = 0.1
@@ -55,9 +61,9 @@ TASK_IMAGES = 512
 _TASK_MIN_S = 0.001
 _TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
 
-__all__ = ["ENGINES", "Choice", "Chunks", "choose_engine", "single_core_seconds", "usable_cpus"]
+__all__ = ["ENGINES", "Choice", "Chunks", "SharedChunks", "choose_engine", "single_core_seconds", "usable_cpus"]
 
-ENGINES = ("auto", "process", "thread", "inline")
+ENGINES = ("auto", "process", "thread", "inline", "hybrid")
 SOURCE_KINDS = ("array", "shared", "file", "list")  # caller's memory, Writer.empty, np.memmap, a list
 
 
@@ -86,6 +92,8 @@ def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: st
     ``SOURCE_KINDS``; ``pool_ready``: the worker processes run and have
     finished starting.
     """
+    if engine == "hybrid" and source == "list":
+        engine = "process"  # a list is packed into shared memory window by window: processes only
     if engine != "auto":
         return Choice(engine, 1 if engine == "inline" else workers)
     if source == "file" and nbytes > _PARENT_MAY_READ_BYTES:
@@ -95,8 +103,11 @@ def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: st
         return Choice("inline", 1)
     if nbytes >= count * _THREADS_FROM_IMAGE_BYTES:
         return Choice("thread", workers)
-    if pool_ready or _POOL_START_S + seconds / workers < seconds / min(workers, _THREAD_SPEEDUP_MOST):
+    if pool_ready:
         return Choice("process", workers)
+    threads = _TINY_THREAD_EFFICIENCY * min(workers, _THREAD_SPEEDUP_MOST)
+    if _POOL_START_S + seconds / workers < seconds / threads:
+        return Choice("process" if source == "list" else "hybrid", workers)
     if seconds >= _THREADS_FROM_S:
         return Choice("thread", workers, small=True)
     return Choice("inline", 1, small=True)
@@ -126,3 +137,42 @@ class Chunks:
             self.left -= size
             yield lo, lo + size
             lo += size
+
+
+class SharedChunks:
+    """The tasks of one request shared by several takers (the threads and the worker processes'
+    dispatcher of the hybrid engine): each task goes to exactly one of them.
+
+    ``limit`` and ``split`` make it a ``Chunks`` to ``Stager.tasks``; ``take``
+    serves the threads. Safe from any thread.
+    """
+
+    def __init__(self, chunks: Chunks, count: int) -> None:
+        self._chunks = chunks
+        self._tasks = chunks.split(0, count)
+        self._lock = threading.Lock()
+        self.exhausted = False  # every task is taken, or ``stop`` was called
+
+    def take(self) -> tuple[int, int] | None:
+        """The next ``(start, end)`` task, or None once there is none left."""
+        with self._lock:
+            if not self.exhausted:
+                task = next(self._tasks, None)
+                if task is not None:
+                    return task
+                self.exhausted = True
+            return None
+
+    def stop(self) -> None:
+        """Hand out no more tasks."""
+        with self._lock:
+            self.exhausted = True
+
+    def limit(self, most: int) -> None:
+        with self._lock:
+            self._chunks.limit(most)
+
+    def split(self, lo: int, hi: int):
+        """Yield the tasks left, as ``take`` gives them (``lo``/``hi``: the whole request)."""
+        while (task := self.take()) is not None:
+            yield task

@@ -150,7 +150,17 @@ class Pool:
         while len(self._workers) < self.size:
             self._workers.append(_Worker())
 
-    def run(self, source, on_result, on_death, on_abandon, wake: Connection | None = None) -> None:
+    def run(
+        self,
+        source,
+        on_result,
+        on_death,
+        on_abandon,
+        wake: Connection | None = None,
+        *,
+        ready_only: bool = False,
+        finished=None,
+    ) -> None:
         """Send every task of the iterator ``source`` to a worker; return when all are answered.
 
         ``on_result(task, result)`` may return False to stop taking tasks from
@@ -164,6 +174,12 @@ class Pool:
         ``Wait`` ready writes to. Run then blocks on it together with the
         workers (instead of polling ``ready()`` while no worker is busy), and
         reads and discards what arrives on it.
+
+        ``ready_only``: send tasks only to workers that have finished starting
+        (the hybrid engine: threads write meanwhile, taking from the same
+        tasks). ``finished()``: whether the source has nothing left for the
+        workers although it is not exhausted (threads took the rest); checked
+        when no worker is busy and on each ``wake``.
         """
         self.start()
         for worker in [w for w in self._workers if w.process.poll() is not None]:
@@ -175,7 +191,10 @@ class Pool:
             while True:
                 while not exhausted and (waiting is None or waiting.ready()):
                     waiting = None
-                    worker = min(self._workers, key=lambda w: len(w.tasks))
+                    takers = [w for w in self._workers if w.ready] if ready_only else self._workers
+                    if not takers:
+                        break
+                    worker = min(takers, key=lambda w: len(w.tasks))
                     if len(worker.tasks) >= _DEPTH:
                         break
                     item = next(source, None)
@@ -193,11 +212,13 @@ class Pool:
                                 exhausted = True
                 busy = [w for w in self._workers if w.tasks]
                 if not busy:
-                    if exhausted:
+                    if exhausted or (finished is not None and waiting is None and finished()):
                         return
-                    if wake is None:
+                    if wake is None and not ready_only:
                         continue
                 listening = [w.conn for w in busy]
+                if ready_only:
+                    listening += [w.conn for w in self._workers if not w.ready and not w.tasks]
                 if wake is not None and not exhausted:
                     listening.append(wake)
                 for conn in wait(listening):
@@ -205,7 +226,7 @@ class Pool:
                         while wake.poll():
                             wake.recv_bytes()
                         continue
-                    worker = next(w for w in busy if w.conn is conn)
+                    worker = next(w for w in self._workers if w.conn is conn)
                     try:
                         message = conn.recv()
                     except (EOFError, OSError):
@@ -220,6 +241,10 @@ class Pool:
         except BaseException:
             self.terminate(on_abandon)
             raise
+
+    def ready_count(self) -> int:
+        """How many workers have finished starting (as ``run`` last heard; never blocks)."""
+        return sum(worker.ready for worker in self._workers)
 
     def _replace(self, worker: _Worker, on_death) -> bool:
         """Start a new worker in place of a dead one; False if ``on_death`` said stop."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._files import remove_partial_files, write_images
-from ._plan import ENGINES, Choice, Chunks, choose_engine, usable_cpus
+from ._plan import ENGINES, Choice, Chunks, SharedChunks, choose_engine, usable_cpus
 from ._processes import Processes
 from ._protocol import Task
 from .errors import InvalidRequest, WriterClosed
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-    from ._protocol import Result
+    from ._protocol import Outcome, Result
     from .streaming import Stream
 
 
@@ -43,9 +43,11 @@ class Writer:
     """Saves image batches with a pool of long-lived worker processes.
 
     ``workers`` defaults to the CPUs this process may use. ``engine`` is
-    ``"process"``, ``"thread"``, ``"inline"`` (this thread only) or
-    ``"auto"``: inline or threads for batches too small to pay for processes,
-    processes otherwise (and whenever the pool is already running).
+    ``"process"``, ``"thread"``, ``"inline"`` (this thread only), ``"hybrid"``
+    (threads write at once while the processes start; each process takes over
+    from a thread as it is ready) or ``"auto"``: inline or threads for batches
+    too small to pay for processes, hybrid for big batches of small images
+    while the processes have not started, processes once they run.
 
     Use it as a context manager, or call ``close()``; a forgotten Writer is
     closed when it is garbage collected or at exit. Calls from several threads
@@ -269,7 +271,7 @@ class Writer:
                 self._processes.source_kind(request),
                 pool_ready=not streaming and self._processes.ready(),
             )
-            if streaming and choice.engine == "process":
+            if streaming and choice.engine in ("process", "hybrid"):
                 choice = Choice("thread", self.workers)
             if choice.small and not streaming:
                 self._small_calls += 1
@@ -278,7 +280,10 @@ class Writer:
             tally = Tally(request, progress)
             try:
                 if choice.engine == "process":
-                    self._run_processes(request, tally)
+                    chunks = Chunks(request.count, request.nbytes, self.workers)
+                    self._run_processes(request, chunks, tally)
+                elif choice.engine == "hybrid":
+                    self._run_hybrid(request, tally, choice.workers)
                 elif choice.engine == "thread":
                     self._run_threads(request, tally, choice.workers)
                 else:
@@ -296,14 +301,20 @@ class Writer:
             if tally.add(write_images(images[lo:hi], request.start + lo, job), request.start + hi) is False:
                 break
 
-    def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
-        import concurrent.futures  # here: a call that runs inline never needs it
-
+    def _thread_pool(self, workers: int) -> concurrent.futures.ThreadPoolExecutor:
         if self._threads is None:
-            self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
+            from concurrent.futures import ThreadPoolExecutor  # here: a call that runs inline never needs it
+
+            self._threads = ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
+        return self._threads
+
+    def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
+        import concurrent.futures
+
+        threads = self._thread_pool(workers)
         images, job = _images(request), request.job()
         ends = {
-            self._threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
+            threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
             for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
         }
         counted = set()
@@ -320,7 +331,10 @@ class Writer:
             if future not in counted and not future.cancelled() and future.exception() is None:
                 tally.add(future.result(), end)
 
-    def _run_processes(self, request: Request, tally: Tally) -> None:
+    def _run_processes(
+        self, request: Request, chunks: Chunks | SharedChunks, tally: Tally | _SharedTally, **dispatch: Any
+    ) -> None:
+        """Send the tasks of ``chunks`` to the worker processes (``dispatch``: options of ``Pool.run``)."""
         stager = self._processes.stager()
 
         def on_result(task: Task, result: Result) -> bool:
@@ -335,11 +349,47 @@ class Writer:
         def on_abandon(task: Task, pid: int) -> None:
             remove_partial_files(request, task, pid)
 
-        tasks = stager.tasks(request, Chunks(request.count, request.nbytes, self.workers))
+        tasks = stager.tasks(request, chunks)
         try:
-            self._processes.pool().run(tasks, on_result, on_death, on_abandon)
+            self._processes.pool().run(tasks, on_result, on_death, on_abandon, **dispatch)
         finally:
             tasks.close()
+
+    def _run_hybrid(self, request: Request, tally: Tally, workers: int) -> None:
+        """Threads write from the first moment while the worker processes start; a thread
+        steps back as each process becomes ready, so no more than ``workers`` encode at once.
+
+        Threads and processes take their tasks from one ``SharedChunks``; the
+        processes' dispatcher (this thread) sends tasks only to ready workers.
+        """
+        import concurrent.futures
+        from multiprocessing import Pipe
+
+        pool = self._processes.pool()
+        pool.start()
+        chunks = SharedChunks(Chunks(request.count, request.nbytes, workers), request.count)
+        images, job = _images(request), request.job()
+        shared = _SharedTally(tally, chunks)
+        wake_read, wake_write = Pipe(duplex=False)
+
+        def write(rank: int) -> None:
+            try:
+                while pool.ready_count() + rank < workers and (task := chunks.take()) is not None:
+                    lo, hi = task
+                    shared.add(write_images(images[lo:hi], request.start + lo, job), request.start + hi)
+            finally:
+                wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
+
+        threads = [self._thread_pool(workers).submit(write, rank) for rank in range(workers)]
+        try:
+            self._run_processes(
+                request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted
+            )
+        finally:
+            chunks.stop()
+            concurrent.futures.wait(threads)
+            wake_read.close()
+            wake_write.close()
 
     def _after_fork_in_child(self) -> None:
         """Become, in a forked child, a Writer that has not started yet.
@@ -352,6 +402,28 @@ class Writer:
         self._threads = self._submitter = None
         self._processes.drop_inherited()
         self._small_calls = 0
+
+
+class _SharedTally:
+    """A Tally counted from several threads; when it says stop, no more tasks are handed out."""
+
+    def __init__(self, tally: Tally, chunks: SharedChunks) -> None:
+        self._tally = tally
+        self._chunks = chunks
+        self._lock = threading.Lock()
+
+    def add(self, outcome: Outcome, end: int) -> bool:
+        with self._lock:
+            return self._go_on(self._tally.add(outcome, end))
+
+    def died(self, task: Task, exitcode: int | None) -> bool:
+        with self._lock:
+            return self._go_on(self._tally.died(task, exitcode))
+
+    def _go_on(self, go_on: bool) -> bool:
+        if go_on is False:
+            self._chunks.stop()
+        return go_on
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()

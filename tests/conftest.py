@@ -90,7 +90,7 @@ def photos(rng):
     return stack
 
 
-ENGINES = ["inline", "thread", "process"]
+ENGINES = ["inline", "thread", "process", "hybrid"]
 
 
 @pytest.fixture(params=ENGINES)

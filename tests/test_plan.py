@@ -26,17 +26,12 @@ TABLE = [
     ("tiny-few-cold-inline", "auto", 2, 120, 120 * TINY, "array", False, Choice("inline", 1, small=True)),
     ("tiny-1000-cold-inline", "auto", 2, 1000, 1000 * TINY, "array", False, Choice("inline", 1, small=True)),
     ("tiny-3000-cold-threads", "auto", 2, 3000, 3000 * TINY, "array", False, Choice("thread", 2, small=True)),
-    (
-        "tiny-big-cold-2-cores-threads",
-        "auto",
-        2,
-        50_000,
-        50_000 * TINY,
-        "array",
-        False,
-        Choice("thread", 2, small=True),
-    ),
-    ("tiny-big-cold-16-cores-pays", "auto", 16, 50_000, 50_000 * TINY, "array", False, Choice("process", 16)),
+    ("tiny-20000-cold-2-cores-threads", "auto", 2, 20_000, 20_000 * TINY, "array", False, Choice("thread", 2, True)),
+    ("tiny-big-cold-2-cores-hybrid", "auto", 2, 50_000, 50_000 * TINY, "array", False, Choice("hybrid", 2)),
+    ("tiny-big-cold-16-cores-hybrid", "auto", 16, 50_000, 50_000 * TINY, "array", False, Choice("hybrid", 16)),
+    ("tiny-big-cold-list-processes", "auto", 16, 50_000, 50_000 * TINY, "list", False, Choice("process", 16)),
+    ("forced-hybrid-list-processes", "hybrid", 4, 10, 10 * TINY, "list", False, Choice("process", 4)),
+    ("forced-hybrid", "hybrid", 4, 10, 10 * TINY, "shared", True, Choice("hybrid", 4)),
     (
         "tiny-small-cold-16-cores-threads",
         "auto",
@@ -64,10 +59,10 @@ def test_engine_choice(engine, workers, count, nbytes, source, ready, expected):
 
 
 def test_cold_workers_pay_only_where_they_beat_threads():
-    # tiny images, workers not started: processes once start + W / n < W / min(n, 4);
-    # with 16 workers and a 0.4 s start that is W > 0.4 / (1/4 - 1/16) = 2.13 s
+    # tiny images, workers not started: hybrid once start + W / n < W / (0.7 x min(n, 4));
+    # with 16 workers and a 0.4 s start that is W > 0.4 / (1/2.8 - 1/16) = 1.358 s
     per_image = single_core_seconds(1, TINY)
-    for seconds, engine in ((2.10, "thread"), (2.16, "process")):
+    for seconds, engine in ((1.35, "thread"), (1.37, "hybrid")):
         count = int(seconds / per_image)
         assert choose_engine("auto", 16, count, count * TINY, "array", pool_ready=False).engine == engine
 

@@ -535,6 +535,71 @@ def test_start_makes_the_workers_ready_before_the_first_call(tmp_path, rng):
         assert report.engine == "process"  # no call waits for the workers to import
 
 
+def _count_images_written_here(monkeypatch, before_each=None) -> list[int]:
+    """Record the images that this process's threads write (the hybrid engine's share)."""
+    from shmsave import writer as writer_module
+
+    written: list[int] = []
+    real = writer_module.write_images
+
+    def counted(images, first_index, job):
+        if before_each is not None:
+            before_each()
+        written.extend(range(first_index, first_index + len(images)))
+        return real(images, first_index, job)
+
+    monkeypatch.setattr(writer_module, "write_images", counted)
+    return written
+
+
+def test_hybrid_threads_write_until_the_workers_are_ready_then_step_back(monkeypatch, tmp_path, rng):
+    stack = rng.integers(0, 255, (6000, 50, 50, 1), np.uint8)
+    with shmsave.Writer(workers=2, engine="hybrid") as writer:
+        # each thread's first task waits until both workers are ready: after it, both threads step back
+        written = _count_images_written_here(
+            monkeypatch, lambda: wait_until(lambda: writer._processes.pool().ready_count() == 2, 60)
+        )
+        report = writer.save(stack, str(tmp_path / "{index}.jpg"))
+    assert report.engine == "hybrid" and report.count == 6000 and report.ok
+    assert 0 < len(written) < 6000 and len(set(written)) == len(written)
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{i}.jpg" for i in range(6000))
+    for i in [*written[:3], *range(0, 6000, 499)]:  # threads' images and the processes'
+        assert read(tmp_path / f"{i}.jpg") == imencode(stack[i], ".jpg")
+
+
+def test_hybrid_with_ready_workers_leaves_everything_to_them(monkeypatch, tmp_path, rng):
+    stack = rng.integers(0, 255, (2000, 50, 50, 1), np.uint8)
+    with shmsave.Writer(workers=2, engine="hybrid") as writer:
+        writer.start()
+        written = _count_images_written_here(monkeypatch)
+        assert writer.save(stack, str(tmp_path / "{index}.jpg")).count == 2000
+    assert written == []
+    assert read(tmp_path / "1999.jpg") == imencode(stack[1999], ".jpg")
+
+
+def test_hybrid_threads_finish_alone_when_workers_never_start(monkeypatch, tmp_path, rng):
+    from shmsave import pool
+
+    monkeypatch.setattr(pool, "_WORKER_MAIN", "import sys; sys.exit(3)")  # a broken environment
+    stack = rng.integers(0, 255, (3000, 50, 50, 1), np.uint8)
+    with shmsave.Writer(workers=2, engine="hybrid") as writer:
+        written = _count_images_written_here(monkeypatch)
+        report = writer.save(stack, str(tmp_path / "{index}.jpg"))
+    assert report.count == 3000 and report.ok and sorted(written) == list(range(3000))
+    assert read(tmp_path / "2999.jpg") == imencode(stack[2999], ".jpg")
+
+
+def test_auto_engine_goes_hybrid_for_many_tiny_images_while_workers_are_cold(monkeypatch, tmp_path, rng):
+    from shmsave import _plan
+
+    monkeypatch.setattr(_plan, "_POOL_START_S", 0.01)  # as on a host where workers start 40x faster
+    stack = rng.integers(0, 255, (1000, 50, 50, 1), np.uint8)
+    with shmsave.Writer(workers=2) as writer:
+        assert writer.save(stack, str(tmp_path / "{index}.jpg")).engine == "hybrid"
+        assert wait_until(writer._processes.ready, 60)  # started by that call (threads may have finished first)
+        assert writer.save(stack[:300], str(tmp_path / "{index}.jpg")).engine == "process"
+
+
 # -- the question that started the project ---------------------------------------------
 
 _QUESTION = """
