@@ -50,10 +50,6 @@ _TINY_THREAD_EFFICIENCY = 0.7
 # Below this estimate (~1,700 tiny images) threads are not paid back: 1,000 tiny images ran no
 # faster on 2 threads than inline (26 vs 26 ms, fresh interpreters), 10,000 ran 1.7x faster.
 _THREADS_FROM_S = 0.1
-# In-process engines read a memory-mapped file through this process's own pages: above
-# this many bytes, workers map the file themselves, so this process's memory stays small
-# whatever the file's size (tests/test_cli.py::test_parent_memory_stays_small_for_a_big_npy).
-_PARENT_MAY_READ_BYTES = 64 * _MB
 # A task is about this much work; small enough to balance, big enough that its
 # round trip (~0.1 ms) is noise.
 TASK_BYTES = 4 * _MB
@@ -96,8 +92,6 @@ def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: st
         engine = "process"  # a list is packed into shared memory window by window: processes only
     if engine != "auto":
         return Choice(engine, 1 if engine == "inline" else workers)
-    if source == "file" and nbytes > _PARENT_MAY_READ_BYTES:
-        return Choice("process", workers)
     seconds = single_core_seconds(count, nbytes)
     if workers == 1 or count == 1 or seconds < _INLINE_BELOW_S:
         return Choice("inline", 1)

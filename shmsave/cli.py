@@ -5,12 +5,12 @@
     arguments ──▶ open inputs: headers only ──▶ check all (library rules, path clashes)
                                                   │ nothing written until all pass
                                                   ▼
-    summary ◀── Report ◀── Writer.save ◀── .npy: np.load(mmap_mode="r"); workers map the file
+    summary ◀── Report ◀── Writer.save ◀── .npy: np.load(mmap_mode="r"), read where it is mapped
                                         ◀── .npz: one array at a time, read into Writer.empty()
 
-A .npy file is never read by this process when it is big (``_plan.py``: over
-64 MB): the Writer hands its workers the file's name and offset, and they map it
-read-only, so the parent's memory does not grow with the file. A .npz archive is compressed or at least zipped and
+A .npy file is mapped, never loaded: worker processes get its name and offset and
+map it themselves; threads read it here and let each task's pages go once written
+(``_pages.py``), so this process's memory does not grow with the file. A .npz archive is compressed or at least zipped and
 cannot be mapped; each array is read straight from the zip stream into shared
 memory (never held twice), saved, and freed before the next.
 """

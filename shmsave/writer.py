@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._files import remove_partial_files, write_images
+from ._pages import page_dropper
 from ._plan import ENGINES, Choice, Chunks, SharedChunks, choose_engine, usable_cpus
 from ._processes import Processes
 from ._protocol import Task
@@ -31,7 +32,7 @@ from .request import Request, make_request, make_stream_request, prepare_folder
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     import numpy.typing as npt
 
@@ -296,9 +297,9 @@ class Writer:
 
     def _run_inline(self, request: Request, tally: Tally) -> None:
         """Write in this thread, a task at a time, so that progress is told as it goes."""
-        images, job = _images(request), request.job()
+        write = _in_process(request)
         for lo, hi in Chunks(request.count, request.nbytes, 1).split(0, request.count):
-            if tally.add(write_images(images[lo:hi], request.start + lo, job), request.start + hi) is False:
+            if tally.add(write(lo, hi), request.start + hi) is False:
                 break
 
     def _thread_pool(self, workers: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -312,9 +313,9 @@ class Writer:
         import concurrent.futures
 
         threads = self._thread_pool(workers)
-        images, job = _images(request), request.job()
+        write = _in_process(request)
         ends = {
-            threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
+            threads.submit(write, lo, hi): request.start + hi
             for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
         }
         counted = set()
@@ -368,19 +369,19 @@ class Writer:
         pool = self._processes.pool()
         pool.start()
         chunks = SharedChunks(Chunks(request.count, request.nbytes, workers), request.count)
-        images, job = _images(request), request.job()
+        write = _in_process(request)
         shared = _SharedTally(tally, chunks)
         wake_read, wake_write = Pipe(duplex=False)
 
-        def write(rank: int) -> None:
+        def take_tasks(rank: int) -> None:
             try:
                 while pool.ready_count() + rank < workers and (task := chunks.take()) is not None:
                     lo, hi = task
-                    shared.add(write_images(images[lo:hi], request.start + lo, job), request.start + hi)
+                    shared.add(write(lo, hi), request.start + hi)
             finally:
                 wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
 
-        threads = [self._thread_pool(workers).submit(write, rank) for rank in range(workers)]
+        threads = [self._thread_pool(workers).submit(take_tasks, rank) for rank in range(workers)]
         try:
             self._run_processes(
                 request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted
@@ -437,5 +438,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _images(request: Request) -> Any:
-    return request.stack if request.stack is not None else request.listed
+def _in_process(request: Request) -> Callable[[int, int], Outcome]:
+    """``write(lo, hi)``: write images ``lo:hi`` of ``request`` in this process, reading them
+    where they are; the pages of a memory-mapped file are let go after each (``_pages.py``)."""
+    images = request.stack if request.stack is not None else request.listed
+    job, start = request.job(), request.start
+    drop = page_dropper(request.stack)
+
+    def write(lo: int, hi: int) -> Outcome:
+        outcome = write_images(images[lo:hi], start + lo, job)
+        if drop is not None:
+            drop(lo, hi)
+        return outcome
+
+    return write

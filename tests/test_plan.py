@@ -43,8 +43,10 @@ TABLE = [
         Choice("thread", 16, small=True),
     ),
     ("tiny-list-ready", "auto", 4, 1000, 1000 * TINY, "list", True, Choice("process", 4)),
-    ("big-file-processes", "auto", 4, 300, 300 * MB, "file", False, Choice("process", 4)),
-    ("big-file-one-worker", "auto", 1, 300, 300 * MB, "file", False, Choice("process", 1)),
+    # a memory-mapped file is read in this process too: its pages are let go after each task (_pages.py)
+    ("big-file-threads", "auto", 4, 300, 300 * MB, "file", False, Choice("thread", 4)),
+    ("big-file-one-worker-inline", "auto", 1, 300, 300 * MB, "file", False, Choice("inline", 1)),
+    ("tiny-big-file-hybrid", "auto", 2, 50_000, 50_000 * TINY, "file", False, Choice("hybrid", 2)),
     ("small-file-threads", "auto", 4, 10, 10 * MB, "file", False, Choice("thread", 4)),
 ]
 

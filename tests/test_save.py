@@ -350,6 +350,46 @@ def _no_staging(self, *args):
     raise AssertionError("pixels were copied into staging memory")
 
 
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_memory_mapped_files_read_in_process_let_their_pages_go_and_keep_their_values(mode, photos, tmp_path):
+    np.save(tmp_path / "stack.npy", photos)
+    mapped = np.load(tmp_path / "stack.npy", mmap_mode=mode)
+    expected = photos.copy()
+    if mode != "r":
+        mapped[1::2] = 255 - mapped[1::2]  # unsaved changes: mode c keeps them private, r+ in the page cache
+        expected[1::2] = 255 - expected[1::2]
+    with shmsave.Writer(workers=2, engine="thread") as writer:
+        writer.save(mapped[::-1], str(tmp_path / "a{index}.png"))  # any strides
+        writer.save(mapped, str(tmp_path / "b{index}.png"))
+    for i in range(len(photos)):
+        assert read(tmp_path / f"a{i}.png") == imencode(expected[::-1][i])
+        assert read(tmp_path / f"b{i}.png") == imencode(expected[i])
+    np.testing.assert_array_equal(mapped, expected)  # the caller's changes are all there still
+
+
+@pytest.mark.parametrize("engine", ["inline", "thread", "hybrid"])
+def test_in_process_engines_let_go_of_a_mapped_files_pages(engine, tmp_path, rng):
+    frames = rng.integers(0, 255, (160, 256, 256, 3), np.uint8)  # 31 MB
+    np.save(tmp_path / "frames.npy", frames)
+    mapped = np.load(tmp_path / "frames.npy", mmap_mode="r")
+    with shmsave.Writer(workers=2, engine=engine) as writer:
+        writer.save(mapped, str(tmp_path / "{index}.bmp"))
+        assert _resident_bytes_of(tmp_path / "frames.npy") < 2**20  # was 31 MB before pages were let go
+    assert read(tmp_path / "159.bmp") == imencode(frames[159], ".bmp")
+
+
+def _resident_bytes_of(path) -> int:
+    """This process's resident bytes of its mappings of the file ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 def test_empty_buffers_are_freed_with_their_array():
     with shmsave.Writer(workers=1) as writer:
         before = shmsave_segments(os.getpid())
