@@ -65,8 +65,14 @@ build/opencv4.txt:
 	mkdir -p build
 	echo "opencv-python-headless<5" > $@
 
+# One full run: every method on every workload (full.md/png), the command against user scripts
+# (command.md), streams against loops (streaming.md); ~75 min on 2 cores, mostly the mixed workload.
+# BENCH_ARGS="--repeat 3" shortens the first part to ~40 min.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
+	$(PY) -m benchmarks.command
+	$(PY) -m benchmarks.streaming
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks --quick
