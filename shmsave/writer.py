@@ -196,7 +196,7 @@ class Writer:
             rings, hub = self._processes.rings(), self._processes.hub()
             ring = rings.lend_ring(nbytes)
             stream = Stream(request, ring, rings, hub, progress, self.workers)
-            hub.open(stream)
+            hub.open(stream, self._thread_pool())
         return stream
 
     def start(self) -> Writer:
@@ -296,14 +296,21 @@ class Writer:
             if tally.add(write_images(images[lo:hi], request.start + lo, job), request.start + hi) is False:
                 break
 
-    def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
-        import concurrent.futures  # here: a call that runs inline never needs it
-
+    def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The Writer's ``workers`` threads, shared by ``save`` and streams (call with the lock held)."""
         if self._threads is None:
-            self._threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
+            from concurrent.futures import ThreadPoolExecutor  # here: a call that runs inline never needs it
+
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="shmsave")
+        return self._threads
+
+    def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
+        import concurrent.futures
+
+        threads = self._thread_pool()
         images, job = _images(request), request.job()
         ends = {
-            self._threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
+            threads.submit(write_images, images[lo:hi], request.start + lo, job): request.start + hi
             for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
         }
         counted = set()
