@@ -11,6 +11,16 @@ pending images are taken whenever a worker has room for a task (``Pool.run``
 asks the source only then): a fast producer's batches grow while the workers
 are busy, a slow producer's images go out at once.
 
+A stream's big images come as tasks to run ``here``: the hub gives them to
+the Writer's thread pool (``Stream.run_here``; OpenCV releases the GIL while it
+encodes) instead of to ``Pool.run``. Encoders busy at once stay within the
+Writer's ``workers`` (n). With no task at the processes, the threads get up
+to ``_DEPTH`` x n tasks (n run, the rest queue, as ``Pool.run`` keeps each
+process ``_DEPTH`` ahead: a thread that finishes starts its next task without
+waiting for the hub); otherwise threads and processes share the n encoders,
+one task each. Whatever frees an encoder wakes the hub: a thread pokes it, a
+worker's Result makes it look again.
+
 While the hub runs, it alone uses the Writer's pool; ``Writer`` checks
 ``active`` (under its own lock, which ``open`` is called under) and writes
 ``save`` calls with threads meanwhile.
@@ -26,9 +36,11 @@ from typing import TYPE_CHECKING
 
 from ._protocol import Task, Wait
 from .errors import WorkerFailed
-from .pool import Pool
+from .pool import _DEPTH, Pool
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from ._protocol import Result
     from .streaming import Stream
 
@@ -38,7 +50,9 @@ class Hub:
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
-        self._mutex = threading.Lock()  # guards _streams, _thread and the wake-up pipe
+        self._mutex = threading.Lock()  # guards _streams, _thread, _here and the wake-up pipe
+        self._threads: ThreadPoolExecutor | None = None  # the Writer's, for tasks that run here
+        self._here = 0  # tasks given to the threads and not answered yet
         self._streams: list[Stream] = []
         self._owner: dict[int, Stream] = {}  # task id -> its stream; only the hub thread touches it
         self._ids = itertools.count()
@@ -52,9 +66,11 @@ class Hub:
         """Whether the hub thread runs (and so owns the pool)."""
         return self._thread is not None
 
-    def open(self, stream: Stream) -> None:
-        """Dispatch the tasks of ``stream`` from now on; call with the Writer's lock held."""
+    def open(self, stream: Stream, threads: ThreadPoolExecutor) -> None:
+        """Dispatch the tasks of ``stream`` from now on, those to run here on ``threads`` (the
+        Writer's pool of ``workers`` threads); call with the Writer's lock held."""
         with self._mutex:
+            self._threads = threads
             self._streams.append(stream)
             if self._thread is None:
                 self._wake_read, self._wake_write = Pipe(duplex=False)
@@ -93,7 +109,8 @@ class Hub:
         """In a forked child: the parent's thread did not survive and its streams stay the parent's."""
         self._mutex = threading.Lock()
         self._streams, self._owner = [], {}
-        self._thread = None
+        self._thread = self._threads = None
+        self._here = 0
         for end in (self._wake_read, self._wake_write):
             if end is not None:
                 with contextlib.suppress(OSError):
@@ -146,22 +163,45 @@ class Hub:
         return not self.idle
 
     def _next_task(self) -> Task | None:
-        with self._mutex:
-            streams = list(self._streams)
-        for k in range(len(streams)):
-            stream = streams[(self._turn + k) % len(streams)]
-            task = stream.take_task(self._ids)
-            if task is not None:
-                self._turn = (self._turn + k + 1) % len(streams)
+        """The next task for the worker processes; tasks to run here go to the threads meanwhile."""
+        while True:
+            with self._mutex:
+                streams = list(self._streams)
+                here = self._here
+            sent, size = len(self._owner), self._pool.size  # tasks at the worker processes
+            here_free = here < (size - min(sent, size) if sent else _DEPTH * size)
+            workers_free = here == 0 or here + sent < size
+            for k in range(len(streams)):
+                stream = streams[(self._turn + k) % len(streams)]
+                taken = stream.take_task(self._ids, here_free, workers_free)
+                if taken is not None:
+                    self._turn = (self._turn + k + 1) % len(streams)
+                    break
+            else:
+                return None
+            task, run_here = taken
+            if not run_here:
                 self._owner[task.id] = stream
                 return task
-        return None
+            with self._mutex:
+                self._here += 1
+            self._threads.submit(self._run_here, stream, task)
+
+    def _run_here(self, stream: Stream, task: Task) -> None:
+        try:
+            stream.run_here(task)
+        finally:
+            with self._mutex:
+                self._here -= 1
+            self.poke()
 
     def _on_result(self, task: Task, result: Result) -> None:
         self._owner.pop(task.id).task_done(task, result.outcome)
+        self.idle = False  # an encoder is free: a waiting task may go now
 
     def _on_death(self, task: Task, exitcode: int | None, pid: int) -> None:
         self._owner.pop(task.id).task_died(task, exitcode, pid)
+        self.idle = False
 
     def _on_abandon(self, task: Task, pid: int) -> None:
         self._owner.pop(task.id).task_abandoned(task, pid)

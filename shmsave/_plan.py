@@ -32,7 +32,7 @@ _POOL_START_S = 0.4
 # processes: with four GIL hand-offs per image (encode, open, write, close),
 # two threads ran at 0.5-0.7x the loop on one host and swung between 0.8x and
 # 1.5x within minutes on another (10,000 images), where processes held 1.9x.
-_THREADS_FROM_IMAGE_BYTES = 64 * 1024
+THREADS_FROM_IMAGE_BYTES = 64 * 1024
 # Tiny images on threads: the GIL serializes shmsave's Python work per image (16 % of
 # it, benchmarks/results/profile_tiny.md) and the hand-offs around each encode and
 # file call, so threads top out near 4x however many cores there are, and get about
@@ -57,7 +57,16 @@ TASK_IMAGES = 512
 _TASK_MIN_S = 0.001
 _TASKS_PER_WORKER = 2  # a task is at most 1/(2 x workers) of what is left
 
-__all__ = ["ENGINES", "Choice", "Chunks", "SharedChunks", "choose_engine", "single_core_seconds", "usable_cpus"]
+__all__ = [
+    "ENGINES",
+    "THREADS_FROM_IMAGE_BYTES",
+    "Choice",
+    "Chunks",
+    "SharedChunks",
+    "choose_engine",
+    "single_core_seconds",
+    "usable_cpus",
+]
 
 ENGINES = ("auto", "process", "thread", "inline", "hybrid")
 SOURCE_KINDS = ("array", "shared", "file", "list")  # caller's memory, Writer.empty, np.memmap, a list
@@ -95,7 +104,7 @@ def choose_engine(engine: str, workers: int, count: int, nbytes: int, source: st
     seconds = single_core_seconds(count, nbytes)
     if workers == 1 or count == 1 or seconds < _INLINE_BELOW_S:
         return Choice("inline", 1)
-    if nbytes >= count * _THREADS_FROM_IMAGE_BYTES:
+    if nbytes >= count * THREADS_FROM_IMAGE_BYTES:
         return Choice("thread", workers)
     if pool_ready:
         return Choice("process", workers)

@@ -10,9 +10,10 @@
 
 A .npy file is mapped, never loaded: worker processes get its name and offset and
 map it themselves; threads read it here and let each task's pages go once written
-(``_pages.py``), so this process's memory does not grow with the file. A .npz archive is compressed or at least zipped and
-cannot be mapped; each array is read straight from the zip stream into shared
-memory (never held twice), saved, and freed before the next.
+(``_pages.py``), so this process's memory does not grow with the file. A .npz
+archive is compressed or at least zipped and cannot be mapped; each array is read
+straight from the zip stream into shared memory (never held twice), saved, and
+freed before the next.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class Writer:
             rings, hub = self._processes.rings(), self._processes.hub()
             ring = rings.lend_ring(nbytes)
             stream = Stream(request, ring, rings, hub, progress, self.workers)
-            hub.open(stream)
+            hub.open(stream, self._thread_pool())
         return stream
 
     def start(self) -> Writer:
@@ -302,17 +302,18 @@ class Writer:
             if tally.add(write(lo, hi), request.start + hi) is False:
                 break
 
-    def _thread_pool(self, workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The Writer's ``workers`` threads, shared by ``save`` and streams (call with the lock held)."""
         if self._threads is None:
             from concurrent.futures import ThreadPoolExecutor  # here: a call that runs inline never needs it
 
-            self._threads = ThreadPoolExecutor(workers, thread_name_prefix="shmsave")
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="shmsave")
         return self._threads
 
     def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
         import concurrent.futures
 
-        threads = self._thread_pool(workers)
+        threads = self._thread_pool()
         write = _in_process(request)
         ends = {
             threads.submit(write, lo, hi): request.start + hi
@@ -381,7 +382,7 @@ class Writer:
             finally:
                 wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
 
-        threads = [self._thread_pool(workers).submit(take_tasks, rank) for rank in range(workers)]
+        threads = [self._thread_pool().submit(take_tasks, rank) for rank in range(workers)]
         try:
             self._run_processes(
                 request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted

@@ -17,6 +17,11 @@ segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
     1,000 streams                                test_no_leak_after_1000_streams
     fork                                         test_forked_child_after_a_stream
     save while a stream is open                  test_save_while_a_stream_is_open_uses_threads
+    big images on threads of this process        test_big_images_are_encoded_here_from_the_ring,
+                                                 test_reused_big_buffer_overwritten_after_write,
+                                                 test_tiny_and_big_images_in_one_stream,
+                                                 test_errors_from_an_image_encoded_here,
+                                                 test_progress_and_overwrite_false_for_images_encoded_here
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import psutil
 import pytest
 
 import shmsave
-from shmsave import InvalidRequest, StreamClosed, WorkerDied, WriteFailed
+from shmsave import InvalidRequest, StreamClosed, WorkerDied, WriteFailed, streaming
 
 from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
 
@@ -247,9 +252,100 @@ def test_save_while_a_stream_is_open_uses_threads(writer, tmp_path):
     assert writer.save(frames, tmp_path / "c" / "{index:04d}.png").count == 30  # the pool is free again
 
 
+@pytest.fixture
+def encoded_here(monkeypatch):
+    """The indices of the images this process encodes (the rest go to the worker processes)."""
+    indices: list[int] = []
+    write_images = streaming.write_images
+
+    def spy(images, first_index, job):
+        indices.extend(range(first_index, first_index + len(images)))
+        return write_images(images, first_index, job)
+
+    monkeypatch.setattr(streaming, "write_images", spy)
+    return indices
+
+
+def test_big_images_are_encoded_here_from_the_ring(writer, tmp_path, encoded_here):
+    frames = _frames(12, 240, 320)  # 230 KB each: over save()'s 64 KB threshold for threads
+    with writer.stream(tmp_path / "{index:04d}.jpg", quality=95) as stream:
+        for frame in frames:
+            stream.write(frame)
+    assert stream.report.count == 12 and stream.report.ok
+    assert sorted(encoded_here) == list(range(12)), "big images went to the worker processes"
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"expected{i}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert (tmp_path / f"{i:04d}.jpg").read_bytes() == (tmp_path / f"expected{i}.jpg").read_bytes()
+
+
+def test_reused_big_buffer_overwritten_after_write(writer, tmp_path, encoded_here):
+    frames = _frames(30, 240, 320)
+    buffer = np.empty_like(frames[0])
+    with writer.stream(tmp_path / "{index:04d}.png") as stream:
+        for frame in frames:
+            buffer[...] = frame
+            stream.write(buffer)
+            buffer[...] = 255  # at once, while the image is still being encoded
+    assert stream.report.count == 30 and len(encoded_here) == 30
+    _assert_files(tmp_path, frames)
+
+
+def test_tiny_and_big_images_in_one_stream(writer, tmp_path, encoded_here):
+    tiny, big = _frames(40, 16, 16), _frames(6, 200, 300, seed=4)
+    gray = _frames(2, 300, 400, channels=1, seed=5)[..., 0]
+    images = [*tiny[:10], big[0], big[1], *tiny[10:20], gray[0], *tiny[20:30], *big[2:], gray[1], *tiny[30:]]
+    writer.start()
+    with writer.stream(tmp_path / "{index:04d}.png") as stream:
+        for image in images:
+            stream.write(image)
+    assert stream.report.count == len(images) == 48
+    big_indices = [i for i, image in enumerate(images) if image.nbytes >= 64 * 1024]
+    assert sorted(encoded_here) == big_indices and len(big_indices) == 8, "each image on its engine"
+    _assert_files(tmp_path, images)
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_errors_from_an_image_encoded_here(writer, tmp_path, encoded_here, errors):
+    frames = _frames(40, 200, 300)
+    (tmp_path / "0007.png").mkdir()  # a folder where image 7 should go
+    if errors == "raise":
+        with pytest.raises(WriteFailed) as caught:
+            with writer.stream(tmp_path / "{index:04d}.png") as stream:
+                for frame in frames:
+                    stream.write(frame)
+        error = caught.value
+        assert error.index == 7 and error.path.endswith("0007.png") and "0007.png" in str(error)
+        assert error.report is stream.report and not error.report.ok
+        with pytest.raises(StreamClosed):
+            stream.write(frames[0])
+    else:
+        with writer.stream(tmp_path / "{index:04d}.png", errors="collect") as stream:
+            for frame in frames:
+                stream.write(frame)
+        assert stream.report.count == 39 and [f.index for f in stream.report.failed] == [7]
+    assert 7 in encoded_here
+    written = sorted(int(name[:4]) for name in os.listdir(tmp_path) if name != "0007.png")
+    assert len(written) == stream.report.count
+    _assert_files(tmp_path, [frames[i] for i in written if i < 7])
+
+
+def test_progress_and_overwrite_false_for_images_encoded_here(writer, tmp_path, encoded_here):
+    frames = _frames(10, 200, 300)
+    (tmp_path / "0003.png").write_bytes(b"kept")
+    told = []
+    with writer.stream(tmp_path / "{index:04d}.png", overwrite=False, progress=told.append) as stream:
+        for frame in frames:
+            stream.write(frame)
+    assert sum(told) == 10 and stream.report.count == 9 and stream.report.skipped == 1
+    assert sorted(encoded_here) == list(range(10))
+    assert (tmp_path / "0003.png").read_bytes() == b"kept"
+    _assert_files(tmp_path, frames[:3])
+    _assert_files(tmp_path, frames[4:], start=4)
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
-    frames = _frames(4, 240, 320)  # PNG level 9: ~15 ms each, so tasks are in flight when the kill comes
+    frames = _frames(4, 120, 160)  # under 64 KB, for the processes; PNG level 9: tasks are in flight at the kill
     writer.start()
     before = set(writer.pids)
     with writer.stream(tmp_path / "{index:04d}.png", compression=9, errors="collect") as stream:
