@@ -72,9 +72,18 @@ class Stream:
     """
 
     def __init__(
-        self, request: Request, ring: Ring, store: RingStore, hub: Hub, progress: Progress, workers: int
+        self,
+        request: Request,
+        ring: Ring,
+        store: RingStore,
+        hub: Hub,
+        progress: Progress,
+        workers: int,
+        threads_from: int | None = THREADS_FROM_IMAGE_BYTES,
     ) -> None:
         self._request = request
+        self._threads_from = threads_from  # images of this many bytes or more go to threads; None: none do
+        self._ran_here = self._ran_there = False  # which engines wrote: the Report says
         self._job = request.job()
         self._ring = ring
         self._store = store
@@ -143,7 +152,7 @@ class Stream:
                 self._bytes[offset : offset + layout.nbytes] = memoryview(image).cast("B")
             else:
                 self._ring.block.array(layout.shape, layout.dtype, offset)[...] = image
-            if layout.nbytes >= THREADS_FROM_IMAGE_BYTES:
+            if self._threads_from is not None and layout.nbytes >= self._threads_from:
                 if self._pending:
                     self._seal()
                 self._ready.append(_Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True))
@@ -269,7 +278,8 @@ class Stream:
         self._hub.detach(self)
         self._store.take_back(self._ring, reusable=self._reusable_ring)
         self._tally.close()
-        report = self._tally.report(time.perf_counter() - self._began, "process", self._workers)
+        engine = "hybrid" if self._ran_here and self._ran_there else "thread" if self._ran_here else "process"
+        report = self._tally.report(time.perf_counter() - self._began, engine, self._workers)
         self._report, self._state = report, _CLOSED
         if raise_error:
             self._tally.raise_first_error(report)
@@ -294,6 +304,10 @@ class Stream:
             self._in_flight[task.id] = (task, batch)
             if batch.block is None:
                 self._in_ring.append(batch)
+            if batch.here:
+                self._ran_here = True
+            else:
+                self._ran_there = True
             return task, batch.here
 
     def run_here(self, task: Task) -> None:

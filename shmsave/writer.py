@@ -23,7 +23,7 @@ import numpy as np
 
 from ._files import remove_partial_files, write_images
 from ._pages import page_dropper
-from ._plan import ENGINES, Choice, Chunks, SharedChunks, choose_engine, usable_cpus
+from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, SharedChunks, choose_engine, usable_cpus
 from ._processes import Processes
 from ._protocol import Task
 from .errors import InvalidRequest, WriterClosed
@@ -198,7 +198,8 @@ class Writer:
             prepare_folder(request)
             rings, hub = self._processes.rings(), self._processes.hub()
             ring = rings.lend_ring(nbytes)
-            stream = Stream(request, ring, rings, hub, progress, self.workers)
+            threads_from = None if self.engine == "process" else THREADS_FROM_IMAGE_BYTES
+            stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from)
             hub.open(stream, self._thread_pool())
         return stream
 

@@ -271,7 +271,7 @@ def test_big_images_are_encoded_here_from_the_ring(writer, tmp_path, encoded_her
     with writer.stream(tmp_path / "{index:04d}.jpg", quality=95) as stream:
         for frame in frames:
             stream.write(frame)
-    assert stream.report.count == 12 and stream.report.ok
+    assert stream.report.count == 12 and stream.report.ok and stream.report.engine == "thread"
     assert sorted(encoded_here) == list(range(12)), "big images went to the worker processes"
     for i, frame in enumerate(frames):
         cv2.imwrite(str(tmp_path / f"expected{i}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -298,10 +298,19 @@ def test_tiny_and_big_images_in_one_stream(writer, tmp_path, encoded_here):
     with writer.stream(tmp_path / "{index:04d}.png") as stream:
         for image in images:
             stream.write(image)
-    assert stream.report.count == len(images) == 48
+    assert stream.report.count == len(images) == 48 and stream.report.engine == "hybrid"
     big_indices = [i for i, image in enumerate(images) if image.nbytes >= 64 * 1024]
     assert sorted(encoded_here) == big_indices and len(big_indices) == 8, "each image on its engine"
     _assert_files(tmp_path, images)
+
+
+def test_a_writer_forced_to_processes_streams_big_images_to_them_too(tmp_path, encoded_here):
+    frames = _frames(6, 240, 320)
+    with shmsave.Writer(workers=2, engine="process") as writer, writer.stream(tmp_path / "{index:04d}.png") as stream:
+        for frame in frames:
+            stream.write(frame)
+    assert stream.report.count == 6 and stream.report.engine == "process" and encoded_here == []
+    _assert_files(tmp_path, frames)
 
 
 @pytest.mark.parametrize("errors", ["raise", "collect"])
