@@ -13,6 +13,7 @@ Writer's hub thread (``_hub.py``), which owns the pool while a stream is open.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -393,6 +394,8 @@ class Writer:
             concurrent.futures.wait(threads)
             wake_read.close()
             wake_write.close()
+        for thread in threads:
+            thread.result()  # tasks report their own errors; anything else raised in a thread is not lost
 
     def _after_fork_in_child(self) -> None:
         """Become, in a forked child, a Writer that has not started yet.
@@ -450,7 +453,8 @@ def _in_process(request: Request) -> Callable[[int, int], Outcome]:
     def write(lo: int, hi: int) -> Outcome:
         outcome = write_images(images[lo:hi], start + lo, job)
         if drop is not None:
-            drop(lo, hi)
+            with contextlib.suppress(OSError):  # only memory is at stake: never fail a save for it
+                drop(lo, hi)
         return outcome
 
     return write

@@ -629,6 +629,18 @@ def test_hybrid_threads_finish_alone_when_workers_never_start(monkeypatch, tmp_p
     assert read(tmp_path / "2999.jpg") == imencode(stack[2999], ".jpg")
 
 
+def test_hybrid_does_not_lose_an_exception_raised_in_a_thread(monkeypatch, tmp_path, rng):
+    from shmsave import writer as writer_module
+
+    def broken(images, first_index, job):
+        raise RuntimeError("a bug in the thread's path")
+
+    monkeypatch.setattr(writer_module, "write_images", broken)  # threads only: processes write for real
+    with shmsave.Writer(workers=2, engine="hybrid") as writer:
+        with pytest.raises(RuntimeError, match="a bug in the thread's path"):
+            writer.save(rng.integers(0, 255, (2000, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
+
+
 def test_auto_engine_goes_hybrid_for_many_tiny_images_while_workers_are_cold(monkeypatch, tmp_path, rng):
     from shmsave import _plan
 
