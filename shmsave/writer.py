@@ -381,6 +381,9 @@ class Writer:
                 while pool.ready_count() + rank < workers and (task := chunks.take()) is not None:
                     lo, hi = task
                     shared.add(write(lo, hi), request.start + hi)
+            except BaseException:
+                chunks.stop()  # the save fails: hand out nothing more
+                raise
             finally:
                 wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
 
