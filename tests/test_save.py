@@ -561,7 +561,7 @@ def test_a_writer_used_again_starts_its_workers_for_later_calls(tmp_path, rng):
     with shmsave.Writer(workers=2) as writer:
         assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "inline" and writer.pids == []
         assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "inline"
-        assert len(writer.pids) == 2  # started in the background during the second call
+        assert len(writer.pids) == 2  # started in the background as the second call ended
         assert wait_until(writer._processes.ready, 30)  # they import for a moment: calls meanwhile stay inline
         assert writer.save(stack, str(tmp_path / "c{index}.jpg")).engine == "process"
     for i in range(0, 300, 37):
