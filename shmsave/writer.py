@@ -1,14 +1,11 @@
-"""Writer: the public verbs, the lifecycle of its workers and memory, and the three engines.
+"""Writer: the public verbs, and the lifecycle of its workers, threads and memory.
 
-    save / submit ──▶ request.py (check) ──▶ _plan.py (engine) ──▶ inline | thread | process
+    save / submit ──▶ request.py (check) ──▶ _plan.py (engine) ──▶ _engines.py: inline | thread | process | hybrid
                                                                               │
     Report ◀── report.Tally ◀── one Outcome per task ◀──────────────────────────┘
 
-The process engine takes its tasks from the ``Stager`` (``_staging.py``) and
-dispatches them over the ``Pool`` (``pool.py``); the in-process engines run
-``_files.write_images`` on the caller's arrays where they are. Streams
-(``stream.py``) copy into rings (``_ring.py``) and are dispatched by the
-Writer's hub thread (``_hub.py``), which owns the pool while a stream is open.
+Streams (``streaming.py``) copy into rings (``_ring.py``) and are dispatched by
+the Writer's hub thread (``_hub.py``), which owns the pool while a stream is open.
 """
 
 from __future__ import annotations
@@ -21,22 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._files import remove_partial_files, write_images
-from ._pages import page_dropper
-from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, SharedChunks, choose_engine, usable_cpus
+from . import _engines
+from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, choose_engine, usable_cpus
 from ._processes import Processes
-from ._protocol import Task
 from .errors import InvalidRequest, WriterClosed
 from .report import Progress, Report, Tally
 from .request import Request, make_request, make_stream_request, prepare_folder
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy.typing as npt
 
-    from ._protocol import Outcome, Result
     from .streaming import Stream
 
 
@@ -275,33 +269,28 @@ class Writer:
             )
             if streaming and choice.engine in ("process", "hybrid"):
                 choice = Choice("thread", self.workers)
-            if choice.small and not streaming:
-                self._small_calls += 1
-                if self._small_calls == 2:  # a Writer in use again: start the workers for the calls to come
-                    self._processes.pool().start()
             tally = Tally(request, progress)
             try:
                 if choice.engine == "process":
                     chunks = Chunks(request.count, request.nbytes, self.workers)
-                    self._run_processes(request, chunks, tally)
+                    _engines.run_processes(self._processes, request, chunks, tally)
                 elif choice.engine == "hybrid":
-                    self._run_hybrid(request, tally, choice.workers)
+                    _engines.run_hybrid(self._processes, self._thread_pool(), request, tally, choice.workers)
                 elif choice.engine == "thread":
-                    self._run_threads(request, tally, choice.workers)
+                    _engines.run_threads(self._thread_pool(), request, tally, choice.workers)
                 else:
-                    self._run_inline(request, tally)
+                    _engines.run_inline(request, tally)
             finally:
                 tally.close()
             report = tally.report(time.perf_counter() - began, choice.engine, choice.workers)
+            if choice.small and not streaming:
+                self._small_calls += 1
+                if self._small_calls == 2:
+                    # A Writer in use again: start the workers for the calls to come, after this one
+                    # (starting them during it slowed it 2x on 2 cores: they import for ~0.15 s of CPU).
+                    self._processes.pool().start()
         tally.raise_first_error(report)
         return report
-
-    def _run_inline(self, request: Request, tally: Tally) -> None:
-        """Write in this thread, a task at a time, so that progress is told as it goes."""
-        write = _in_process(request)
-        for lo, hi in Chunks(request.count, request.nbytes, 1).split(0, request.count):
-            if tally.add(write(lo, hi), request.start + hi) is False:
-                break
 
     def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """The Writer's ``workers`` threads, shared by ``save`` and streams (call with the lock held)."""
@@ -310,89 +299,6 @@ class Writer:
 
             self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="shmsave")
         return self._threads
-
-    def _run_threads(self, request: Request, tally: Tally, workers: int) -> None:
-        import concurrent.futures
-
-        threads = self._thread_pool()
-        write = _in_process(request)
-        ends = {
-            threads.submit(write, lo, hi): request.start + hi
-            for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
-        }
-        counted = set()
-        try:
-            for future in concurrent.futures.as_completed(ends):
-                counted.add(future)
-                if tally.add(future.result(), ends[future]) is False:
-                    break
-        finally:
-            for future in ends:
-                future.cancel()
-            concurrent.futures.wait(ends)
-        for future, end in ends.items():  # tasks already running when we stopped: report what they wrote
-            if future not in counted and not future.cancelled() and future.exception() is None:
-                tally.add(future.result(), end)
-
-    def _run_processes(
-        self, request: Request, chunks: Chunks | SharedChunks, tally: Tally | _SharedTally, **dispatch: Any
-    ) -> None:
-        """Send the tasks of ``chunks`` to the worker processes (``dispatch``: options of ``Pool.run``)."""
-        stager = self._processes.stager()
-
-        def on_result(task: Task, result: Result) -> bool:
-            stager.task_done(task)
-            return tally.add(result.outcome, task.end)
-
-        def on_death(task: Task, exitcode: int | None, pid: int) -> bool:
-            stager.task_done(task)
-            remove_partial_files(request, task, pid)
-            return tally.died(task, exitcode)
-
-        def on_abandon(task: Task, pid: int) -> None:
-            remove_partial_files(request, task, pid)
-
-        tasks = stager.tasks(request, chunks)
-        try:
-            self._processes.pool().run(tasks, on_result, on_death, on_abandon, **dispatch)
-        finally:
-            tasks.close()
-
-    def _run_hybrid(self, request: Request, tally: Tally, workers: int) -> None:
-        """Threads write from the first moment while the worker processes start; a thread
-        steps back as each process becomes ready, so no more than ``workers`` encode at once.
-
-        Threads and processes take their tasks from one ``SharedChunks``; the
-        processes' dispatcher (this thread) sends tasks only to ready workers.
-        """
-        import concurrent.futures
-        from multiprocessing import Pipe
-
-        pool = self._processes.pool()
-        pool.start()
-        chunks = SharedChunks(Chunks(request.count, request.nbytes, workers), request.count)
-        write = _in_process(request)
-        shared = _SharedTally(tally, chunks)
-        wake_read, wake_write = Pipe(duplex=False)
-
-        def take_tasks(rank: int) -> None:
-            try:
-                while pool.ready_count() + rank < workers and (task := chunks.take()) is not None:
-                    lo, hi = task
-                    shared.add(write(lo, hi), request.start + hi)
-            finally:
-                wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
-
-        threads = [self._thread_pool().submit(take_tasks, rank) for rank in range(workers)]
-        try:
-            self._run_processes(
-                request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted
-            )
-        finally:
-            chunks.stop()
-            concurrent.futures.wait(threads)
-            wake_read.close()
-            wake_write.close()
 
     def _after_fork_in_child(self) -> None:
         """Become, in a forked child, a Writer that has not started yet.
@@ -407,28 +313,6 @@ class Writer:
         self._small_calls = 0
 
 
-class _SharedTally:
-    """A Tally counted from several threads; when it says stop, no more tasks are handed out."""
-
-    def __init__(self, tally: Tally, chunks: SharedChunks) -> None:
-        self._tally = tally
-        self._chunks = chunks
-        self._lock = threading.Lock()
-
-    def add(self, outcome: Outcome, end: int) -> bool:
-        with self._lock:
-            return self._go_on(self._tally.add(outcome, end))
-
-    def died(self, task: Task, exitcode: int | None) -> bool:
-        with self._lock:
-            return self._go_on(self._tally.died(task, exitcode))
-
-    def _go_on(self, go_on: bool) -> bool:
-        if go_on is False:
-            self._chunks.stop()
-        return go_on
-
-
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
 
 
@@ -438,19 +322,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _in_process(request: Request) -> Callable[[int, int], Outcome]:
-    """``write(lo, hi)``: write images ``lo:hi`` of ``request`` in this process, reading them
-    where they are; the pages of a memory-mapped file are let go after each (``_pages.py``)."""
-    images = request.stack if request.stack is not None else request.listed
-    job, start = request.job(), request.start
-    drop = page_dropper(request.stack)
-
-    def write(lo: int, hi: int) -> Outcome:
-        outcome = write_images(images[lo:hi], start + lo, job)
-        if drop is not None:
-            drop(lo, hi)
-        return outcome
-
-    return write

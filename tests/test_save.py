@@ -561,7 +561,7 @@ def test_a_writer_used_again_starts_its_workers_for_later_calls(tmp_path, rng):
     with shmsave.Writer(workers=2) as writer:
         assert writer.save(stack, str(tmp_path / "a{index}.jpg")).engine == "inline" and writer.pids == []
         assert writer.save(stack, str(tmp_path / "b{index}.jpg")).engine == "inline"
-        assert len(writer.pids) == 2  # started in the background during the second call
+        assert len(writer.pids) == 2  # started in the background as the second call ended
         assert wait_until(writer._processes.ready, 30)  # they import for a moment: calls meanwhile stay inline
         assert writer.save(stack, str(tmp_path / "c{index}.jpg")).engine == "process"
     for i in range(0, 300, 37):
@@ -577,10 +577,10 @@ def test_start_makes_the_workers_ready_before_the_first_call(tmp_path, rng):
 
 def _count_images_written_here(monkeypatch, before_each=None) -> list[int]:
     """Record the images that this process's threads write (the hybrid engine's share)."""
-    from shmsave import writer as writer_module
+    from shmsave import _engines
 
     written: list[int] = []
-    real = writer_module.write_images
+    real = _engines.write_images
 
     def counted(images, first_index, job):
         if before_each is not None:
@@ -588,7 +588,7 @@ def _count_images_written_here(monkeypatch, before_each=None) -> list[int]:
         written.extend(range(first_index, first_index + len(images)))
         return real(images, first_index, job)
 
-    monkeypatch.setattr(writer_module, "write_images", counted)
+    monkeypatch.setattr(_engines, "write_images", counted)
     return written
 
 
@@ -627,6 +627,18 @@ def test_hybrid_threads_finish_alone_when_workers_never_start(monkeypatch, tmp_p
         report = writer.save(stack, str(tmp_path / "{index}.jpg"))
     assert report.count == 3000 and report.ok and sorted(written) == list(range(3000))
     assert read(tmp_path / "2999.jpg") == imencode(stack[2999], ".jpg")
+
+
+def test_hybrid_does_not_lose_an_exception_raised_in_a_thread(monkeypatch, tmp_path, rng):
+    from shmsave import _engines
+
+    def broken(images, first_index, job):
+        raise RuntimeError("a bug in the thread's path")
+
+    monkeypatch.setattr(_engines, "write_images", broken)  # threads only: processes write for real
+    with shmsave.Writer(workers=2, engine="hybrid") as writer:
+        with pytest.raises(RuntimeError, match="a bug in the thread's path"):
+            writer.save(rng.integers(0, 255, (2000, 50, 50, 1), np.uint8), str(tmp_path / "{index}.jpg"))
 
 
 def test_auto_engine_goes_hybrid_for_many_tiny_images_while_workers_are_cold(monkeypatch, tmp_path, rng):

@@ -1,0 +1,167 @@
+"""The engines: how a checked request's images get written, each a function of the Writer's parts.
+
+    inline    this thread, a task at a time
+    thread    the Writer's threads, on the caller's arrays where they are
+    process   the worker processes, fed by the Stager (``_staging.py``) over ``Pool.run``
+    hybrid    threads at once, worker processes taking over as each finishes starting
+
+The in-process engines read the caller's arrays where they are (a memory-mapped
+file's pages are let go after each task: ``_pages.py``); every engine runs
+``_files.write_images`` and counts one Outcome per task in a ``report.Tally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._files import remove_partial_files, write_images
+from ._pages import page_dropper
+from ._plan import Chunks, SharedChunks
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ._processes import Processes
+    from ._protocol import Outcome, Result, Task
+    from .report import Tally
+    from .request import Request
+
+
+def run_inline(request: Request, tally: Tally) -> None:
+    """Write in this thread, a task at a time, so that progress is told as it goes."""
+    write = _in_process(request)
+    for lo, hi in Chunks(request.count, request.nbytes, 1).split(0, request.count):
+        if tally.add(write(lo, hi), request.start + hi) is False:
+            break
+
+
+def run_threads(threads: ThreadPoolExecutor, request: Request, tally: Tally, workers: int) -> None:
+    import concurrent.futures
+
+    write = _in_process(request)
+    ends = {
+        threads.submit(write, lo, hi): request.start + hi
+        for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
+    }
+    counted = set()
+    try:
+        for future in concurrent.futures.as_completed(ends):
+            counted.add(future)
+            if tally.add(future.result(), ends[future]) is False:
+                break
+    finally:
+        for future in ends:
+            future.cancel()
+        concurrent.futures.wait(ends)
+    for future, end in ends.items():  # tasks already running when we stopped: report what they wrote
+        if future not in counted and not future.cancelled() and future.exception() is None:
+            tally.add(future.result(), end)
+
+
+def run_processes(
+    processes: Processes, request: Request, chunks: Chunks | SharedChunks, tally: Tally | _SharedTally, **dispatch: Any
+) -> None:
+    """Send the tasks of ``chunks`` to the worker processes (``dispatch``: options of ``Pool.run``)."""
+    stager = processes.stager()
+
+    def on_result(task: Task, result: Result) -> bool:
+        stager.task_done(task)
+        return tally.add(result.outcome, task.end)
+
+    def on_death(task: Task, exitcode: int | None, pid: int) -> bool:
+        stager.task_done(task)
+        remove_partial_files(request, task, pid)
+        return tally.died(task, exitcode)
+
+    def on_abandon(task: Task, pid: int) -> None:
+        remove_partial_files(request, task, pid)
+
+    tasks = stager.tasks(request, chunks)
+    try:
+        processes.pool().run(tasks, on_result, on_death, on_abandon, **dispatch)
+    finally:
+        tasks.close()
+
+
+def run_hybrid(processes: Processes, threads: ThreadPoolExecutor, request: Request, tally: Tally, workers: int) -> None:
+    """Threads write from the first moment while the worker processes start; a thread
+    steps back as each process becomes ready, so no more than ``workers`` encode at once.
+
+    Threads and processes take their tasks from one ``SharedChunks``; the
+    processes' dispatcher (this thread) sends tasks only to ready workers.
+    """
+    import concurrent.futures
+    from multiprocessing import Pipe
+
+    pool = processes.pool()
+    pool.start()
+    chunks = SharedChunks(Chunks(request.count, request.nbytes, workers), request.count)
+    write = _in_process(request)
+    shared = _SharedTally(tally, chunks)
+    wake_read, wake_write = Pipe(duplex=False)
+
+    def take_tasks(rank: int) -> None:
+        try:
+            while pool.ready_count() + rank < workers and (task := chunks.take()) is not None:
+                lo, hi = task
+                shared.add(write(lo, hi), request.start + hi)
+        except BaseException:
+            chunks.stop()  # the save fails: hand out nothing more
+            raise
+        finally:
+            wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
+
+    takers = [threads.submit(take_tasks, rank) for rank in range(workers)]
+    try:
+        run_processes(
+            processes, request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted
+        )
+    finally:
+        chunks.stop()
+        concurrent.futures.wait(takers)
+        wake_read.close()
+        wake_write.close()
+    for taker in takers:
+        taker.result()  # tasks report their own errors; anything else raised in a thread is not lost
+
+
+class _SharedTally:
+    """A Tally counted from several threads; when it says stop, no more tasks are handed out."""
+
+    def __init__(self, tally: Tally, chunks: SharedChunks) -> None:
+        self._tally = tally
+        self._chunks = chunks
+        self._lock = threading.Lock()
+
+    def add(self, outcome: Outcome, end: int) -> bool:
+        with self._lock:
+            return self._go_on(self._tally.add(outcome, end))
+
+    def died(self, task: Task, exitcode: int | None) -> bool:
+        with self._lock:
+            return self._go_on(self._tally.died(task, exitcode))
+
+    def _go_on(self, go_on: bool) -> bool:
+        if go_on is False:
+            self._chunks.stop()
+        return go_on
+
+
+def _in_process(request: Request) -> Callable[[int, int], Outcome]:
+    """``write(lo, hi)``: write images ``lo:hi`` of ``request`` in this process, reading them
+    where they are; the pages of a memory-mapped file are let go after each (``_pages.py``)."""
+    images = request.stack if request.stack is not None else request.listed
+    job, start = request.job(), request.start
+    drop = page_dropper(request.stack)
+
+    def write(lo: int, hi: int) -> Outcome:
+        outcome = write_images(images[lo:hi], start + lo, job)
+        if drop is not None:
+            with contextlib.suppress(OSError):  # only memory is at stake: never fail a save for it
+                drop(lo, hi)
+        return outcome
+
+    return write
