@@ -39,6 +39,7 @@ def run_inline(request: Request, tally: Tally) -> None:
 
 
 def run_threads(threads: ThreadPoolExecutor, request: Request, tally: Tally, workers: int) -> None:
+    """Write on ``threads``, the request cut into tasks for ``workers``; a stop lets running tasks finish."""
     import concurrent.futures
 
     write = _in_process(request)
