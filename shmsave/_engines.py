@@ -97,8 +97,7 @@ def run_hybrid(processes: Processes, threads: ThreadPoolExecutor, request: Reque
     import concurrent.futures
     from multiprocessing import Pipe
 
-    pool = processes.pool()
-    pool.start()
+    pool = processes.pool()  # run_processes starts its workers (Pool.run), right after the threads
     chunks = SharedChunks(Chunks(request.count, request.nbytes, workers), request.count)
     write = _in_process(request)
     shared = _SharedTally(tally, chunks)

@@ -33,9 +33,8 @@ def page_dropper(stack: np.ndarray | None) -> Callable[[int, int], None] | None:
     mapping = getattr(stack, "_mmap", None)
     if not isinstance(stack, np.memmap) or mapping is None or stack.mode == "c" or not hasattr(mmap, "MADV_DONTNEED"):
         return None
-    try:
-        base = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
-    except ValueError:  # a closed mapping
+    base = mapping_address(mapping)
+    if base is None:
         return None
     size = len(mapping)
 
@@ -45,3 +44,11 @@ def page_dropper(stack: np.ndarray | None) -> Callable[[int, int], None] | None:
         mapping.madvise(mmap.MADV_DONTNEED, start, min(high - base, size) - start)
 
     return drop
+
+
+def mapping_address(mapping: mmap.mmap) -> int | None:
+    """Where ``mapping`` starts in this process's memory; None once it is closed."""
+    try:
+        return np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+    except ValueError:
+        return None

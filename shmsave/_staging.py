@@ -32,6 +32,7 @@ try:
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy import byte_bounds
 
+from ._pages import mapping_address
 from ._plan import Chunks
 from ._protocol import ListSource, StackSource, Task, Wait
 from .request import Request
@@ -105,9 +106,8 @@ class Stager:
             and stack.mode != "c"
             and os.path.exists(stack.filename)
         ):
-            try:
-                address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
-            except ValueError:  # a closed mapping
+            address = mapping_address(mapping)
+            if address is None:
                 return None
             mapped_from = stack.offset - stack.offset % mmap.ALLOCATIONGRANULARITY
             return StackSource(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._files import remove_partial_files, unexpected_in_task, write_images
-from ._plan import TASK_BYTES, TASK_IMAGES, THREADS_FROM_IMAGE_BYTES
+from ._plan import TASK_BYTES, TASK_IMAGES
 from ._protocol import ListSource, Task
 from ._ring import aligned
 from .errors import InvalidRequest, ShmsaveError, StreamClosed
@@ -79,11 +79,11 @@ class Stream:
         hub: Hub,
         progress: Progress,
         workers: int,
-        threads_from: int | None = THREADS_FROM_IMAGE_BYTES,
+        threads_from: int | None,
     ) -> None:
         self._request = request
         self._threads_from = threads_from  # images of this many bytes or more go to threads; None: none do
-        self._ran_here = self._ran_there = False  # which engines wrote: the Report says
+        self._ran: set[bool] = set()  # batch.here of every batch taken: which engines wrote, for the Report
         self._job = request.job()
         self._ring = ring
         self._store = store
@@ -278,7 +278,7 @@ class Stream:
         self._hub.detach(self)
         self._store.take_back(self._ring, reusable=self._reusable_ring)
         self._tally.close()
-        engine = "hybrid" if self._ran_here and self._ran_there else "thread" if self._ran_here else "process"
+        engine = "hybrid" if len(self._ran) == 2 else "thread" if True in self._ran else "process"
         report = self._tally.report(time.perf_counter() - self._began, engine, self._workers)
         self._report, self._state = report, _CLOSED
         if raise_error:
@@ -304,10 +304,7 @@ class Stream:
             self._in_flight[task.id] = (task, batch)
             if batch.block is None:
                 self._in_ring.append(batch)
-            if batch.here:
-                self._ran_here = True
-            else:
-                self._ran_there = True
+            self._ran.add(batch.here)
             return task, batch.here
 
     def run_here(self, task: Task) -> None:
