@@ -11,15 +11,17 @@ pending images are taken whenever a worker has room for a task (``Pool.run``
 asks the source only then): a fast producer's batches grow while the workers
 are busy, a slow producer's images go out at once.
 
-A stream's big images come as tasks to run ``here``: the hub gives them to
-the Writer's thread pool (``Stream.run_here``; OpenCV releases the GIL while it
-encodes) instead of to ``Pool.run``. Encoders busy at once stay within the
-Writer's ``workers`` (n). With no task at the processes, the threads get up
-to ``_DEPTH`` x n tasks (n run, the rest queue, as ``Pool.run`` keeps each
-process ``_DEPTH`` ahead: a thread that finishes starts its next task without
-waiting for the hub); otherwise threads and processes share the n encoders,
-one task each. Whatever frees an encoder wakes the hub: a thread pokes it, a
-worker's Result makes it look again.
+A stream's big images come as tasks to run ``here``, on the Writer's thread
+pool (``Stream.run_here``; OpenCV releases the GIL while it encodes) instead of
+through ``Pool.run``. Whoever finds one ready and a thread free sends it
+(``send_here``): the stream's caller after copying it, a thread after finishing
+one, or the hub thread; a stream of big images so never waits for the hub to
+wake. Encoders busy at once stay within the Writer's ``workers`` (n). With no
+task at the processes, the threads get up to ``_DEPTH`` x n tasks (n run, the
+rest queue, as ``Pool.run`` keeps each process ``_DEPTH`` ahead); otherwise
+threads and processes share the n encoders, one task each. Whatever frees an
+encoder lets the next task go: a thread sends its stream's next big image or
+pokes the hub, a worker's Result makes the hub look again.
 
 While the hub runs, it alone uses the Writer's pool; ``Writer`` checks
 ``active`` (under its own lock, which ``open`` is called under) and writes
@@ -35,7 +37,6 @@ from multiprocessing import Pipe
 from typing import TYPE_CHECKING
 
 from ._protocol import Task, Wait
-from .errors import WorkerFailed
 from .pool import _DEPTH, Pool
 
 if TYPE_CHECKING:
@@ -129,13 +130,11 @@ class Hub:
                         self._end_thread()
                         return
         except BaseException as error:  # noqa: BLE001 - every stream is told, none waits forever
-            failure = WorkerFailed(0, 1, f"the stream dispatcher stopped: {type(error).__name__}: {error}")
-            failure.__cause__ = error
             with self._mutex:
                 streams = list(self._streams)
                 self._end_thread()
             for stream in streams:
-                stream.fail(failure)
+                stream.fail(error)
 
     def _end_thread(self) -> None:
         self._thread = None
@@ -162,15 +161,41 @@ class Hub:
     def _woken(self) -> bool:
         return not self.idle
 
+    def send_here(self, stream: Stream) -> None:
+        """Give ``stream``'s next tasks to threads now, from the calling thread, while they run
+        here and a thread is free; wake the hub when the next one is for the processes.
+
+        Its caller calls it after a big image, a thread after each task: a stream of big images
+        never waits for the hub thread (whose wake-up per image cost ~5 % on 1080p frames).
+        """
+        while True:
+            with self._mutex:
+                if not self._thread_free():
+                    return  # none is for the processes either: a thread that finishes calls again
+                self._here += 1
+            taken = stream.take_task(self._ids, True, False)
+            if taken is None:
+                with self._mutex:
+                    self._here -= 1
+                if stream.has_ready:
+                    self.poke()
+                return
+            self._threads.submit(self._run_here, stream, taken[0])
+
+    def _thread_free(self) -> bool:
+        """Whether a task may go to the threads now (call with the mutex held)."""
+        sent, size = len(self._owner), self._pool.size  # tasks at the worker processes
+        return self._here < (size - min(sent, size) if sent else _DEPTH * size)
+
     def _next_task(self) -> Task | None:
         """The next task for the worker processes; tasks to run here go to the threads meanwhile."""
         while True:
             with self._mutex:
                 streams = list(self._streams)
-                here = self._here
-            sent, size = len(self._owner), self._pool.size  # tasks at the worker processes
-            here_free = here < (size - min(sent, size) if sent else _DEPTH * size)
-            workers_free = here == 0 or here + sent < size
+                here_free = self._thread_free()
+                self._here += here_free  # a thread reserved; given back unless a task for one is taken
+                here = self._here - here_free
+            workers_free = here == 0 or here + len(self._owner) < self._pool.size
             for k in range(len(streams)):
                 stream = streams[(self._turn + k) % len(streams)]
                 taken = stream.take_task(self._ids, here_free, workers_free)
@@ -178,14 +203,15 @@ class Hub:
                     self._turn = (self._turn + k + 1) % len(streams)
                     break
             else:
-                return None
-            task, run_here = taken
-            if not run_here:
-                self._owner[task.id] = stream
-                return task
-            with self._mutex:
-                self._here += 1
-            self._threads.submit(self._run_here, stream, task)
+                taken = None
+            if taken is None or not taken[1]:
+                with self._mutex:
+                    self._here -= here_free
+                if taken is None:
+                    return None
+                self._owner[taken[0].id] = stream
+                return taken[0]
+            self._threads.submit(self._run_here, stream, taken[0])
 
     def _run_here(self, stream: Stream, task: Task) -> None:
         try:
@@ -193,7 +219,10 @@ class Hub:
         finally:
             with self._mutex:
                 self._here -= 1
-            self.poke()
+                streams = list(self._streams)
+            k = streams.index(stream) + 1 if stream in streams else 0
+            for each in streams[k:] + streams[:k]:  # the next stream first: each gets its turn
+                self.send_here(each)
 
     def _on_result(self, task: Task, result: Result) -> None:
         self._owner.pop(task.id).task_done(task, result.outcome)

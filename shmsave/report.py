@@ -99,6 +99,14 @@ class Tally:
             self.tick(finished)
         return self.request.collect or not (outcome.failures or outcome.unexpected)
 
+    def lost(self, ranges: list[tuple[int, int]], error: WorkerFailed) -> None:
+        """The images of ``ranges`` (``(first, end)`` pairs) will never be known written: ``error`` says why."""
+        self.errors.append(error)
+        for first, end in ranges:
+            self.failed.extend(Failure(i, self.request.path(i), error.description) for i in range(first, end))
+            if self.tick is not None:
+                self.tick(end - first)
+
     def died(self, task: Task, exitcode: int | None) -> bool:
         """Count the images of a task whose worker died; False means stop."""
         error = WorkerDied(exitcode, task.first, task.end)

@@ -10,10 +10,10 @@ threads touch is guarded by the stream's condition, which ``write`` holds once
 per image, and which a full ring waits on.
 
 Big images (as ``save`` does, ``_plan.THREADS_FROM_IMAGE_BYTES``) are a batch of
-their own marked ``here``: the hub gives it to a thread of this process, which
-encodes it where ``write`` copied it (the ring is mapped here too) with
-``run_here`` and answers through ``task_done`` like a worker's Result, so a
-batch's way through the ring, the Tally and the errors is the same either way.
+their own marked ``here``: a thread of this process (``Hub.send_here``) encodes
+it where ``write`` copied it (the ring is mapped here too) with ``run_here`` and
+answers through ``task_done`` like a worker's Result, so a batch's way through
+the ring, the Tally and the errors is the same either way.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ._files import remove_partial_files, unexpected_in_task, write_images
 from ._plan import TASK_BYTES, TASK_IMAGES
 from ._protocol import ListSource, Task
 from ._ring import aligned
-from .errors import InvalidRequest, ShmsaveError, StreamClosed
+from .errors import InvalidRequest, ShmsaveError, StreamClosed, WorkerFailed
 from .report import Progress, Report, Tally
 from .request import ImageChecks
 
@@ -106,6 +106,7 @@ class Stream:
         self._own_segment_busy = False  # an image bigger than the ring is in a segment of its own
         self._report: Report | None = None
         self._reusable_ring = True
+        self._broken: tuple[str, BaseException] | None = None  # why the hub stopped serving this stream
         self._began = time.perf_counter()
         _streams.add(self)
 
@@ -144,15 +145,15 @@ class Stream:
                 if place is None:
                     return self._raise_for_state()
             offset, end = place
-            # As bytes: 2.2 us of the caller's CPU per 50x50 write against 2.6 through an array view.
-            # It holds the GIL while it copies (~0.5 ms per 1080p frame); the threads encoding big
-            # images need it only between images: against numpy's copy, which lets go of it, the
-            # 1080p stream measured the same within the noise of a shared 2-core machine.
-            if image.flags.c_contiguous:
+            here = self._threads_from is not None and layout.nbytes >= self._threads_from
+            # A small image as bytes: 2.2 us of the caller's CPU per 50x50 write against 2.6 through an
+            # array view. A big one through numpy, which lets go of the GIL while it copies and copies
+            # faster (1080p frame: 0.25 ms against 0.53).
+            if image.flags.c_contiguous and not here:
                 self._bytes[offset : offset + layout.nbytes] = memoryview(image).cast("B")
             else:
                 self._ring.block.array(layout.shape, layout.dtype, offset)[...] = image
-            if self._threads_from is not None and layout.nbytes >= self._threads_from:
+            if here:
                 if self._pending:
                     self._seal()
                 self._ready.append(_Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True))
@@ -165,7 +166,9 @@ class Stream:
                 if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
                     self._seal()
             self._next = index + 1
-        if self._hub.idle:
+        if here:
+            self._hub.send_here(self)
+        elif self._hub.idle:
             self._hub.poke()
 
     def close(self) -> Report:
@@ -216,7 +219,8 @@ class Stream:
         while True:
             if self._pending:
                 self._seal()  # what fills the ring must go out to be freed
-            self._hub.poke()
+            if self._ready and not self._ready[0].here:  # a task for threads: a thread that finishes sends it
+                self._hub.poke()
             self._cond.wait()
             if self._state is not _OPEN:
                 return None
@@ -250,6 +254,11 @@ class Stream:
     def _raise_for_state(self) -> None:
         if self._state is _STOPPED and self._report is None:
             self.close()  # raises the failure that stopped the stream
+        if self._broken is not None:
+            description, cause = self._broken
+            raise StreamClosed(
+                f"this stream stopped ({description}); its Report is in .report, open a new one with Writer.stream()"
+            ) from cause
         if self._state is _CLOSED and self._report is None:
             raise StreamClosed(
                 "this stream belongs to the process that opened it (this one is a fork of it); "
@@ -286,6 +295,11 @@ class Stream:
         return report
 
     # -- the hub's side (its thread) ------------------------------------------
+
+    @property
+    def has_ready(self) -> bool:
+        """Whether images wait to be sent (a hint: read without the lock)."""
+        return bool(self._ready or self._pending)
 
     def take_task(self, ids, here_free: bool, workers_free: bool) -> tuple[Task, bool] | None:
         """The next task and whether it runs here (``run_here`` on a thread), or None; ``ids``
@@ -337,13 +351,23 @@ class Stream:
     def task_abandoned(self, task: Task, pid: int) -> None:
         self.task_died(task, None, pid)
 
-    def fail(self, error: ShmsaveError) -> None:
-        """The hub stopped: nothing more will be answered; count what was in flight as failed."""
+    def fail(self, cause: BaseException) -> None:
+        """The hub stopped: nothing more will be sent or answered. The images in flight or not
+        sent yet count as failed; ``write`` raises from now on, whatever ``errors`` says."""
+        description = f"the stream dispatcher stopped: {type(cause).__name__}: {cause}"
         with self._cond:
-            self._tally.errors.append(error)
+            lost = [(task.first, task.end) for task, _ in self._in_flight.values()]
+            lost += [(batch.first, batch.first + len(batch.entries)) for batch in self._ready]
+            if self._pending:
+                lost.append((self._pending_first, self._pending_first + len(self._pending)))
             for task, _ in list(self._in_flight.values()):
                 self._answered(task)
-                self._tally.died(task, None)
+            if lost:
+                error = WorkerFailed(min(lost)[0], max(end for _, end in lost), description)
+                error.__cause__ = cause
+                self._tally.lost(lost, error)
+            self._broken = (description, cause)
+            self._reusable_ring = False  # a thread may still read its task's images
             self._stop()
             self._cond.notify_all()
 

@@ -12,6 +12,7 @@ segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
     bad input mid-stream                         test_bad_input_raises_and_the_stream_goes_on
     error in the loop body                       test_error_in_the_loop_lets_accepted_images_finish
     errors="raise" / "collect"                   test_errors_raise_from_write_or_close, test_errors_collect
+    the dispatcher fails                         test_a_dispatcher_failure_is_raised_and_its_images_reported
     Ctrl-C in the loop                           test_ctrl_c_in_the_loop
     worker killed mid-stream                     test_worker_killed_mid_stream_is_reported_and_replaced
     1,000 streams                                test_no_leak_after_1000_streams
@@ -21,7 +22,9 @@ segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
                                                  test_reused_big_buffer_overwritten_after_write,
                                                  test_tiny_and_big_images_in_one_stream,
                                                  test_errors_from_an_image_encoded_here,
-                                                 test_progress_and_overwrite_false_for_images_encoded_here
+                                                 test_progress_and_overwrite_false_for_images_encoded_here,
+                                                 test_big_images_go_to_threads_without_waking_the_hub,
+                                                 test_two_streams_of_big_images_from_two_threads
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -40,7 +44,7 @@ import psutil
 import pytest
 
 import shmsave
-from shmsave import InvalidRequest, StreamClosed, WorkerDied, WriteFailed, streaming
+from shmsave import InvalidRequest, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, streaming
 
 from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
 
@@ -304,6 +308,56 @@ def test_tiny_and_big_images_in_one_stream(writer, tmp_path, encoded_here):
     _assert_files(tmp_path, images)
 
 
+def test_big_images_go_to_threads_without_waking_the_hub(writer, tmp_path, monkeypatch):
+    """The caller and the threads send big images themselves (Hub.send_here): the hub thread
+    looks for work about once per stream, not once per image, and never more than
+    _DEPTH x workers of them wait for or run on the threads."""
+    from shmsave import _hub
+
+    looks, most = [], [0]
+    next_task, take_task = _hub.Hub._next_task, streaming.Stream.take_task
+
+    def counted(hub):
+        looks.append(1)
+        return next_task(hub)
+
+    def watched(stream, *args):
+        taken = take_task(stream, *args)
+        most[0] = max(most[0], stream._hub._here)
+        return taken
+
+    monkeypatch.setattr(_hub.Hub, "_next_task", counted)
+    monkeypatch.setattr(streaming.Stream, "take_task", watched)
+    frames = _frames(40, 240, 320)
+    with writer.stream(tmp_path / "{index:04d}.png") as stream:
+        for frame in frames:
+            stream.write(frame)
+    assert stream.report.count == 40 and stream.report.engine == "thread"
+    assert len(looks) <= 5, f"the hub looked for work {len(looks)} times for 40 big images"
+    assert 1 <= most[0] <= _hub._DEPTH * writer.workers
+    _assert_files(tmp_path, frames)
+
+
+def test_two_streams_of_big_images_from_two_threads(writer, tmp_path):
+    color, gray = _frames(24, 240, 320), _frames(24, 300, 400, channels=1, seed=3)[..., 0]
+
+    def run(images, folder):
+        with writer.stream(tmp_path / folder / "{index:04d}.png") as stream:
+            for image in images:
+                stream.write(image)
+        reports[folder] = stream.report
+
+    reports: dict = {}
+    threads = [threading.Thread(target=run, args=(images, name)) for images, name in ((color, "c"), (gray, "g"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert reports["c"].count == reports["g"].count == 24
+    _assert_files(tmp_path / "c", color)
+    _assert_files(tmp_path / "g", gray)
+
+
 def test_a_writer_forced_to_processes_streams_big_images_to_them_too(tmp_path, encoded_here):
     frames = _frames(6, 240, 320)
     with shmsave.Writer(workers=2, engine="process") as writer, writer.stream(tmp_path / "{index:04d}.png") as stream:
@@ -350,6 +404,36 @@ def test_progress_and_overwrite_false_for_images_encoded_here(writer, tmp_path, 
     assert (tmp_path / "0003.png").read_bytes() == b"kept"
     _assert_files(tmp_path, frames[:3])
     _assert_files(tmp_path, frames[4:], start=4)
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_a_dispatcher_failure_is_raised_and_its_images_reported(writer, tmp_path, monkeypatch, errors):
+    def broken(self, *args):
+        raise RuntimeError("a bug in the dispatcher")
+
+    monkeypatch.setattr(streaming.Stream, "take_task", broken)
+    frame = _frames(1)[0]
+    stream = writer.stream(tmp_path / "{index:04d}.png", errors=errors)
+    accepted = 0
+    with pytest.raises((WorkerFailed, StreamClosed)) as caught:
+        for _ in range(500):  # until the hub's failure reaches the stream
+            stream.write(frame)
+            accepted += 1
+            time.sleep(0.01)
+    if errors == "raise":
+        assert type(caught.value) is WorkerFailed and "a bug in the dispatcher" in str(caught.value)
+    else:
+        assert type(caught.value) is StreamClosed and "dispatcher stopped" in str(caught.value)
+        assert isinstance(caught.value.__cause__, RuntimeError)
+    report = stream.report
+    assert accepted >= 1 and report.count == 0 and [f.index for f in report.failed] == list(range(accepted))
+    assert "a bug in the dispatcher" in report.failed[0].message
+    with pytest.raises(StreamClosed):
+        stream.write(frame)
+    monkeypatch.undo()  # the Writer goes on: its next stream gets a new dispatcher
+    with writer.stream(tmp_path / "again" / "{index:04d}.png") as again:
+        again.write(frame)
+    assert again.report.count == 1 and os.listdir(tmp_path) == ["again"]
 
 
 @pytest.mark.slow
