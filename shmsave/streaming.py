@@ -31,7 +31,7 @@ import numpy as np
 
 from ._files import remove_partial_files, unexpected_in_task, write_images
 from ._plan import TASK_BYTES, TASK_IMAGES
-from ._protocol import ListSource, Task
+from ._protocol import ListSource, StackSource, Task
 from ._ring import aligned
 from .errors import InvalidRequest, ShmsaveError, StreamClosed, WorkerFailed
 from .report import Progress, Report, Tally
@@ -57,6 +57,7 @@ class _Batch:
     end: int  # the ring position after its last image (0 for a segment of its own)
     block: Segment | None = None
     here: bool = False  # encoded by a thread of this process (a big image), not by a worker process
+    layout: Layout | None = None  # the one layout of images placed one after another: sent as a stack
     done: bool = False
 
 
@@ -100,6 +101,7 @@ class Stream:
         self._task_bytes = max(1, min(TASK_BYTES, ring.size // (_TASKS_IN_RING_PER_WORKER * workers + 1)))
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
         self._pending_first = self._pending_end = self._pending_bytes = 0
+        self._pending_layout: Layout | None = None  # while the pending images form one strided stack
         self._ready: collections.deque[_Batch] = collections.deque()  # sealed, not sent yet
         self._in_flight: dict[int, tuple[Task, _Batch]] = {}  # task id -> the task and its batch
         self._in_ring: collections.deque[_Batch] = collections.deque()  # sent ring batches, in ring order
@@ -159,7 +161,9 @@ class Stream:
                 self._ready.append(_Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True))
             else:
                 if not self._pending:
-                    self._pending_first = index
+                    self._pending_first, self._pending_layout = index, layout
+                elif self._pending_layout is not layout or offset != self._pending[0][0] + len(self._pending) * size:
+                    self._pending_layout = None  # not one strided stack (another shape, or the ring wrapped)
                 self._pending.append((offset, layout.shape, layout.dtype_str))
                 self._pending_end = end
                 self._pending_bytes += size
@@ -248,7 +252,7 @@ class Stream:
 
     def _seal(self) -> None:
         """The pending batch is complete: queue it for the hub (holding the condition)."""
-        self._ready.append(_Batch(self._pending, self._pending_first, self._pending_end))
+        self._ready.append(_Batch(self._pending, self._pending_first, self._pending_end, layout=self._pending_layout))
         self._pending, self._pending_bytes = [], 0
 
     def _raise_for_state(self) -> None:
@@ -313,7 +317,7 @@ class Stream:
                 return None
             batch = self._ready.popleft()
             block = batch.block or self._ring.block
-            source = ListSource(block.kind, block.locator, tuple(batch.entries))
+            source = _source(block, batch)
             task = Task(next(ids), source, 0, len(batch.entries), batch.first, self._job)
             self._in_flight[task.id] = (task, batch)
             if batch.block is None:
@@ -394,6 +398,20 @@ class Stream:
                 self._own_segment_busy = False
         self._ready.clear()
         self._pending, self._pending_bytes = [], 0
+
+
+def _source(block, batch: _Batch) -> ListSource | StackSource:
+    """The source of a batch's task: images of one layout placed one after another as one strided
+    stack (a worker makes one view instead of one per image: ~0.6 us per tiny image), else a list."""
+    layout = batch.layout
+    if layout is None or len(batch.entries) < 2:
+        return ListSource(block.kind, block.locator, tuple(batch.entries))
+    strides, step = [], layout.dtype.itemsize
+    for side in reversed(layout.shape):
+        strides.insert(0, step)
+        step *= side
+    shape, stride = (len(batch.entries), *layout.shape), aligned(layout.nbytes)
+    return StackSource(block.kind, block.locator, batch.entries[0][0], shape, (stride, *strides), layout.dtype_str)
 
 
 _streams: weakref.WeakSet[Stream] = weakref.WeakSet()

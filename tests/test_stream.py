@@ -7,6 +7,7 @@ segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
     caller reuses one buffer                     test_caller_may_overwrite_its_array_after_write
     bounded memory, write waits                  test_tiny_ring_applies_backpressure_and_loses_nothing
     shapes and dtypes vary                       test_mixed_shapes_and_dtypes
+    one shape: one strided view per task         test_images_of_one_shape_go_to_the_workers_as_one_stack
     image bigger than the ring                   test_image_bigger_than_the_ring_is_written
     two streams of one Writer                    test_two_open_streams_on_one_writer
     bad input mid-stream                         test_bad_input_raises_and_the_stream_goes_on
@@ -129,6 +130,36 @@ def test_mixed_shapes_and_dtypes(writer, tmp_path):
             stream.write(image)
     assert stream.report.count == 30
     _assert_files(tmp_path, images * 5)
+
+
+def test_images_of_one_shape_go_to_the_workers_as_one_stack(writer, tmp_path, monkeypatch):
+    from shmsave._protocol import ListSource, StackSource
+
+    sources = []
+    take_task = streaming.Stream.take_task
+
+    def spy(stream, *args):
+        taken = take_task(stream, *args)
+        if taken is not None:
+            sources.append(taken[0].source)
+        return taken
+
+    monkeypatch.setattr(streaming.Stream, "take_task", spy)
+    same = _frames(300, 20, 30)
+    mixed = [_frames(1, 10 + i % 5, 12, seed=i)[0] for i in range(40)]
+    # a ring of 100 images: it wraps, and a stack never straddles its end
+    with writer.stream(tmp_path / "s" / "{index:04d}.png", buffer_bytes=100 * 1856) as stream:
+        for frame in same:
+            stream.write(frame)
+    with writer.stream(tmp_path / "m" / "{index:04d}.png") as other:
+        for image in mixed:
+            other.write(image)
+    stacks = [source for source in sources if isinstance(source, StackSource)]
+    assert stacks and sum(source.shape[0] for source in stacks) > 250
+    assert all(source.shape[1:] == (20, 30, 3) and source.strides[0] == 1856 for source in stacks)
+    assert any(isinstance(source, ListSource) and len(source.entries) > 1 for source in sources)
+    _assert_files(tmp_path / "s", same)
+    _assert_files(tmp_path / "m", mixed)
 
 
 def test_image_bigger_than_the_ring_is_written(writer, tmp_path):
