@@ -67,13 +67,14 @@ class Hub:
         """Whether the hub thread runs (and so owns the pool)."""
         return self._thread is not None
 
-    def open(self, stream: Stream, threads: ThreadPoolExecutor) -> None:
+    def open(self, stream: Stream, threads: ThreadPoolExecutor, processes: bool = True) -> None:
         """Dispatch the tasks of ``stream`` from now on, those to run here on ``threads`` (the
-        Writer's pool of ``workers`` threads); call with the Writer's lock held."""
+        Writer's pool of ``workers`` threads); call with the Writer's lock held. ``processes=False``:
+        the stream runs everything here, and needs neither the hub thread nor the workers."""
         with self._mutex:
             self._threads = threads
             self._streams.append(stream)
-            if self._thread is None:
+            if self._thread is None and processes:
                 self._wake_read, self._wake_write = Pipe(duplex=False)
                 self._thread = threading.Thread(target=self._serve, name="shmsave-stream-hub", daemon=True)
                 self._thread.start()

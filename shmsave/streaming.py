@@ -245,10 +245,14 @@ class Stream:
             self._own_segment_busy = True
         block = self._store.lend_segment(layout.nbytes)
         block.array(layout.shape, layout.dtype)[...] = image
+        here = self._threads_from is not None and layout.nbytes >= self._threads_from
         with self._cond:
-            self._ready.append(_Batch([(0, layout.shape, layout.dtype_str)], index, 0, block))
+            self._ready.append(_Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here))
             self._next = index + 1
-        self._hub.poke(always=True)
+        if here:
+            self._hub.send_here(self)
+        else:
+            self._hub.poke(always=True)
 
     def _seal(self) -> None:
         """The pending batch is complete: queue it for the hub (holding the condition)."""
@@ -326,9 +330,13 @@ class Stream:
             return task, batch.here
 
     def run_here(self, task: Task) -> None:
-        """Encode and write a ``here`` task's images from the ring (on a thread of this process)."""
+        """Encode and write a ``here`` task's images where ``write`` put them (on a thread of this process)."""
+        with self._cond:
+            taken = self._in_flight.get(task.id)
+        if taken is None:  # the hub failed meanwhile (``fail``) and counted it
+            return
         try:
-            block = self._ring.block
+            block = taken[1].block or self._ring.block
             images = [block.array(shape, dtype, offset) for offset, shape, dtype in task.source.entries]
             outcome = write_images(images, task.first, self._job)
         except Exception as error:  # noqa: BLE001 - counted as the task's failure, as a worker's would be

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from .streaming import Stream
 
 
+# The images a stream's threads encode, by engine: from this size on (None: none; 0: all). A stream
+# cannot run inline (``write`` returns before the image is written): "inline" streams use threads.
+_STREAM_THREADS_FROM = {"process": None, "thread": 0, "inline": 0}
+
+
 class Writer:
     """Saves image batches with a pool of long-lived worker processes.
 
@@ -192,9 +197,9 @@ class Writer:
             prepare_folder(request)
             rings, hub = self._processes.rings(), self._processes.hub()
             ring = rings.lend_ring(nbytes)
-            threads_from = None if self.engine == "process" else THREADS_FROM_IMAGE_BYTES
+            threads_from = _STREAM_THREADS_FROM.get(self.engine, THREADS_FROM_IMAGE_BYTES)
             stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from)
-            hub.open(stream, self._thread_pool())
+            hub.open(stream, self._thread_pool(), processes=threads_from != 0)
         return stream
 
     def start(self) -> Writer:

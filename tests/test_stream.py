@@ -25,7 +25,10 @@ segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
                                                  test_errors_from_an_image_encoded_here,
                                                  test_progress_and_overwrite_false_for_images_encoded_here,
                                                  test_big_images_go_to_threads_without_waking_the_hub,
-                                                 test_two_streams_of_big_images_from_two_threads
+                                                 test_two_streams_of_big_images_from_two_threads,
+                                                 test_a_big_image_bigger_than_the_ring_is_encoded_here
+    Writer(engine=...) binds streams             test_a_writer_forced_to_processes_streams_big_images_to_them_too,
+                                                 test_a_writer_forced_to_threads_streams_every_image_on_them
 """
 
 from __future__ import annotations
@@ -395,6 +398,30 @@ def test_a_writer_forced_to_processes_streams_big_images_to_them_too(tmp_path, e
         for frame in frames:
             stream.write(frame)
     assert stream.report.count == 6 and stream.report.engine == "process" and encoded_here == []
+    _assert_files(tmp_path, frames)
+
+
+@pytest.mark.parametrize("engine", ["thread", "inline"])
+def test_a_writer_forced_to_threads_streams_every_image_on_them(tmp_path, encoded_here, engine):
+    tiny, big = _frames(30, 16, 16), _frames(3, 240, 320, seed=2)
+    images = [*tiny[:10], big[0], *tiny[10:20], big[1], big[2], *tiny[20:]]
+    with shmsave.Writer(workers=2, engine=engine) as writer:
+        # a ring smaller than a big image (230 KB): those go in segments of their own
+        with writer.stream(tmp_path / "{index:04d}.png", buffer_bytes=100_000) as stream:
+            for image in images:
+                stream.write(image)
+        assert writer.pids == [], "a stream of a thread Writer started worker processes"
+    assert stream.report.count == len(images) and stream.report.engine == "thread"
+    assert sorted(encoded_here) == list(range(len(images)))
+    _assert_files(tmp_path, images)
+
+
+def test_a_big_image_bigger_than_the_ring_is_encoded_here(writer, tmp_path, encoded_here):
+    frames = _frames(3, 240, 320)
+    with writer.stream(tmp_path / "{index:04d}.png", buffer_bytes=65536) as stream:
+        for frame in frames:
+            stream.write(frame)
+    assert stream.report.count == 3 and sorted(encoded_here) == [0, 1, 2]
     _assert_files(tmp_path, frames)
 
 
