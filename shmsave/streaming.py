@@ -147,7 +147,7 @@ class Stream:
                 if place is None:
                     return self._raise_for_state()
             offset, end = place
-            here = self._threads_from is not None and layout.nbytes >= self._threads_from
+            here = self._runs_here(layout)
             # A small image as bytes: 2.2 us of the caller's CPU per 50x50 write against 2.6 through an
             # array view. A big one through numpy, which lets go of the GIL while it copies and copies
             # faster (1080p frame: 0.25 ms against 0.53).
@@ -245,7 +245,7 @@ class Stream:
             self._own_segment_busy = True
         block = self._store.lend_segment(layout.nbytes)
         block.array(layout.shape, layout.dtype)[...] = image
-        here = self._threads_from is not None and layout.nbytes >= self._threads_from
+        here = self._runs_here(layout)
         with self._cond:
             self._ready.append(_Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here))
             self._next = index + 1
@@ -253,6 +253,10 @@ class Stream:
             self._hub.send_here(self)
         else:
             self._hub.poke(always=True)
+
+    def _runs_here(self, layout: Layout) -> bool:
+        """Whether images of ``layout`` are encoded by this process's threads (else by the workers)."""
+        return self._threads_from is not None and layout.nbytes >= self._threads_from
 
     def _seal(self) -> None:
         """The pending batch is complete: queue it for the hub (holding the condition)."""
@@ -414,12 +418,10 @@ def _source(block, batch: _Batch) -> ListSource | StackSource:
     layout = batch.layout
     if layout is None or len(batch.entries) < 2:
         return ListSource(block.kind, block.locator, tuple(batch.entries))
-    strides, step = [], layout.dtype.itemsize
-    for side in reversed(layout.shape):
-        strides.insert(0, step)
-        step *= side
-    shape, stride = (len(batch.entries), *layout.shape), aligned(layout.nbytes)
-    return StackSource(block.kind, block.locator, batch.entries[0][0], shape, (stride, *strides), layout.dtype_str)
+    offset = batch.entries[0][0]
+    strides = (aligned(layout.nbytes), *block.array(layout.shape, layout.dtype, offset).strides)
+    shape = (len(batch.entries), *layout.shape)
+    return StackSource(block.kind, block.locator, offset, shape, strides, layout.dtype_str)
 
 
 _streams: weakref.WeakSet[Stream] = weakref.WeakSet()
