@@ -22,10 +22,9 @@ from ._pages import page_dropper
 from ._plan import Chunks, SharedChunks
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
     from ._processes import Processes
     from ._protocol import Outcome, Result, Task
+    from ._threads import Threads
     from .report import Tally
     from .request import Request
 
@@ -38,7 +37,7 @@ def run_inline(request: Request, tally: Tally) -> None:
             break
 
 
-def run_threads(threads: ThreadPoolExecutor, request: Request, tally: Tally, workers: int) -> None:
+def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) -> None:
     """Write on ``threads``, the request cut into tasks for ``workers``; a stop lets running tasks finish."""
     import concurrent.futures
 
@@ -87,7 +86,7 @@ def run_processes(
         tasks.close()
 
 
-def run_hybrid(processes: Processes, threads: ThreadPoolExecutor, request: Request, tally: Tally, workers: int) -> None:
+def run_hybrid(processes: Processes, threads: Threads, request: Request, tally: Tally, workers: int) -> None:
     """Threads write from the first moment while the worker processes start; a thread
     steps back as each process becomes ready, so no more than ``workers`` encode at once.
 

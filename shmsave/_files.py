@@ -157,7 +157,8 @@ class _Folders:
 def _exists(name: str, folder: int) -> bool:
     """Whether ``name`` holds an image to keep (``overwrite=False``).
 
-    An empty file is what a killed writer leaves: not an image. A folder or a
+    An empty file is what a killed writer leaves: not an image; nor is a .png or
+    .jpg that starts as one and lacks its format's end (a truncated file). A folder or a
     symbolic link to nothing under the name cannot be left alone as if it were
     the image: they raise, and the image counts as failed.
     """
@@ -169,7 +170,29 @@ def _exists(name: str, folder: int) -> bool:
         return False
     if stat.S_ISDIR(status.st_mode):
         raise IsADirectoryError(_errno.EISDIR, os.strerror(_errno.EISDIR), name)
-    return status.st_size > 0
+    format_marks = _FORMAT_MARKS.get(os.path.splitext(name)[1].lower())
+    if format_marks is None or status.st_size == 0:
+        return status.st_size > 0
+    return not _cut_short(name, folder, *format_marks, status.st_size)
+
+
+# How a complete file of these formats starts and ends (PNG: signature, IEND chunk and CRC; JPEG:
+# SOI, EOI). A loop killed while writing (not shmsave's: its files appear only complete) leaves one
+# that starts right and lacks its end. A file that does not even start right is someone else's: kept.
+_PNG = (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82")
+_JPEG = (b"\xff\xd8\xff", b"\xff\xd9")
+_FORMAT_MARKS = {".png": _PNG, ".jpg": _JPEG, ".jpeg": _JPEG, ".jpe": _JPEG}
+
+
+def _cut_short(name: str, folder: int | None, signature: bytes, end: bytes, size: int) -> bool:
+    """Whether the file starts as its format does and lacks the end its format requires."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder)
+    try:
+        if not signature.startswith(os.pread(fd, len(signature), 0)):
+            return False
+        return size < len(signature) + len(end) or os.pread(fd, len(end), size - len(end)) != end
+    finally:
+        os.close(fd)
 
 
 def _write_file(folder: int, name: str, data: np.ndarray) -> int:

@@ -40,9 +40,8 @@ from ._protocol import Task, Wait
 from .pool import _DEPTH, Pool
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
     from ._protocol import Result
+    from ._threads import Threads
     from .streaming import Stream
 
 
@@ -52,7 +51,7 @@ class Hub:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._mutex = threading.Lock()  # guards _streams, _thread, _here and the wake-up pipe
-        self._threads: ThreadPoolExecutor | None = None  # the Writer's, for tasks that run here
+        self._threads: Threads | None = None  # the Writer's, for tasks that run here
         self._here = 0  # tasks given to the threads and not answered yet
         self._streams: list[Stream] = []
         self._owner: dict[int, Stream] = {}  # task id -> its stream; only the hub thread touches it
@@ -64,20 +63,31 @@ class Hub:
 
     @property
     def active(self) -> bool:
-        """Whether the hub thread runs (and so owns the pool)."""
-        return self._thread is not None
+        """Whether a stream is open or the hub thread runs: the hub may use the pool at any moment."""
+        return self._thread is not None or bool(self._streams)
 
-    def open(self, stream: Stream, threads: ThreadPoolExecutor, processes: bool = True) -> None:
+    def open(self, stream: Stream, threads: Threads, processes: bool = True) -> None:
         """Dispatch the tasks of ``stream`` from now on, those to run here on ``threads`` (the
         Writer's pool of ``workers`` threads); call with the Writer's lock held. ``processes=False``:
-        the stream runs everything here, and needs neither the hub thread nor the workers."""
+        the worker processes (and the hub thread that feeds them) start only when the stream
+        calls ``serve``, when its first task for them comes, if ever."""
         with self._mutex:
             self._threads = threads
             self._streams.append(stream)
-            if self._thread is None and processes:
+        if processes:
+            self.serve()
+
+    def serve(self) -> None:
+        """Start the hub thread (and so the worker processes) if it does not run."""
+        with self._mutex:
+            if self._thread is None and self._streams:
                 self._wake_read, self._wake_write = Pipe(duplex=False)
                 self._thread = threading.Thread(target=self._serve, name="shmsave-stream-hub", daemon=True)
                 self._thread.start()
+
+    def thread_free(self) -> bool:
+        """Whether a task may go to a thread now (a hint: read without the mutex)."""
+        return self._here == 0
 
     def detach(self, stream: Stream) -> None:
         """``stream`` is closed: send nothing more of it (its answered tasks are all counted)."""
@@ -174,7 +184,13 @@ class Hub:
                 if not self._thread_free():
                     return  # none is for the processes either: a thread that finishes calls again
                 self._here += 1
-            taken = stream.take_task(self._ids, True, False)
+            try:
+                taken = stream.take_task(self._ids, True, False)
+            except Exception as error:  # noqa: BLE001 - a bug of the dispatcher: the stream is told, as by the hub
+                with self._mutex:
+                    self._here -= 1
+                stream.fail(error)
+                return
             if taken is None:
                 with self._mutex:
                     self._here -= 1

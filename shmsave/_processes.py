@@ -94,14 +94,11 @@ class Processes:
             self._pool.forget(locator)
 
     def close(self) -> None:
-        if self._hub is not None:
-            self._hub.stop()
-        if self._pool is not None:
-            self._pool.close()
-        if self._stager is not None:
-            self._stager.release()
-        if self._rings is not None:
-            self._rings.release()
+        """Stop the hub and the workers and free the shared memory, each step even if the one
+        before is interrupted (a Ctrl-C while a worker finishes must not leave a segment in /dev/shm)."""
+        steps = [part for part in (self._hub and self._hub.stop, self._pool and self._pool.close) if part]
+        steps += [part.release for part in (self._stager, self._rings) if part is not None]
+        _run_all(steps)
 
     def drop_inherited(self) -> None:
         """In a forked child: the parent's pool and memory stay the parent's (pool.py and
@@ -110,3 +107,13 @@ class Processes:
         for part in (self._stager, self._rings, self._hub):
             if part is not None:
                 part.drop_inherited()
+
+
+def _run_all(steps: list) -> None:
+    """Call every step in order; the first exception is raised once all have run."""
+    if not steps:
+        return
+    try:
+        steps[0]()
+    finally:
+        _run_all(steps[1:])

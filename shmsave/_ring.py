@@ -11,11 +11,15 @@ A ``RingStore`` owns every ring and big-image segment of one Writer. A closed
 stream gives its ring back warm: the next stream reuses it without reserving
 memory again, and the workers keep it mapped (a fresh 64 MB ring costs a
 ``posix_fallocate`` here and a populated mapping in every worker).
+
+Memory that no worker reads (a stream or an image encoded by this process's threads) is a
+``PrivateBlock``: nothing of it is in /dev/shm, so nothing can outlive the process, however it ends.
 """
 
 from __future__ import annotations
 
 import collections
+import mmap
 import threading
 from collections.abc import Callable
 
@@ -59,6 +63,27 @@ def aligned(nbytes: int) -> int:
     return (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+class PrivateBlock:
+    """Memory of this process only, with a segment's interface, for what only its threads read."""
+
+    kind = "private"
+    locator = ""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = max(int(nbytes), 1)
+        self._mapping = mmap.mmap(-1, self.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def array(self, shape, dtype, offset: int = 0) -> np.ndarray:
+        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
+
+    def release(self) -> None:
+        """Nothing to unlink: the memory goes with the last view of it."""
+
+
+def _shared(block) -> bool:
+    return not isinstance(block, PrivateBlock)
+
+
 class Ring:
     """Places images in ``block`` in order (``reserve``) and frees them in order (``free_to``).
 
@@ -66,7 +91,7 @@ class Ring:
     position still in use; ``head - tail`` bytes are in use.
     """
 
-    def __init__(self, block: segment.Segment) -> None:
+    def __init__(self, block: segment.Segment | PrivateBlock) -> None:
         self.block = block
         self.size = block.nbytes
         self.head = self.tail = 0
@@ -106,18 +131,19 @@ class RingStore:
     def __init__(self, new_segment: Callable[[int], segment.Segment], forget: Callable[[str], None]) -> None:
         self._new_segment = new_segment
         self._forget = forget
-        self._idle: collections.deque[segment.Segment] = collections.deque()
-        self._lent: dict[int, segment.Segment] = {}
+        self._idle: collections.deque[segment.Segment | PrivateBlock] = collections.deque()
+        self._lent: dict[int, segment.Segment | PrivateBlock] = {}
         self._lock = threading.Lock()  # streams give memory back from their callers' threads and the hub's
 
-    def lend_ring(self, nbytes: int) -> Ring:
-        """A ring of ``nbytes``: an idle one of that size if there is one, else a new one."""
+    def lend_ring(self, nbytes: int, shared: bool = True) -> Ring:
+        """A ring of ``nbytes``: an idle one of that size if there is one, else a new one;
+        ``shared=False``: in private memory, for a stream whose images only this process's threads read."""
         with self._lock:
-            block = next((b for b in self._idle if b.nbytes == nbytes), None)
+            block = next((b for b in self._idle if b.nbytes == nbytes and _shared(b) == shared), None)
             if block is not None:
                 self._idle.remove(block)
         if block is None:
-            block = self._new_segment(nbytes)
+            block = self._new_segment(nbytes) if shared else PrivateBlock(nbytes)
         with self._lock:
             self._lent[id(block)] = block
         return Ring(block)
@@ -135,21 +161,22 @@ class RingStore:
             while len(self._idle) > _IDLE_RINGS:
                 self._discard(self._idle.popleft())
 
-    def lend_segment(self, nbytes: int) -> segment.Segment:
-        """A segment of its own for an image bigger than its stream's ring."""
-        block = self._new_segment(nbytes)
+    def lend_segment(self, nbytes: int, shared: bool = True) -> segment.Segment | PrivateBlock:
+        """A segment of its own for an image bigger than its stream's ring (private: for the threads)."""
+        block = self._new_segment(nbytes) if shared else PrivateBlock(nbytes)
         with self._lock:
             self._lent[id(block)] = block
         return block
 
-    def release_segment(self, block: segment.Segment) -> None:
+    def release_segment(self, block: segment.Segment | PrivateBlock) -> None:
         """Free a segment from ``lend_segment`` once its task is answered."""
         with self._lock:
             if self._lent.pop(id(block), None) is not None:
                 self._discard(block)
 
-    def _discard(self, block: segment.Segment) -> None:
-        self._forget(block.locator)
+    def _discard(self, block: segment.Segment | PrivateBlock) -> None:
+        if block.locator:
+            self._forget(block.locator)
         block.release()
 
     def release(self) -> None:

@@ -6,6 +6,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._cpus import usable_cpus
 from .report import Progress, Report
 from .writer import Writer
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from .streaming import Stream
 
 _shared: Writer | None = None
+_shared_asked: int | None = None  # the ``workers`` the last call asked for (None: the default)
 _shared_lock = threading.Lock()
 
 
@@ -129,11 +131,17 @@ def stream(
 
 
 def _shared_writer(workers: int | None) -> Writer:
-    global _shared
+    """The process-wide Writer for ``workers`` (None: the usable CPUs). A call that asks for another
+    count replaces it, and the next call that asks for none gets the default count back."""
+    global _shared, _shared_asked
     with _shared_lock:
-        if _shared is None or (workers is not None and _shared.workers != workers):
+        asked = workers
+        if _shared is not None and workers is None and _shared_asked is not None:
+            workers = usable_cpus()  # the last call asked for a count: a default call gets the default
+        if _shared is None or (workers is not None and workers != _shared.workers):
             replacement = Writer(workers)  # checks `workers` before the working Writer goes
             if _shared is not None:
                 _shared.close()
             _shared = replacement
+        _shared_asked = asked
         return _shared

@@ -321,9 +321,9 @@ def _failure_of(error: ShmsaveError, unit: Unit) -> Failure:
 
 
 def _bar(total: int, description: str | None):
-    from tqdm import tqdm  # ~0.1 s to import: only when a bar is shown
+    from .report import new_bar
 
-    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True, file=sys.stderr)
+    return new_bar(total, description)
 
 
 def _say(text: str) -> None:

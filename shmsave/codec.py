@@ -201,8 +201,31 @@ def plan_encoding(
     raw = _flatten_params(params)
     for code, value in zip(raw[::2], raw[1::2]):
         _check_raw_param(fmt, ext, code, value)
+    _refuse_contradictions(fmt, flat, raw, quality=quality, compression=compression)
     flat += raw
     return Encoding(ext, tuple(flat), bool(rgb))
+
+
+def _refuse_contradictions(fmt: Format, options: list[int], raw: list[int], **keywords) -> None:
+    """Refuse a flag set to two values (by a keyword option and ``params``, or twice in ``params``):
+    OpenCV would silently use the last one."""
+    given: dict[int, tuple[str, int]] = {}
+    named = [f"{key}={value}" for key, value in keywords.items() if value is not None]
+    sources = [named.pop(0) for _ in options[::2]]
+    sources += [f"params {_flag_name(code, fmt)}={value}" for code, value in zip(raw[::2], raw[1::2])]
+    for (code, value), source in zip(zip((options + raw)[::2], (options + raw)[1::2]), sources):
+        if code in given and given[code][1] != value:
+            raise InvalidRequest(
+                f"{given[code][0]} and {source} set the same {fmt.name} option to two values; give it once"
+            )
+        given[code] = (source, value)
+
+
+def _flag_name(code: int, fmt: Format) -> str:
+    """The ``cv2.IMWRITE_*`` name of flag ``code`` for ``fmt`` (flags of different formats share numbers)."""
+    names = sorted(name for name in dir(cv2) if name.startswith("IMWRITE_") and getattr(cv2, name) == code)
+    own = [name for name in names if fmt.name.upper().replace(" ", "") in name]
+    return (own or names or [str(code)])[0]
 
 
 def _check_raw_param(fmt: Format, ext: str, code: int, value: int) -> None:
@@ -326,9 +349,9 @@ def dtype_advice(name: str, fmt: Format) -> str:
     if name.startswith("float"):
         if "uint8" in fmt.dtypes and "float32" not in fmt.dtypes:
             return (
-                f"it holds {holds}. Scale and cast first, e.g. "
-                "(np.clip(images, 0, 1) * 255).round().astype(np.uint8), "
-                "or save floats losslessly as .tiff, .pfm or .hdr"
+                f"it holds {holds}. Cast first, as your values' range says: for values in [0, 1], "
+                "(np.clip(images, 0, 1) * 255).round().astype(np.uint8); for values in [0, 255], "
+                "np.clip(images, 0, 255).round().astype(np.uint8). Or save floats losslessly as .tiff, .pfm or .hdr"
             )
         return f"it holds {holds}; cast with images.astype(np.float32)"
     if name == "bool":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from _string import formatter_parser  # what string.Formatter().parse calls; string's import costs 0.4 ms
 from collections.abc import Callable
 from typing import NamedTuple
@@ -41,10 +42,17 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
         template = os.fspath(template)
     if not isinstance(template, str) or not template.strip():
         raise InvalidRequest(
-            f"the path template must be a non-empty string like 'out/{{index:06d}}.png', got {template!r}"
+            f"the path template must be a non-empty string like 'out/{{index:06d}}.png', got {reprlib.repr(template)}"
         )
     template = _expand_home(template)
     fields = dict(fields or {})
+    for key, value in fields.items():
+        if isinstance(value, (list, tuple, set, frozenset, dict, range)) or getattr(value, "ndim", 0) > 0:
+            raise InvalidRequest(
+                f"fields[{key!r}] is {reprlib.repr(value)}; a field is one value for every image of "
+                "the call (a str or a number), not one per image: save each group of images that "
+                "shares a value with its own call"
+            )
     try:
         parts = list(formatter_parser(template))
     except ValueError as error:
@@ -58,7 +66,8 @@ def parse_template(template, count: int, start: int = 0, fields: dict | None = N
         raise InvalidRequest(
             f"the path template {template!r} uses unknown field(s) "
             f"{', '.join('{' + n + '}' for n in unknown)}; it may use "
-            f"{', '.join('{' + n + '}' for n in sorted(allowed))}"
+            f"{', '.join('{' + n + '}' for n in sorted(allowed))}, or pass fields={{...}}. "
+            f"For literal braces in a name, double them: {'{{' + unknown[0] + '}}'!r}"
         )
     if "" in names or any(name and not name.isidentifier() for name in names):
         raise InvalidRequest(

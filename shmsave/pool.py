@@ -80,6 +80,13 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
+    def kill(self) -> None:
+        """End the process now and reap it (the last resort of an interrupted close)."""
+        self.conn.close()
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        self.process.wait()
+
     def stop(self, graceful: bool) -> int | None:
         """End the process (asking first when ``graceful``) and return its exit code."""
         if graceful:
@@ -268,13 +275,19 @@ class Pool:
                     on_abandon(task, worker.pid)
 
     def close(self) -> None:
-        """Ask every worker to exit after its current task, and wait for it."""
+        """Ask every worker to exit after its current task, and wait for it; interrupted (Ctrl-C),
+        kill the workers not yet gone before raising, so that none outlives the Writer."""
         workers, self._workers = self._workers, []
         for worker in workers:
             with contextlib.suppress(OSError):
                 worker.conn.send(None)
-        for worker in workers:
-            worker.stop(graceful=True)
+        try:
+            for worker in workers:
+                worker.stop(graceful=True)
+        except BaseException:
+            for worker in workers:
+                worker.kill()
+            raise
 
 
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import WorkerDied, WorkerFailed, WriteFailed
+from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed
 
 if TYPE_CHECKING:
     from ._protocol import Outcome, Task
@@ -60,7 +61,39 @@ class Report:
         return text
 
 
-Progress = bool | Callable[[int], None]
+Progress = Any  # False/None, True (a tqdm bar), a callable told n, or a bar of the caller's with update(n)
+
+
+def new_bar(total: int | None, description: str | None = None):
+    """A tqdm bar on stderr that follows the terminal's width, and is 80 columns wide where the
+    terminal says it has none (a pty of 0x0, as some runners and ``docker exec`` make: tqdm would
+    draw nothing)."""
+    import shutil
+    import sys
+
+    from tqdm import tqdm  # imported only when a bar is shown: it costs ~0.1 s
+
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = shutil.get_terminal_size().columns
+    width = {} if columns else {"ncols": 80, "nrows": 20}
+    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=not width, file=sys.stderr, **width)
+
+
+def check_progress(progress: Progress) -> None:
+    """Refuse a ``progress`` that is not one of the kinds ``Tally`` takes (before anything is written)."""
+    if (
+        progress is None
+        or isinstance(progress, bool)
+        or callable(progress)
+        or callable(getattr(progress, "update", None))
+    ):
+        return
+    raise InvalidRequest(
+        f"progress must be True (a tqdm bar), False, a callable told progress(n) as n more images finish, "
+        f"or a bar of yours with an update(n) method such as a tqdm instance; got {progress!r}"
+    )
 
 
 class Tally:
@@ -73,10 +106,10 @@ class Tally:
         self.errors: list[WorkerDied | WorkerFailed] = []  # failures of whole tasks, not of one image
         self.bar = None
         self.tick: Callable[[int], None] | None = progress if callable(progress) else None
-        if progress and self.tick is None:
-            from tqdm import tqdm  # imported only when asked for: it costs ~0.1 s
-
-            self.bar = tqdm(total=request.count or None, unit="img", dynamic_ncols=True)
+        if self.tick is None and not isinstance(progress, bool) and progress is not None:
+            self.tick = progress.update  # the caller's bar (a tqdm instance): the caller closes it
+        elif progress and self.tick is None:
+            self.bar = new_bar(request.count or None)
             self.tick = self.bar.update
 
     def add(self, outcome: Outcome, end: int) -> bool:
@@ -98,6 +131,16 @@ class Tally:
         if self.tick is not None:
             self.tick(finished)
         return self.request.collect or not (outcome.failures or outcome.unexpected)
+
+    def refused(self, error: WriteFailed) -> None:
+        """No image can be written (``error``: the folder they share refused): each is a failure."""
+        count = self.request.count
+        self.failed.extend(
+            Failure(i, self.request.path(i), error.message, error.errno)
+            for i in range(self.request.start, self.request.start + count)
+        )
+        if self.tick is not None:
+            self.tick(count)
 
     def lost(self, ranges: list[tuple[int, int]], error: WorkerFailed) -> None:
         """The images of ``ranges`` (``(first, end)`` pairs) will never be known written: ``error`` says why."""

@@ -81,9 +81,13 @@ class Stream:
         progress: Progress,
         workers: int,
         threads_from: int | None,
+        tiny_on_threads: float = 0,
+        writer: object = None,
     ) -> None:
+        self._writer = writer  # a stream keeps its Writer (its workers and threads) alive until it is gone
         self._request = request
         self._threads_from = threads_from  # images of this many bytes or more go to threads; None: none do
+        self._tiny_on_threads = tiny_on_threads  # tiny images to batch for the threads before the processes
         self._ran: set[bool] = set()  # batch.here of every batch taken: which engines wrote, for the Report
         self._job = request.job()
         self._ring = ring
@@ -106,6 +110,7 @@ class Stream:
         self._in_flight: dict[int, tuple[Task, _Batch]] = {}  # task id -> the task and its batch
         self._in_ring: collections.deque[_Batch] = collections.deque()  # sent ring batches, in ring order
         self._own_segment_busy = False  # an image bigger than the ring is in a segment of its own
+        self._moving = False  # from the private ring to a shared one (``_move_to_a_shared_ring``)
         self._report: Report | None = None
         self._reusable_ring = True
         self._broken: tuple[str, BaseException] | None = None  # why the hub stopped serving this stream
@@ -130,6 +135,7 @@ class Stream:
         if self._state is not _OPEN:
             self._raise_for_state()
         index = self._next
+        tiny_here = start_processes = False
         layout = self._checks.check(image, index)
         if self._end is not None and index >= self._end:
             raise InvalidRequest(
@@ -169,10 +175,17 @@ class Stream:
                 self._pending_bytes += size
                 if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
                     self._seal()
+                tiny_here = self._tiny_on_threads > 0
+                if tiny_here and self._tiny_on_threads > 1:
+                    self._tiny_on_threads -= 1
+                elif tiny_here and not self._moving:  # the last one for the threads
+                    self._moving = start_processes = True
             self._next = index + 1
-        if here:
-            self._hub.send_here(self)
-        elif self._hub.idle:
+        if here or (tiny_here and self._hub.thread_free()):
+            self._hub.send_here(self)  # a thread free takes what is pending; one that finishes, the next
+        if start_processes:
+            self._move_to_a_shared_ring()  # from now on tiny images go to the worker processes
+        elif not (here or tiny_here) and self._hub.idle:
             self._hub.poke()
 
     def close(self) -> Report:
@@ -191,6 +204,7 @@ class Stream:
             if self._pending:
                 self._seal()
         self._hub.poke(always=True)
+        self._hub.send_here(self)  # a batch of tiny images for the threads may wait for a free one
         try:
             with self._cond:
                 while self._in_flight or (self._ready and self._state is not _STOPPED):
@@ -243,24 +257,63 @@ class Stream:
             if self._state is not _OPEN:
                 return self._raise_for_state()
             self._own_segment_busy = True
-        block = self._store.lend_segment(layout.nbytes)
+        here = self._runs_here(layout) or self._tiny_on_threads > 0
+        block = self._store.lend_segment(layout.nbytes, shared=not here)
         block.array(layout.shape, layout.dtype)[...] = image
-        here = self._runs_here(layout)
         with self._cond:
             self._ready.append(_Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here))
             self._next = index + 1
         if here:
             self._hub.send_here(self)
         else:
+            self._hub.serve()
             self._hub.poke(always=True)
+
+    def _move_to_a_shared_ring(self) -> None:
+        """Tiny images go to the worker processes from now on, which read only shared memory: start
+        them, let the threads finish what the private ring holds (the workers start meanwhile), and
+        go on in a shared ring."""
+        self._hub.serve()
+        shared = self._store.lend_ring(self._ring.size)  # without the lock: a new one takes milliseconds
+        while True:
+            with self._cond:
+                if self._pending:
+                    self._seal(here=True)  # in the private ring: for the threads
+                moved = self._state is _OPEN and not (self._ready or self._in_flight)
+                if moved:  # nothing reads the private ring now: the next image goes to the shared one
+                    private, self._ring = self._ring, shared
+                    self._bytes = memoryview(shared.block.array((shared.size,), np.uint8))
+                    self._tiny_on_threads = 0
+                if moved or self._state is not _OPEN:
+                    break
+                unsent = bool(self._ready)
+            if unsent:
+                self._hub.send_here(self)
+            with self._cond:
+                if self._in_flight:
+                    self._cond.wait()  # until a task is answered
+                elif self._ready:
+                    self._cond.wait(0.005)  # the threads are busy with another stream's tasks
+        self._store.take_back(private if moved else shared)
+        if not moved:
+            self._raise_for_state()
 
     def _runs_here(self, layout: Layout) -> bool:
         """Whether images of ``layout`` are encoded by this process's threads (else by the workers)."""
         return self._threads_from is not None and layout.nbytes >= self._threads_from
 
-    def _seal(self) -> None:
-        """The pending batch is complete: queue it for the hub (holding the condition)."""
-        self._ready.append(_Batch(self._pending, self._pending_first, self._pending_end, layout=self._pending_layout))
+    def _seal(self, here: bool | None = None) -> None:
+        """The pending batch is complete: queue it for the hub (holding the condition); ``here``:
+        for the threads (default: while tiny images go to them)."""
+        self._ready.append(
+            _Batch(
+                self._pending,
+                self._pending_first,
+                self._pending_end,
+                here=self._tiny_on_threads > 0 if here is None else here,
+                layout=self._pending_layout,
+            )
+        )
         self._pending, self._pending_bytes = [], 0
 
     def _raise_for_state(self) -> None:
@@ -341,7 +394,7 @@ class Stream:
             return
         try:
             block = taken[1].block or self._ring.block
-            images = [block.array(shape, dtype, offset) for offset, shape, dtype in task.source.entries]
+            images = [block.array(shape, dtype, offset) for offset, shape, dtype in taken[1].entries]
             outcome = write_images(images, task.first, self._job)
         except Exception as error:  # noqa: BLE001 - counted as the task's failure, as a worker's would be
             outcome = unexpected_in_task(task.first, error)

@@ -10,6 +10,7 @@ the Writer's hub thread (``_hub.py``), which owns the pool while a stream is ope
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -21,8 +22,8 @@ import numpy as np
 from . import _engines
 from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, choose_engine, usable_cpus
 from ._processes import Processes
-from .errors import InvalidRequest, WriterClosed
-from .report import Progress, Report, Tally
+from .errors import InvalidRequest, WriteFailed, WriterClosed
+from .report import Progress, Report, Tally, check_progress
 from .request import Request, make_request, make_stream_request, prepare_folder
 
 if TYPE_CHECKING:
@@ -31,12 +32,18 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from ._threads import Threads
     from .streaming import Stream
 
 
-# The images a stream's threads encode, by engine: from this size on (None: none; 0: all). A stream
-# cannot run inline (``write`` returns before the image is written): "inline" streams use threads.
-_STREAM_THREADS_FROM = {"process": None, "thread": 0, "inline": 0}
+# How a stream shares out its images, by engine. Big ones (THREADS_FROM_IMAGE_BYTES or more) go to the
+# threads one by one, except on "process". Tiny ones go to the threads in batches, and to the worker
+# processes once this many have come: on "auto" and "hybrid" after ~0.1 s of encoding on one core
+# (4,000 50x50 JPEGs at 25 us), about what starting the processes costs, so a stream of a few hundred
+# crops never waits for them. A stream cannot run inline (``write`` returns before the image is
+# written): "inline" streams use threads.
+_STREAM_TINY_ON_THREADS = {"process": 0, "thread": math.inf, "inline": math.inf}
+_TINY_ON_THREADS_FIRST = 4000
 
 
 class Writer:
@@ -66,8 +73,8 @@ class Writer:
         self.engine = engine
         self._processes = Processes(self.workers)
         self._lock = threading.Lock()
-        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
-        self._submitter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads: Threads | None = None
+        self._submitter: Threads | None = None
         self._closed = False
         self._small_calls = 0  # calls too small to start the workers for
         self._finalizer = weakref.finalize(self, self._processes.close)
@@ -99,6 +106,7 @@ class Writer:
         request = self._check(
             images,
             template,
+            progress,
             quality=quality,
             compression=compression,
             params=params,
@@ -124,15 +132,24 @@ class Writer:
         errors: str = "raise",
         progress: Progress = False,
         fields: Mapping[str, Any] | None = None,
+        copy: bool = True,
     ) -> concurrent.futures.Future[Report]:
         """Like ``save`` but return at once with a Future of the Report.
 
         The request is checked now (bad input raises here, not in the Future).
-        Do not modify ``images`` until the Future is done.
+        ``copy=True``: the pixels are copied before ``submit`` returns (into
+        shared memory, which the workers read where it is), so the caller may
+        refill its arrays at once; read-only arrays and memory-mapped files are
+        read where they are. ``copy=False``: nothing is copied and the caller
+        must not modify ``images`` until the Future is done. Submitted saves run
+        one after another, and the interpreter finishes them before it exits.
         """
+        if not isinstance(copy, bool):
+            raise InvalidRequest(f"copy must be True or False, got {copy!r}")
         request = self._check(
             images,
             template,
+            progress,
             quality=quality,
             compression=compression,
             params=params,
@@ -142,11 +159,13 @@ class Writer:
             errors=errors,
             fields=fields,
         )
+        if copy:
+            request = self._snapshot(request)
         with self._lock:
             if self._submitter is None:
-                from concurrent.futures import ThreadPoolExecutor
+                from ._threads import Threads  # here: concurrent.futures (and logging) cost ~7 ms to import
 
-                self._submitter = ThreadPoolExecutor(1, thread_name_prefix="shmsave-submit")
+                self._submitter = Threads(1, "shmsave-submit", linger=False)  # the interpreter waits for it at exit
         return self._submitter.submit(self._run, request, progress)
 
     def stream(
@@ -174,6 +193,7 @@ class Writer:
         ``write`` waits while it is full. Several streams may be open at once;
         while any is, ``save`` on this Writer runs on threads.
         """
+        check_progress(progress)
         request = make_stream_request(
             template,
             total=total,
@@ -194,12 +214,19 @@ class Writer:
         with self._lock:
             if self._closed:
                 raise WriterClosed()
-            prepare_folder(request)
+            try:
+                prepare_folder(request)
+            except WriteFailed:
+                if not request.collect:
+                    raise  # collect: each image fails as it is written, and the Report has them all
             rings, hub = self._processes.rings(), self._processes.hub()
-            ring = rings.lend_ring(nbytes)
-            threads_from = _STREAM_THREADS_FROM.get(self.engine, THREADS_FROM_IMAGE_BYTES)
-            stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from)
-            hub.open(stream, self._thread_pool(), processes=threads_from != 0)
+            threads_from = None if self.engine == "process" else THREADS_FROM_IMAGE_BYTES
+            tiny = _STREAM_TINY_ON_THREADS.get(self.engine, _TINY_ON_THREADS_FIRST)
+            if self.engine == "auto" and self._processes.ready():
+                tiny = 0  # the workers run already: tiny images go to them from the first
+            ring = rings.lend_ring(nbytes, shared=not tiny)  # while only threads read it: private memory
+            stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from, tiny, self)
+            hub.open(stream, self._thread_pool(), processes=not tiny)
         return stream
 
     def start(self) -> Writer:
@@ -228,14 +255,16 @@ class Writer:
     def close(self) -> None:
         """Finish submitted saves and open streams (their errors stay in their reports), stop the
         workers and free the shared memory; safe to call twice."""
-        self._processes.close_streams()
-        if self._submitter is not None:
-            self._submitter.shutdown(wait=True)  # outside the lock: each pending save needs it
-        with self._lock:
-            self._closed = True
-            if self._threads is not None:
-                self._threads.shutdown(wait=True)
-        self._finalizer()
+        try:
+            self._processes.close_streams()
+            if self._submitter is not None:
+                self._submitter.shutdown(wait=True)  # outside the lock: each pending save needs it
+            with self._lock:
+                self._closed = True
+                if self._threads is not None:
+                    self._threads.shutdown(wait=True)
+        finally:
+            self._finalizer()  # interrupted (Ctrl-C) or not, the workers stop and the memory goes
 
     def __enter__(self) -> Writer:
         return self
@@ -250,9 +279,10 @@ class Writer:
 
     # -- running ----------------------------------------------------------
 
-    def _check(self, images: Any, template: Any, **options: Any) -> Request:
+    def _check(self, images: Any, template: Any, progress: Progress, **options: Any) -> Request:
         if self._closed:
             raise WriterClosed()
+        check_progress(progress)
         return make_request(images, template, **options)
 
     def _run(self, request: Request, progress: Progress) -> Report:
@@ -262,7 +292,12 @@ class Writer:
             began = time.perf_counter()
             if request.count == 0:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
-            prepare_folder(request)
+            try:
+                prepare_folder(request)
+            except WriteFailed as error:
+                if not request.collect:
+                    raise
+                return self._refused(request, progress, error, began)
             streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads
             choice = choose_engine(
                 self.engine,
@@ -297,12 +332,35 @@ class Writer:
         tally.raise_first_error(report)
         return report
 
-    def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _snapshot(self, request: Request) -> Request:
+        """``request`` over a copy of the pixels its caller could change (``submit(copy=True)``)."""
+        stack = request.stack
+        if stack is not None:
+            if not stack.flags.writeable or isinstance(stack, np.memmap):
+                return request
+            if self.engine in ("thread", "inline"):  # no worker reads it: nothing in /dev/shm to outlive a crash
+                return request._replace(stack=stack.copy())
+            copy = self.empty(stack.shape, stack.dtype)  # shared: the workers read it without a second copy
+            np.copyto(copy, stack)
+            return request._replace(stack=copy)
+        return request._replace(listed=[image.copy() if image.flags.writeable else image for image in request.listed])
+
+    @staticmethod
+    def _refused(request: Request, progress: Progress, error: WriteFailed, began: float) -> Report:
+        """``errors="collect"`` and the folder refused: the Report of a call whose every image failed."""
+        tally = Tally(request, progress)
+        try:
+            tally.refused(error)
+        finally:
+            tally.close()
+        return tally.report(time.perf_counter() - began, "inline", 0)
+
+    def _thread_pool(self) -> Threads:
         """The Writer's ``workers`` threads, shared by ``save`` and streams (call with the lock held)."""
         if self._threads is None:
-            from concurrent.futures import ThreadPoolExecutor  # here: a call that runs inline never needs it
+            from ._threads import Threads
 
-            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="shmsave")
+            self._threads = Threads(self.workers, "shmsave")
         return self._threads
 
     def _after_fork_in_child(self) -> None:

@@ -1,0 +1,87 @@
+"""Threads: a few threads of this process that run submitted calls, each answered by a Future.
+
+``concurrent.futures.ThreadPoolExecutor`` refuses new work once the interpreter
+begins to exit (``RuntimeError: cannot schedule new futures after interpreter
+shutdown``) and cannot be created from a thread that outlives the main thread
+(``can't register atexit after shutdown``). A Writer still has work then: a
+``submit`` whose script ended, a save from a thread that runs after the main
+thread returned. These threads take work until they are shut down.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+
+class Threads:
+    """Up to ``count`` threads named ``name``, started as calls arrive.
+
+    ``linger=True``: the threads are daemons and wait for more work when idle
+    (the Writer's encoders: a caller always waits for their results).
+    ``linger=False``: a thread ends once no call is queued, and it is not a
+    daemon, so the interpreter waits for queued calls before it exits, as it
+    does for a ``ThreadPoolExecutor`` (``submit``: accepted images are written).
+    """
+
+    def __init__(self, count: int, name: str, *, linger: bool = True) -> None:
+        self._count = count
+        self._name = name
+        self._linger = linger
+        self._calls: collections.deque[tuple[Future, Callable[..., Any], tuple]] = collections.deque()
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._shut = False
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        """Run ``function(*args)`` on one of the threads; its Future has the result or the exception."""
+        future: Future = Future()
+        with self._cond:
+            if self._shut:
+                raise RuntimeError("shmsave: these threads were shut down (the Writer is closed)")
+            self._calls.append((future, function, args))
+            if self._idle:
+                self._cond.notify()
+            elif len(self._threads) < self._count:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=self._linger
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run what is queued, then let the threads end; with ``wait``, until they have."""
+        with self._cond:
+            self._shut = True
+            self._cond.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._calls:
+                    if self._shut or not self._linger:
+                        self._threads.remove(threading.current_thread())
+                        return
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                future, function, args = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function(*args)
+            except BaseException as error:  # noqa: BLE001 - the Future carries it to whoever waits
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+            del future, function, args  # let the arrays of the call go before waiting for the next
