@@ -46,12 +46,22 @@ class Threads:
             self._calls.append((future, function, args))
             if self._idle:
                 self._cond.notify()
-            elif len(self._threads) < self._count:
-                thread = threading.Thread(
-                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=self._linger
-                )
-                self._threads.append(thread)
+                return future
+            if len(self._threads) >= self._count:
+                return future
+            thread = threading.Thread(
+                target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=self._linger
+            )
+            try:
                 thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                if self._threads:  # a running thread will take the call
+                    return future
+                self._calls.pop()  # this call, appended above under the same lock
+            else:
+                self._threads.append(thread)
+                return future
+        _run(future, function, args)
         return future
 
     def shutdown(self, wait: bool = True) -> None:
@@ -76,12 +86,16 @@ class Threads:
                     self._cond.wait()
                     self._idle -= 1
                 future, function, args = self._calls.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = function(*args)
-            except BaseException as error:  # noqa: BLE001 - the Future carries it to whoever waits
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            _run(future, function, args)
             del future, function, args  # let the arrays of the call go before waiting for the next
+
+
+def _run(future: Future, function: Callable[..., Any], args: tuple) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = function(*args)
+    except BaseException as error:  # noqa: BLE001 - the Future carries it to whoever waits
+        future.set_exception(error)
+    else:
+        future.set_result(result)

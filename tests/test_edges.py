@@ -180,7 +180,7 @@ _INTERRUPTED_AT_CLOSE = """
 
 @pytest.mark.slow
 def test_ctrl_c_while_a_process_writer_closes_leaks_nothing(tmp_path):
-    """20 interrupts, at once and at delays up to 40 ms into ``Pool.close``; /dev/shm after each."""
+    """20 interrupts, at once and at delays up to 19 ms into ``Pool.close``; /dev/shm after each."""
     interrupted = 0
     for attempt in range(20):
         folder = tmp_path / str(attempt)
