@@ -16,7 +16,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import _opencv
-from .errors import InvalidRequest, ShmsaveError, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, WriterClosed
+from .errors import (
+    InvalidRequest,
+    ShmsaveError,
+    StreamClosed,
+    WorkerDied,
+    WorkerFailed,
+    WriteFailed,
+    WriterClosed,
+    WriteTimedOut,
+)
 
 _opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
@@ -40,6 +49,7 @@ __all__ = [
     "WriteFailed",
     "WorkerDied",
     "WorkerFailed",
+    "WriteTimedOut",
     "WriterClosed",
     "StreamClosed",
     "__version__",

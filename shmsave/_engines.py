@@ -79,9 +79,19 @@ def run_processes(
     def on_abandon(task: Task, pid: int) -> None:
         remove_partial_files(request, task, pid)
 
+    def on_partial(task: Task, result: Result) -> None:
+        tally.add(result.outcome, task.end)
+
+    def on_timeout(task: Task, first_unwritten: int, pid: int) -> bool:
+        stager.task_done(task)
+        remove_partial_files(request, task, pid)
+        return tally.timed_out(first_unwritten, task.end, pid)
+
     tasks = stager.tasks(request, chunks)
     try:
-        processes.pool().run(tasks, on_result, on_death, on_abandon, **dispatch)
+        processes.pool().run(
+            tasks, on_result, on_death, on_abandon, on_partial=on_partial, on_timeout=on_timeout, **dispatch
+        )
     finally:
         tasks.close()
 
@@ -142,6 +152,10 @@ class _SharedTally:
     def died(self, task: Task, exitcode: int | None) -> bool:
         with self._lock:
             return self._go_on(self._tally.died(task, exitcode))
+
+    def timed_out(self, first: int, end: int, pid: int) -> bool:
+        with self._lock:
+            return self._go_on(self._tally.timed_out(first, end, pid))
 
     def _go_on(self, go_on: bool) -> bool:
         if go_on is False:

@@ -12,7 +12,10 @@ One rule for every file, whatever its size:
 - hard links: the name written gets the new file; other names of the old file
   keep the old bytes (as an atomic save by an editor, or ``rsync``, does);
 - temporary names are short (``.shmsave-<hash>.<pid>.part``), so any name the
-  folder can hold can be written.
+  folder can hold can be written;
+- ``durable``: a file's bytes (and mode) are synced before it gets its name, so
+  no small file is created under its name first, and each folder written is
+  synced once the task's files are in it (new folders: into their parents).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import errno as _errno
 import mmap
 import os
 import stat
+import time
 from typing import TYPE_CHECKING
 
 import cv2
@@ -47,18 +51,20 @@ _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 _RGB_TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
 
 
-def write_images(images, first_index: int, job: Job) -> Outcome:
+def write_images(images, first_index: int, job: Job, deadline: float | None = None) -> Outcome:
     """Encode and write ``images`` (a sequence of arrays) numbered from ``first_index``.
 
     Never raises for one image: an OS or encoder error becomes a failure (and
     stops the task when ``job.stop_on_error``), anything else ends the task
-    with ``unexpected`` set.
+    with ``unexpected`` set. ``deadline`` (``time.monotonic()``): stop after
+    the image that passes it; the Outcome counts the images done.
     """
     fields = dict(job.fields)
     # This loop is the hot path for tiny images: with a fixed folder, shmsave's
     # own work per image is ~0.4 us (no path arithmetic, a pre-parsed name).
     name_of = name_maker(os.path.basename(job.template) if job.folder is not None else job.template, fields)
-    folders = _Folders(job.folder, job.cwd)
+    durable = job.durable
+    folders = _Folders(job.folder, job.cwd, durable)
     convert = _RGB_TO_BGR if job.rgb else {}
     extension, params, overwrite, cast = job.extension, job.params, job.overwrite, job.cast
     written = total = skipped = 0
@@ -66,6 +72,8 @@ def write_images(images, first_index: int, job: Job) -> Outcome:
     index = first_index
     try:
         for index, image in enumerate(images, first_index):
+            if deadline is not None and index > first_index and time.monotonic() > deadline:
+                break
             try:
                 folder, name = folders.open(name_of(index))
                 if not overwrite and _exists(name, folder):
@@ -78,7 +86,7 @@ def write_images(images, first_index: int, job: Job) -> Outcome:
                 ok, data = cv2.imencode(extension, image, params)
                 if not ok:
                     raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
-                total += _write_file(folder, name, data)
+                total += _write_file(folder, name, data, durable)
                 written += 1
             except (OSError, cv2.error, _EncodeFailed) as error:
                 path = job.template.format(index=index, **fields)
@@ -88,6 +96,8 @@ def write_images(images, first_index: int, job: Job) -> Outcome:
                     failures.append((index, path, str(error).strip(), None))
                 if job.stop_on_error:
                     break
+        if durable and written:
+            folders.sync()
     except Exception as error:  # noqa: BLE001 - reported to the caller as WorkerFailed, never lost
         return Outcome(written, total, skipped, failures, (index, _describe(error), error))
     finally:
@@ -128,9 +138,10 @@ class _Folders:
     of the call, whatever the working folder of the process that writes.
     """
 
-    def __init__(self, fixed: str | None, cwd: str) -> None:
+    def __init__(self, fixed: str | None, cwd: str, durable: bool = False) -> None:
         self.fixed = fixed
         self.cwd = cwd
+        self.durable = durable
         self.fds: dict[str, int] = {}
 
     def open(self, name: str) -> tuple[int, str]:
@@ -144,9 +155,14 @@ class _Folders:
             if self.fixed is None and folder:
                 from .request import make_folders
 
-                make_folders(path)
+                make_folders(path, durable=self.durable)
             fd = self.fds[folder] = os.open(path, _DIR_FLAGS)
         return fd, name
+
+    def sync(self) -> None:
+        """``fsync`` every folder opened: the names made in them last."""
+        for fd in self.fds.values():
+            os.fsync(fd)
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -195,7 +211,7 @@ def _cut_short(name: str, folder: int | None, signature: bytes, end: bytes, size
         os.close(fd)
 
 
-def _write_file(folder: int, name: str, data: np.ndarray) -> int:
+def _write_file(folder: int, name: str, data: np.ndarray, durable: bool = False) -> int:
     """Write ``data`` as ``name`` in ``folder`` (see the module's rule); return the bytes written.
 
     A new file of up to one page is created and written with a single write():
@@ -203,18 +219,19 @@ def _write_file(folder: int, name: str, data: np.ndarray) -> int:
     through O_TMPFILE + linkat; benchmarks/results/profile_tiny.md). An error
     or an interrupt removes it; a process killed between open and write leaves
     an empty file, which the parent of a killed worker removes and
-    ``overwrite=False`` does not count as written.
+    ``overwrite=False`` does not count as written. ``durable``: every file is
+    written unnamed (or under a temporary name) and synced before it is named.
     """
     try:
-        if data.nbytes <= _PAGE:
+        if data.nbytes <= _PAGE and not durable:
             return _create_small(folder, name, data)
         if _tmpfile_works:
-            size = _create_unnamed(folder, name, data)
+            size = _create_unnamed(folder, name, data, durable)
             if size is not None:
                 return size
     except FileExistsError:
         pass
-    return _replace(folder, name, data)
+    return _replace(folder, name, data, durable=durable)
 
 
 def _create_small(folder: int, name: str, data: np.ndarray) -> int:
@@ -236,7 +253,7 @@ def _create_small(folder: int, name: str, data: np.ndarray) -> int:
         raise
 
 
-def _create_unnamed(folder: int, name: str, data: np.ndarray) -> int | None:
+def _create_unnamed(folder: int, name: str, data: np.ndarray, durable: bool = False) -> int | None:
     """Write an unnamed file and link it in as ``name``: a killed writer leaves nothing behind.
 
     None where the file system lacks O_TMPFILE. Where ``name`` exists, the
@@ -252,20 +269,25 @@ def _create_unnamed(folder: int, name: str, data: np.ndarray) -> int | None:
         return None
     try:
         _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
         try:
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
             return data.nbytes
         except FileExistsError:
-            return _replace(folder, name, data, unnamed=fd)
+            return _replace(folder, name, data, unnamed=fd, durable=durable)
     finally:
         os.close(fd)
 
 
-def _replace(folder: int, name: str, data: np.ndarray, *, unnamed: int = -1, resolved: bool = False) -> int:
+def _replace(
+    folder: int, name: str, data: np.ndarray, *, unnamed: int = -1, resolved: bool = False, durable: bool = False
+) -> int:
     """Write ``data`` under a temporary name, then rename it over ``name`` (which may or may not exist).
 
     ``unnamed``: an O_TMPFILE descriptor already holding ``data``, linked in as
-    the temporary file instead of writing the bytes again.
+    the temporary file instead of writing the bytes again. ``durable``: the
+    file (bytes and mode) is synced before the rename.
     """
     try:
         old = os.stat(name, dir_fd=folder, follow_symlinks=False)
@@ -277,7 +299,10 @@ def _replace(folder: int, name: str, data: np.ndarray, *, unnamed: int = -1, res
         target = os.path.realpath(_path_in(folder, name))
         target_folder = os.open(os.path.dirname(target), _DIR_FLAGS)
         try:  # the target may be on another file system: write it afresh there
-            return _replace(target_folder, os.path.basename(target), data, resolved=True)
+            size = _replace(target_folder, os.path.basename(target), data, resolved=True, durable=durable)
+            if durable:
+                os.fsync(target_folder)  # a folder no task opened
+            return size
         finally:
             os.close(target_folder)
     if old is not None:
@@ -298,7 +323,9 @@ def _replace(folder: int, name: str, data: np.ndarray, *, unnamed: int = -1, res
             _keep_mode_and_owner(fd, old)
         if named:
             _write_all(fd, data)
-        else:
+        if durable:
+            os.fsync(fd)  # after the mode was set: both last
+        if not named:
             os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=folder, follow_symlinks=True)
             named = True
         os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)

@@ -85,6 +85,15 @@ class Hub:
                 self._thread = threading.Thread(target=self._serve, name="shmsave-stream-hub", daemon=True)
                 self._thread.start()
 
+    def settle(self) -> None:
+        """With no stream open, wait for the hub thread to end (it does once its last tasks are answered)."""
+        with self._mutex:
+            if self._streams:
+                return
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
     def thread_free(self) -> bool:
         """Whether a task may go to a thread now (a hint: read without the mutex)."""
         return self._here == 0
@@ -135,7 +144,15 @@ class Hub:
     def _serve(self) -> None:
         try:
             while True:
-                self._pool.run(self._tasks(), self._on_result, self._on_death, self._on_abandon, wake=self._wake_read)
+                self._pool.run(
+                    self._tasks(),
+                    self._on_result,
+                    self._on_death,
+                    self._on_abandon,
+                    wake=self._wake_read,
+                    on_partial=self._on_partial,
+                    on_timeout=self._on_timeout,
+                )
                 with self._mutex:
                     if not self._streams:  # a stream opened since the source ended is served by a new run
                         self._end_thread()
@@ -247,6 +264,13 @@ class Hub:
 
     def _on_death(self, task: Task, exitcode: int | None, pid: int) -> None:
         self._owner.pop(task.id).task_died(task, exitcode, pid)
+        self.idle = False
+
+    def _on_partial(self, task: Task, result: Result) -> None:
+        self._owner[task.id].task_partial(task, result.outcome)
+
+    def _on_timeout(self, task: Task, first_unwritten: int, pid: int) -> None:
+        self._owner.pop(task.id).task_timed_out(task, first_unwritten, pid)
         self.idle = False
 
     def _on_abandon(self, task: Task, pid: int) -> None:

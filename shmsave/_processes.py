@@ -55,6 +55,11 @@ class Processes:
         """Whether the hub owns the workers (a stream is open)."""
         return self._hub is not None and self._hub.active
 
+    def settle_streams(self) -> None:
+        """If no stream is open, wait until the hub has let the workers go."""
+        if self._hub is not None:
+            self._hub.settle()
+
     def close_streams(self) -> None:
         if self._hub is not None:
             self._hub.close_streams()

@@ -28,6 +28,8 @@ class Job(NamedTuple):
     cwd: str  # relative paths resolve here: the caller's working folder at the time of the call
     umask: int  # the caller's umask at the time of the call (worker processes adopt it)
     cast: str | None = None  # integer images whose values fit are cast to this dtype before encoding
+    durable: bool = False  # fsync each file before it is named, and its folder after the task
+    timeout: float | None = None  # a worker tells its progress every quarter of it; silent this long: killed
 
 
 class StackSource(NamedTuple):
@@ -84,12 +86,19 @@ class Outcome(NamedTuple):
     failures: list[tuple[int, str, str, int | None]]
     unexpected: tuple[int, str, BaseException] | None = None
 
+    @property
+    def finished(self) -> int:
+        """The images written, skipped or failed (not those an unexpected error left undone)."""
+        return self.written + self.skipped + len(self.failures)
+
 
 class Result(NamedTuple):
-    """A worker's answer to the task ``task_id``."""
+    """A worker's answer to the task ``task_id``; ``partial``: the images written so far, more to come
+    (sent while a task with a timeout runs, so the parent sees it make progress)."""
 
     task_id: int
     outcome: Outcome
+    partial: bool = False
 
 
 class Ready(NamedTuple):

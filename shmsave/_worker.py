@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import cv2
 import numpy as np
@@ -60,16 +61,27 @@ def _serve(conn, parent_pid: int) -> None:
         if isinstance(task, Forget):  # the parent released this segment: let its memory go
             _mapped.pop(task.locator, None)
             continue
-        conn.send(Result(task.id, for_another_process(_run(task))))
+        conn.send(Result(task.id, for_another_process(_run(task, conn.send))))
 
 
-def _run(task: Task):
+def _run(task: Task, send):
+    """The Outcome of ``task``; with a timeout, the images done are sent (``send``) as partial
+    Results at least every quarter of it, so the parent sees progress; the last ones are returned."""
     os.umask(task.job.umask)  # this task's files get the caller's permissions
     try:
         images = images_of(task.source, task.lo, task.hi)
     except Exception as error:  # noqa: BLE001 - e.g. a .npy truncated after the call was checked
         return unexpected_in_task(task.first, error)
-    return write_images(images, task.first, task.job)
+    if task.job.timeout is None:
+        return write_images(images, task.first, task.job)
+    done = 0
+    while True:
+        deadline = time.monotonic() + task.job.timeout / 4
+        outcome = write_images(images[done:], task.first + done, task.job, deadline)
+        done += outcome.finished
+        if done >= len(images) or outcome.unexpected is not None or (outcome.failures and task.job.stop_on_error):
+            return outcome
+        send(Result(task.id, outcome, partial=True))
 
 
 def _clean_up_after(parent_pid: int) -> None:

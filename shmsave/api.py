@@ -45,6 +45,8 @@ def save(
     errors: str = "raise",
     progress: Progress = False,
     fields: Mapping[str, Any] | None = None,
+    durable: bool = False,
+    timeout: float | None = None,
 ) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
@@ -60,6 +62,11 @@ def save(
     of raising WriteFailed, WorkerDied or WorkerFailed. ``progress``: True
     for a tqdm bar, or a callable told ``progress(n)`` as n more images finish.
     ``fields``: values of the template's other ``{name}`` fields.
+    ``durable=True``: when the call returns, every file written and every
+    folder made is on stable storage (``fsync``), as after a power cut.
+    ``timeout``: seconds a worker process may make no progress (a hung mount,
+    a stuck encoder) before it is killed and replaced and the images it held
+    fail with WriteTimedOut; such a call runs on the worker processes.
 
     Bad input raises InvalidRequest before anything is written. Each file is
     byte-identical to what ``cv2.imwrite`` writes, and appears under its name
@@ -80,6 +87,8 @@ def save(
         errors=errors,
         progress=progress,
         fields=fields,
+        durable=durable,
+        timeout=timeout,
     )
 
 
@@ -97,6 +106,8 @@ def stream(
     progress: Progress = False,
     total: int | None = None,
     buffer_bytes: int | None = None,
+    durable: bool = False,
+    timeout: float | None = None,
 ) -> Stream:
     """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
 
@@ -127,6 +138,8 @@ def stream(
         progress=progress,
         total=total,
         buffer_bytes=buffer_bytes,
+        durable=durable,
+        timeout=timeout,
     )
 
 

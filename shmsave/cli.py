@@ -127,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
         "--no-overwrite", action="store_true", help="leave existing files alone (resume an interrupted run)"
     )
     parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="sync every file and new folder to stable storage before exiting (survives a power cut)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a worker that makes no progress this long (a hung mount, a stuck encoder) is killed and "
+        "replaced; its images fail",
+    )
+    parser.add_argument(
         "--errors",
         choices=("raise", "collect"),
         default="raise",
@@ -204,6 +216,8 @@ def _run(args) -> int:
         rgb=args.rgb,
         overwrite=not args.no_overwrite,
         errors=args.errors,
+        durable=args.durable,
+        timeout=args.timeout,
     )
     check(units, args.output, options)
     # -- nothing was written before this line --

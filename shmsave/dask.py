@@ -70,6 +70,8 @@ def save(
     overwrite: bool = True,
     errors: str = "raise",
     progress=False,
+    durable: bool = False,
+    timeout: float | None = None,
 ):
     """Write ``array[i]`` to ``template.format(index=start + i)`` on the Dask workers; return a Report.
 
@@ -106,6 +108,8 @@ def save(
         start=start,
         overwrite=overwrite,
         errors=errors,
+        durable=durable,
+        timeout=timeout,
     )
     if not compute:
         if progress:

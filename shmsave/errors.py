@@ -6,9 +6,10 @@
     ├── StreamClosed(RuntimeError)   a stream was written after it closed
     ├── WriteFailed(OSError)         one image could not be encoded or written
     ├── WorkerDied(RuntimeError)     a worker process ended in the middle of a slice
-    └── WorkerFailed(RuntimeError)   an unexpected exception while writing a slice
+    ├── WorkerFailed(RuntimeError)   an unexpected exception while writing a slice
+    └── WriteTimedOut(TimeoutError)  a worker made no progress for ``timeout`` seconds
 
-The last three carry the call's ``report`` (every image written, every failure)
+The last four carry the call's ``report`` (every image written, every failure)
 when they end a call.
 """
 
@@ -124,6 +125,38 @@ class WorkerFailed(ShmsaveError, RuntimeError):
         return (WorkerFailed, (self.start, self.end, self.description), {"report": self.report})
 
 
+class WriteTimedOut(ShmsaveError, TimeoutError):
+    """A worker process wrote nothing for ``seconds`` while it held images ``start`` to ``end - 1``
+    (``timeout=``): a hung mount, a stopped process, a stuck encoder.
+
+    The worker was killed and replaced (later calls work); those images were not written and no
+    part of them is left under any name. ``path`` is image ``start``'s.
+    """
+
+    report: Report | None = None  # the call's Report, when this error ended a call
+
+    def __init__(self, start: int, end: int, path: str, seconds: float, pid: int) -> None:
+        self.start = start
+        self.end = end
+        self.index = start
+        self.path = path
+        self.filename = path
+        self.seconds = seconds
+        self.pid = pid
+        images = f"image {start} -> {path}" if end == start + 1 else f"images {start} to {end - 1} ({path}, ...)"
+        super().__init__(
+            f"{images}: no progress for {seconds:g} s (timeout={seconds:g}); worker process {pid} was killed "
+            "and replaced, and nothing of these images is left. Rerun with overwrite=False to write only "
+            "what is missing."
+        )
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return (WriteTimedOut, (self.start, self.end, self.path, self.seconds, self.pid), {"report": self.report})
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker process, as text (``WorkerFailed.__cause__``)."""
 
@@ -164,6 +197,7 @@ __all__ = [
     "WriteFailed",
     "WorkerDied",
     "WorkerFailed",
+    "WriteTimedOut",
     "RemoteTraceback",
     "describe_oserror",
 ]

@@ -16,7 +16,10 @@ worker: ``shmsave._worker.main`` in its own interpreter (``python -c``); it
     guard, REPLs, notebooks and threads, and never forks the caller.
 results: ``Result(task_id, Outcome)``; a worker says ``Ready(pid)`` once started.
 
-A dead worker's tasks go to ``on_death``; the worker is replaced at once.
+A dead worker's tasks go to ``on_death``; the worker is replaced at once. A task
+with a timeout (``Job.timeout``) whose worker sends nothing for that long goes to
+``on_timeout``: the worker is killed and replaced, and the tasks queued behind it
+go to the other workers.
 
 A forked child never talks to its parent's workers: at the fork it drops its
 copies of their sockets (``_after_fork_in_child``), and its Pools start workers
@@ -32,13 +35,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from multiprocessing.connection import Connection, wait
 
-from ._protocol import Forget, Ready, Wait
+from ._protocol import Forget, Ready, Result, Wait
 
 _DEPTH = 2  # tasks queued per worker: one running, one ready
 _STOP_TIMEOUT_S = 5.0
+_KILL_GRACE_S = 0.5  # a timed-out worker's time to remove its partial file after SIGTERM, before SIGKILL
+_REAP_WAIT_S = 1.0  # a process killed in uninterruptible sleep (a hung mount) is reaped later
 _WORKER_MAIN = "import sys; from shmsave._worker import main; main(sys.argv[1:])"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +71,8 @@ class _Worker:
         self.conn = Connection(parent_end.detach())
         self.tasks: collections.deque = collections.deque()
         self.ready = False  # it has imported everything and said so
+        self.heard = 0.0  # time.monotonic() when it last made progress (or was given work while idle)
+        self.done = 0  # images of its first task that partial results reported finished
 
     def is_ready(self) -> bool:
         """Whether the worker has finished starting (never blocks)."""
@@ -86,6 +94,20 @@ class _Worker:
         with contextlib.suppress(OSError):
             self.process.kill()
         self.process.wait()
+
+    def kill_stalled(self) -> int | None:
+        """End a worker that stopped making progress: SIGTERM (it removes its partial file), SIGKILL
+        after a short grace (a stopped process too); its exit code, or None if it cannot die yet."""
+        self.conn.close()
+        for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, _REAP_WAIT_S)):
+            with contextlib.suppress(OSError):
+                self.process.send_signal(sig)
+            try:
+                return self.process.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                pass
+        _unreaped.append(self.process)  # in uninterruptible sleep: it dies when its system call returns
+        return None
 
     def stop(self, graceful: bool) -> int | None:
         """End the process (asking first when ``graceful``) and return its exit code."""
@@ -111,6 +133,25 @@ class Pool:
         self._workers: list[_Worker] = []
         self._forgotten: collections.deque[str] = collections.deque()
         _pools.add(self)
+
+    def _stalled(self) -> list[_Worker]:
+        """Busy workers whose first task has a timeout and that made no progress for that long."""
+        now = time.monotonic()
+        return [w for w in self._workers if w.tasks and _timeout(w) is not None and now - w.heard > _timeout(w)]
+
+    def _wait_s(self) -> float | None:
+        """How long ``run`` may wait before a busy worker's first task times out; None: forever."""
+        ends = [w.heard + _timeout(w) for w in self._workers if w.tasks and _timeout(w) is not None]
+        return None if not ends else max(0.0, min(ends) - time.monotonic())
+
+    def _time_out(self, worker: _Worker, on_timeout, retry: collections.deque) -> bool:
+        """Kill and replace a stalled worker; its first task goes to ``on_timeout(task, first_unwritten,
+        pid)``, the tasks queued behind it (never started) to ``retry``. False if on_timeout said stop."""
+        task, *queued = worker.tasks
+        worker.kill_stalled()
+        self._workers[self._workers.index(worker)] = _Worker()
+        retry.extend((queued_task, worker.pid) for queued_task in queued)
+        return on_timeout(task, task.first + worker.done, worker.pid) is not False
 
     def _drop_inherited(self) -> None:
         """In a forked child: forget the parent's workers without a word to them."""
@@ -167,6 +208,8 @@ class Pool:
         *,
         ready_only: bool = False,
         finished=None,
+        on_partial=None,
+        on_timeout=None,
     ) -> None:
         """Send every task of the iterator ``source`` to a worker; return when all are answered.
 
@@ -187,30 +230,43 @@ class Pool:
         tasks). ``finished()``: whether the source has nothing left for the
         workers although it is not exhausted (threads took the rest); checked
         when no worker is busy and on each ``wake``.
+
+        ``on_partial(task, result)``: the images a task with a timeout finished
+        so far (it is not answered yet). ``on_timeout(task, first_unwritten,
+        pid)``: its worker sent nothing for ``task.job.timeout`` seconds and was
+        killed; return False to stop taking tasks, as ``on_result``. Both are
+        needed where tasks have a timeout.
         """
+        _unreaped[:] = [process for process in _unreaped if process.poll() is None]
         self.start()
         for worker in [w for w in self._workers if w.process.poll() is not None]:
             self._replace(worker, on_death)  # it died while idle (kill, OOM killer): no task was lost
         source = iter(source)
         waiting = None
         exhausted = False
+        retry: collections.deque = collections.deque()  # (task, pid): queued behind a timed-out task
         try:
             while True:
-                while not exhausted and (waiting is None or waiting.ready()):
-                    waiting = None
+                while retry or (not exhausted and (waiting is None or waiting.ready())):
                     takers = [w for w in self._workers if w.ready] if ready_only else self._workers
                     if not takers:
                         break
                     worker = min(takers, key=lambda w: len(w.tasks))
                     if len(worker.tasks) >= _DEPTH:
                         break
-                    item = next(source, None)
+                    if retry:
+                        item = retry.popleft()[0]
+                    else:
+                        waiting = None
+                        item = next(source, None)
                     if item is None:
                         exhausted = True
                     elif isinstance(item, Wait):
                         waiting = item
                     else:
                         self._send_forgotten()
+                        if not worker.tasks:
+                            worker.heard, worker.done = time.monotonic(), 0
                         worker.tasks.append(item)
                         try:
                             worker.conn.send(item)
@@ -219,7 +275,7 @@ class Pool:
                                 exhausted = True
                 busy = [w for w in self._workers if w.tasks]
                 if not busy:
-                    if exhausted or (finished is not None and waiting is None and finished()):
+                    if (exhausted and not retry) or (finished is not None and waiting is None and finished()):
                         return
                     if wake is None and not ready_only:
                         continue
@@ -228,7 +284,7 @@ class Pool:
                     listening += [w.conn for w in self._workers if not w.ready and not w.tasks]
                 if wake is not None and not exhausted:
                     listening.append(wake)
-                for conn in wait(listening):
+                for conn in wait(listening, self._wait_s()):
                     if conn is wake:
                         while wake.poll():
                             wake.recv_bytes()
@@ -240,13 +296,25 @@ class Pool:
                         if not self._replace(worker, on_death):
                             exhausted = True
                         continue
+                    worker.heard = time.monotonic()
                     if isinstance(message, Ready):
                         worker.ready = True
                         continue
+                    if isinstance(message, Result) and message.partial:
+                        worker.done += message.outcome.finished
+                        on_partial(worker.tasks[0], message)
+                        continue
+                    worker.done = 0
                     if on_result(worker.tasks.popleft(), message) is False:
+                        exhausted = True
+                for worker in self._stalled():
+                    if not self._time_out(worker, on_timeout, retry):
                         exhausted = True
         except BaseException:
             self.terminate(on_abandon)
+            for task, pid in retry:
+                if on_abandon is not None:
+                    on_abandon(task, pid)
             raise
 
     def ready_count(self) -> int:
@@ -290,7 +358,12 @@ class Pool:
             raise
 
 
+def _timeout(worker: _Worker) -> float | None:
+    return worker.tasks[0].job.timeout
+
+
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+_unreaped: list[subprocess.Popen] = []  # killed workers that could not die yet (see ``kill_stalled``)
 
 
 def _after_fork_in_child() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed
+from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed, WriteTimedOut
 
 if TYPE_CHECKING:
     from ._protocol import Outcome, Task
@@ -103,7 +103,7 @@ class Tally:
         self.request = request
         self.count = self.bytes = self.skipped = 0
         self.failed: list[Failure] = []
-        self.errors: list[WorkerDied | WorkerFailed] = []  # failures of whole tasks, not of one image
+        self.errors: list[WorkerDied | WorkerFailed | WriteTimedOut] = []  # failures of whole tasks, not of one image
         self.bar = None
         self.tick: Callable[[int], None] | None = progress if callable(progress) else None
         if self.tick is None and not isinstance(progress, bool) and progress is not None:
@@ -118,7 +118,7 @@ class Tally:
         self.bytes += outcome.bytes
         self.skipped += outcome.skipped
         self.failed.extend(Failure(*failure) for failure in outcome.failures)
-        finished = outcome.written + outcome.skipped + len(outcome.failures)
+        finished = outcome.finished
         if outcome.unexpected is not None:
             index, description, cause = outcome.unexpected
             error = WorkerFailed(index, end, description)
@@ -161,6 +161,17 @@ class Tally:
             self.tick(task.end - task.first)
         return self.request.collect
 
+    def timed_out(self, first: int, end: int, pid: int) -> bool:
+        """Count images ``first:end``, left unwritten by a worker killed for making no progress
+        (``timeout``); False means stop."""
+        error = WriteTimedOut(first, end, self.request.path(first), self.request.timeout, pid)
+        self.errors.append(error)
+        message = f"no progress for {error.seconds:g} s (timeout); worker process {pid} was killed and replaced"
+        self.failed.extend(Failure(index, self.request.path(index), message) for index in range(first, end))
+        if self.tick is not None:
+            self.tick(end - first)
+        return self.request.collect
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -174,7 +185,7 @@ class Tally:
         if self.request.collect or not report.failed:
             return
         first = report.failed[0]
-        error: WriteFailed | WorkerDied | WorkerFailed
+        error: WriteFailed | WorkerDied | WorkerFailed | WriteTimedOut
         error = WriteFailed(first.index, first.path, first.message, first.errno)
         if self.errors:
             whole_task = min(self.errors, key=lambda e: e.start)

@@ -33,6 +33,8 @@ class Request(NamedTuple):
     cast: np.dtype | None  # integers whose values all fit this type the format holds are saved as it
     cwd: str  # the caller's working folder when the request was made: relative paths resolve here
     umask: int  # the caller's umask then
+    durable: bool  # every file and new folder synced to stable storage before the call returns
+    timeout: float | None  # seconds a worker process may go without progress before it is killed
 
     def job(self) -> Job:
         """What every task carries besides its pixels (see ``_worker.write_images``)."""
@@ -48,6 +50,8 @@ class Request(NamedTuple):
             self.cwd,
             self.umask,
             None if self.cast is None else self.cast.str,
+            self.durable,
+            self.timeout,
         )
 
     def path(self, index: int) -> str:
@@ -71,9 +75,13 @@ def make_request(
     overwrite=True,
     errors="raise",
     fields=None,
+    durable=False,
+    timeout=None,
 ) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
     _check_errors_and_start(errors, start)
+    _check_durable(durable)
+    timeout = _checked_timeout(timeout)
     stack, listed = _normalize(images)
     count = len(stack) if stack is not None else len(listed)
     parsed = parse_template(template, max(count, 1), int(start), fields)
@@ -111,6 +119,8 @@ def make_request(
         cast,
         _working_folder(parsed.text),
         current_umask(),
+        bool(durable),
+        timeout,
     )
 
 
@@ -161,10 +171,14 @@ def make_stream_request(
     overwrite=True,
     errors="raise",
     fields=None,
+    durable=False,
+    timeout=None,
 ) -> Request:
     """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
     ``total`` or unknown); each image is checked as it comes (``check_image``)."""
     _check_errors_and_start(errors, start)
+    _check_durable(durable)
+    timeout = _checked_timeout(timeout)
     if total is not None and (not isinstance(total, (int, np.integer)) or isinstance(total, bool) or total < 1):
         raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
     count = int(total) if total is not None else _STREAM_COUNT_CHECKED
@@ -183,6 +197,8 @@ def make_stream_request(
         None,
         _working_folder(parsed.text),
         current_umask(),
+        bool(durable),
+        timeout,
     )
 
 
@@ -229,6 +245,24 @@ class ImageChecks:
         if layout.floating:
             check_finite(image, f"image {index}")
         return layout
+
+
+def _check_durable(durable) -> None:
+    if not isinstance(durable, (bool, np.bool_)):
+        raise InvalidRequest(f"durable must be True or False, got {durable!r}")
+
+
+def _checked_timeout(timeout) -> float | None:
+    """None, or a positive finite number of seconds as a float."""
+    if timeout is None:
+        return None
+    ok = isinstance(timeout, (int, float, np.integer, np.floating)) and not isinstance(timeout, bool)
+    if not ok or not 0 < timeout < float("inf"):
+        raise InvalidRequest(
+            f"timeout must be a positive number of seconds (how long a worker may make no progress) or None, "
+            f"got {timeout!r}"
+        )
+    return float(timeout)
 
 
 def _check_errors_and_start(errors, start) -> None:
@@ -361,7 +395,7 @@ def prepare_folder(request: Request) -> None:
     doing = f"cannot create folder {shown!r}"
     try:
         if not os.path.isdir(folder):
-            make_folders(folder)
+            make_folders(folder, durable=request.durable)
         doing = f"cannot write in folder {shown or '.'!r}"
         if os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             return
@@ -374,10 +408,20 @@ def prepare_folder(request: Request) -> None:
         ) from error
 
 
-def make_folders(folder: str) -> None:
-    """``os.makedirs(folder, exist_ok=True)``, but a part of the path that is a file is named as such."""
+def make_folders(folder: str, *, durable: bool = False) -> None:
+    """``os.makedirs(folder, exist_ok=True)``, but a part of the path that is a file is named as such.
+
+    ``durable``: the folder each new one was made in is synced, so the new entries last.
+    """
+    made = []
+    part = os.path.abspath(folder)
+    while durable and not os.path.isdir(part):
+        made.append(part)
+        part = os.path.dirname(part)
     try:
         os.makedirs(folder, exist_ok=True)
+        for new in made:
+            sync_folder(os.path.dirname(new))
     except (FileExistsError, NotADirectoryError):
         part = folder
         while part and not os.path.lexists(part):
@@ -385,3 +429,12 @@ def make_folders(folder: str) -> None:
         if part and not os.path.isdir(part):
             raise NotADirectoryError(errno.ENOTDIR, f"{part!r} is a file, not a folder") from None
         raise
+
+
+def sync_folder(folder: str) -> None:
+    """``fsync`` a folder, so that the names made in it last."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

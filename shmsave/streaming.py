@@ -417,6 +417,21 @@ class Stream:
                 self._stop()
             self._cond.notify_all()
 
+    def task_partial(self, task: Task, outcome: Outcome) -> None:
+        """Images of a task in flight were finished (a task with a timeout tells as it goes)."""
+        with self._cond:
+            if task.id in self._in_flight and self._tally.add(outcome, task.end) is False:
+                self._stop()
+                self._cond.notify_all()
+
+    def task_timed_out(self, task: Task, first_unwritten: int, pid: int) -> None:
+        with self._cond:
+            self._answered(task)
+            remove_partial_files(self._request, task, pid)
+            if self._tally.timed_out(first_unwritten, task.end, pid) is False:
+                self._stop()
+            self._cond.notify_all()
+
     def task_abandoned(self, task: Task, pid: int) -> None:
         self.task_died(task, None, pid)
 

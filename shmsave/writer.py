@@ -96,12 +96,16 @@ class Writer:
         errors: str = "raise",
         progress: Progress = False,
         fields: Mapping[str, Any] | None = None,
+        durable: bool = False,
+        timeout: float | None = None,
     ) -> Report:
         """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``.
 
         ``progress``: True for a tqdm bar, or a callable ``progress(n)`` told
         each time ``n`` more images are finished (written, skipped or failed).
         ``fields``: values of further ``{name}`` fields of the template.
+        ``durable=True``: every file and new folder is synced to stable storage before the call returns.
+        ``timeout``: seconds a worker process may make no progress before it is killed (WriteTimedOut).
         """
         request = self._check(
             images,
@@ -115,6 +119,8 @@ class Writer:
             overwrite=overwrite,
             errors=errors,
             fields=fields,
+            durable=durable,
+            timeout=timeout,
         )
         return self._run(request, progress)
 
@@ -132,6 +138,8 @@ class Writer:
         errors: str = "raise",
         progress: Progress = False,
         fields: Mapping[str, Any] | None = None,
+        durable: bool = False,
+        timeout: float | None = None,
         copy: bool = True,
     ) -> concurrent.futures.Future[Report]:
         """Like ``save`` but return at once with a Future of the Report.
@@ -158,6 +166,8 @@ class Writer:
             overwrite=overwrite,
             errors=errors,
             fields=fields,
+            durable=durable,
+            timeout=timeout,
         )
         if copy:
             request = self._snapshot(request)
@@ -183,6 +193,8 @@ class Writer:
         fields: Mapping[str, Any] | None = None,
         total: int | None = None,
         buffer_bytes: int | None = None,
+        durable: bool = False,
+        timeout: float | None = None,
     ) -> Stream:
         """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
 
@@ -205,7 +217,10 @@ class Writer:
             overwrite=overwrite,
             errors=errors,
             fields=fields,
+            durable=durable,
+            timeout=timeout,
         )
+        self._check_timeout(request)
         from ._ring import ring_bytes
         from .streaming import Stream
 
@@ -224,6 +239,8 @@ class Writer:
             tiny = _STREAM_TINY_ON_THREADS.get(self.engine, _TINY_ON_THREADS_FIRST)
             if self.engine == "auto" and self._processes.ready():
                 tiny = 0  # the workers run already: tiny images go to them from the first
+            if request.timeout is not None:  # only processes can be stopped: every image goes to them
+                threads_from, tiny = None, 0
             ring = rings.lend_ring(nbytes, shared=not tiny)  # while only threads read it: private memory
             stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from, tiny, self)
             hub.open(stream, self._thread_pool(), processes=not tiny)
@@ -283,7 +300,17 @@ class Writer:
         if self._closed:
             raise WriterClosed()
         check_progress(progress)
-        return make_request(images, template, **options)
+        request = make_request(images, template, **options)
+        self._check_timeout(request)
+        return request
+
+    def _check_timeout(self, request: Request) -> None:
+        """A call with a timeout runs on worker processes, the only encoders that can be stopped."""
+        if request.timeout is not None and self.engine in ("thread", "inline"):
+            raise InvalidRequest(
+                f"timeout= needs worker processes, and this Writer has engine={self.engine!r}: a thread that "
+                "hangs cannot be stopped. Use a Writer with engine='auto' or 'process' for calls with a timeout"
+            )
 
     def _run(self, request: Request, progress: Progress) -> Report:
         with self._lock:
@@ -292,13 +319,20 @@ class Writer:
             began = time.perf_counter()
             if request.count == 0:
                 return Report(0, 0, 0.0, engine="inline", workers=0)
+            if request.timeout is not None:
+                self._processes.settle_streams()  # a stream just closed: its hub lets the workers go first
+            streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads
+            if streaming and request.timeout is not None:
+                raise InvalidRequest(
+                    "a save with timeout= runs on the worker processes, which this Writer's open stream "
+                    "holds: close the stream first, or save with another Writer"
+                )
             try:
                 prepare_folder(request)
             except WriteFailed as error:
                 if not request.collect:
                     raise
                 return self._refused(request, progress, error, began)
-            streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads
             choice = choose_engine(
                 self.engine,
                 self.workers,
@@ -309,6 +343,8 @@ class Writer:
             )
             if streaming and choice.engine in ("process", "hybrid"):
                 choice = Choice("thread", self.workers)
+            if request.timeout is not None:
+                choice = Choice("process", self.workers)
             tally = Tally(request, progress)
             try:
                 if choice.engine == "process":

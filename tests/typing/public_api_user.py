@@ -34,7 +34,7 @@ def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
         buffer[...] = frames[:4]
         reports.append(writer.save(buffer, os.path.join(folder, "{index}.bmp"), progress=told.append))
         future: concurrent.futures.Future[shmsave.Report] = writer.submit(
-            frames, folder / "s{index}.png", compression=1
+            frames, folder / "s{index}.png", compression=1, durable=True, timeout=30.0
         )
         reports.append(future.result())
         pids: list[int] = writer.pids
@@ -57,6 +57,9 @@ def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
     except (shmsave.WriteFailed, shmsave.WorkerDied, shmsave.WorkerFailed) as error:
         partial: shmsave.Report | None = error.report
         assert partial is None or partial.count >= 0
+    except shmsave.WriteTimedOut as error:
+        seconds: float = error.seconds
+        assert seconds > 0 and error.report is not None
     except (shmsave.WriterClosed, shmsave.StreamClosed):
         pass
     except shmsave.ShmsaveError:

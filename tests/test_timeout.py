@@ -1,0 +1,219 @@
+"""timeout=: a worker that makes no progress for that long is killed and replaced; its images fail.
+
+A hung mount, a stopped process and a stuck encoder look alike to the parent: a worker that
+says nothing. The tests make one with SIGSTOP (no root, no FUSE), before a call or in the middle
+of one, and check that the call ends on time, names the images, leaves no partial file, and
+that the Writer works afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+
+import shmsave
+from shmsave import _files
+from shmsave._protocol import Job
+from shmsave.errors import InvalidRequest, WriteTimedOut
+
+from .conftest import wait_until
+
+TIMEOUT = 2.0
+ON_TIME = TIMEOUT + 1.5  # the call returns within this long of the stall
+
+
+@contextlib.contextmanager
+def stopped(pid: int):
+    """SIGSTOP ``pid`` for the block; SIGCONT after, should it still live."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def _images(count: int, side: int = 32) -> np.ndarray:
+    return np.random.default_rng(count).integers(0, 256, (count, side, side, 3), np.uint8)
+
+
+def _check_files(folder, images, written: set[int]) -> None:
+    """Every file is complete and holds its image; every image reported written is there; nothing else."""
+    names = os.listdir(folder)
+    assert not [name for name in names if name.startswith(".")], f"temporary files left: {names}"
+    for name in names:
+        index = int(name.split(".")[0])
+        assert os.path.getsize(folder / name) > 0, f"{name} is empty"
+        assert np.array_equal(cv2.imread(str(folder / name)), images[index]), f"{name} is not its image"
+    assert written <= {int(name.split(".")[0]) for name in names}
+
+
+def _written(report, count: int) -> set[int]:
+    return set(range(count)) - {failure.index for failure in report.failed}
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_a_stopped_worker_is_timed_out_and_replaced(errors, tmp_path):
+    images = _images(200)
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.start()
+        stalled = writer.pids[0]
+        with stopped(stalled):
+            began = time.monotonic()
+            if errors == "raise":
+                with pytest.raises(WriteTimedOut) as raised:
+                    writer.save(images, str(tmp_path / "{index}.png"), timeout=TIMEOUT)
+                error = raised.value
+                report = error.report
+                assert isinstance(error, TimeoutError) and isinstance(error, shmsave.ShmsaveError)
+                assert (error.seconds, error.pid) == (TIMEOUT, stalled)
+                assert error.path == str(tmp_path / f"{error.start}.png")
+                assert f"no progress for {TIMEOUT:g} s" in str(error) and str(stalled) in str(error)
+            else:
+                report = writer.save(images, str(tmp_path / "{index}.png"), timeout=TIMEOUT, errors="collect")
+                assert report.count + len(report.failed) == 200
+            elapsed = time.monotonic() - began
+        assert elapsed < ON_TIME, f"the call took {elapsed:.2f} s"
+        failed = sorted(failure.index for failure in report.failed)
+        assert failed and failed == list(range(failed[0], failed[-1] + 1)), "one task's images fail"
+        assert all(f"no progress for {TIMEOUT:g} s (timeout)" in failure.message for failure in report.failed)
+        assert not psutil.pid_exists(stalled)
+        assert stalled not in writer.pids
+        _check_files(tmp_path, images, _written(report, 200) if errors == "collect" else set())
+        again = tmp_path / "again"
+        assert writer.save(images[:50], str(again / "{index}.png"), timeout=TIMEOUT).count == 50
+
+
+def test_a_worker_stopped_in_the_middle_of_its_task_leaves_no_partial_file(tmp_path):
+    images = _images(60, 384)  # ~10 ms each to encode: the tasks are still running when it stops
+    stopped_at: list[float] = []
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.start()
+        stalled = writer.pids[0]
+
+        def stop_when_files_appear():
+            wait_until(lambda: len(os.listdir(tmp_path)) >= 3, 10, 0.001)
+            os.kill(stalled, signal.SIGSTOP)
+            stopped_at.append(time.monotonic())
+
+        stopper = threading.Thread(target=stop_when_files_appear)
+        stopper.start()
+        try:
+            report = writer.save(images, str(tmp_path / "{index}.png"), timeout=TIMEOUT, errors="collect")
+        finally:
+            stopper.join()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stalled, signal.SIGCONT)
+        assert time.monotonic() - stopped_at[0] < ON_TIME
+        assert report.failed, "the stopped worker held no image: the test tests nothing"
+        assert report.count + len(report.failed) == 60
+        _check_files(tmp_path, images, _written(report, 60))
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_a_stream_times_out_a_stopped_worker(errors, tmp_path):
+    images = _images(50, 24)
+    with shmsave.Writer(workers=2) as writer:
+        writer.start()
+        stalled = writer.pids[0]
+        with stopped(stalled):
+            began = time.monotonic()
+            stream = writer.stream(str(tmp_path / "{index}.png"), timeout=TIMEOUT, errors=errors)
+            if errors == "raise":
+                with pytest.raises(WriteTimedOut) as raised:
+                    with stream:
+                        for i in range(600):
+                            stream.write(images[i % 50])
+                report = raised.value.report
+            else:
+                with stream:
+                    for i in range(600):
+                        stream.write(images[i % 50])
+                report = stream.report
+                assert report.count + len(report.failed) == 600
+            elapsed = time.monotonic() - began
+        assert elapsed < ON_TIME + 1, f"the stream took {elapsed:.2f} s"
+        assert report.failed and all("(timeout)" in failure.message for failure in report.failed)
+        assert not psutil.pid_exists(stalled)
+        assert writer.save(images, str(tmp_path / "again/{index}.png"), timeout=TIMEOUT).count == 50
+
+
+def test_the_command_exits_1_on_a_timeout(tmp_path):
+    source = tmp_path / "frames.npy"
+    np.save(source, _images(400))
+    folder = tmp_path / "out"
+    command = [sys.executable, "-m", "shmsave", str(source), "-o", str(folder / "{index}.png")]
+    began = time.monotonic()
+    run = subprocess.Popen(
+        [*command, "-j", "2", "--timeout", str(TIMEOUT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    parent = psutil.Process(run.pid)
+    stalled: list[int] = []
+    try:  # stop the first worker as soon as it exists: it never answers
+        while not stalled and run.poll() is None and time.monotonic() - began < 20:
+            workers = [child for child in parent.children() if "shmsave._worker" in " ".join(child.cmdline())]
+            if workers:
+                workers[0].suspend()
+                stalled.append(workers[0].pid)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert stalled, "no worker process was seen"
+    assert run.returncode == 1, stderr
+    assert "no progress for 2 s" in stderr
+    assert not psutil.pid_exists(stalled[0])
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "2", True])
+def test_a_timeout_must_be_a_positive_number_of_seconds(timeout, tmp_path):
+    with pytest.raises(InvalidRequest, match="timeout must be a positive number of seconds"):
+        shmsave.save(_images(2), str(tmp_path / "{index}.png"), timeout=timeout)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("engine", ["thread", "inline"])
+def test_a_timeout_is_refused_where_no_worker_process_runs(engine, tmp_path):
+    with shmsave.Writer(workers=2, engine=engine) as writer:
+        with pytest.raises(InvalidRequest, match=f"engine='{engine}'"):
+            writer.save(_images(2), str(tmp_path / "{index}.png"), timeout=1)
+        with pytest.raises(InvalidRequest, match="timeout= needs worker processes"):
+            writer.stream(str(tmp_path / "{index}.png"), timeout=1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_save_with_a_timeout_while_a_stream_holds_the_workers_is_refused(tmp_path):
+    with shmsave.Writer(workers=2) as writer, writer.stream(str(tmp_path / "s{index}.png")) as stream:
+        stream.write(_images(1)[0])
+        with pytest.raises(InvalidRequest, match="close the stream first"):
+            writer.save(_images(2), str(tmp_path / "{index}.png"), timeout=1)
+
+
+def test_a_timeout_that_is_not_reached_changes_nothing(tmp_path):
+    images = _images(3000, 48)
+    told: list[int] = []
+    with shmsave.Writer(workers=2) as writer:
+        report = writer.save(images, str(tmp_path / "{index}.png"), timeout=1.0, progress=told.append)
+    assert (report.count, report.failed, report.engine) == (3000, (), "process")
+    assert sum(told) == 3000
+    for index in (0, 1777, 2999):
+        assert np.array_equal(cv2.imread(str(tmp_path / f"{index}.png")), images[index])
+
+
+def test_a_deadline_ends_a_slice_after_the_image_that_passes_it(tmp_path):
+    job = Job(str(tmp_path / "{index}.png"), str(tmp_path), (), ".png", (), False, True, False, str(tmp_path), 0o022)
+    images = list(_images(5))
+    assert _files.write_images(images, 0, job, deadline=time.monotonic() - 1).written == 1
+    assert _files.write_images(images[1:], 1, job, deadline=time.monotonic() + 60).written == 4
+    assert sorted(os.listdir(tmp_path)) == [f"{i}.png" for i in range(5)]
