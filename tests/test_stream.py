@@ -499,6 +499,13 @@ def test_a_dispatcher_failure_is_raised_and_its_images_reported(writer, tmp_path
     assert again.report.count == 1 and os.listdir(tmp_path) == ["again"]
 
 
+def _kill_once_writing(pid: int, folder) -> None:
+    """SIGKILL ``pid`` as the first file appears: the stream's tasks (one or two per worker: they are
+    sealed by bytes, ~70 of these images each) are then in flight, and not before."""
+    assert wait_until(lambda: folder.exists() and any(folder.iterdir()), 10, 0.001), "nothing was written"
+    os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
     frames = _frames(4, 120, 160)  # under 64 KB, for the processes; PNG level 9: tasks are in flight at the kill
@@ -507,8 +514,7 @@ def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
     with writer.stream(tmp_path / "{index:04d}.png", compression=9, errors="collect") as stream:
         for i in range(120):
             stream.write(frames[i % 4])
-            if i == 40:
-                os.kill(writer.pids[0], signal.SIGKILL)
+        _kill_once_writing(writer.pids[0], tmp_path)
     report = stream.report
     assert wait_until(lambda: len(set(writer.pids) - before) == 1, 10), "the killed worker was not replaced"
     died = [f for f in report.failed if "worker process" in f.message]
@@ -523,8 +529,7 @@ def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
         with writer.stream(tmp_path / "r" / "{index:04d}.png", compression=9) as stream:
             for i in range(120):
                 stream.write(frames[i % 4])
-                if i == 40:
-                    os.kill(writer.pids[0], signal.SIGKILL)
+            _kill_once_writing(writer.pids[0], tmp_path / "r")
     with writer.stream(tmp_path / "after" / "{index:04d}.png") as stream:  # the Writer works on
         stream.write(frames[0])
     assert stream.report.count == 1

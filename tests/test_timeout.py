@@ -22,9 +22,10 @@ import psutil
 import pytest
 
 import shmsave
-from shmsave import _files
-from shmsave._protocol import Job
+from shmsave import _files, _worker
+from shmsave._protocol import Job, StackSource, Task
 from shmsave.errors import InvalidRequest, WriteTimedOut
+from shmsave.pool import Pool
 
 from .conftest import wait_until
 
@@ -217,3 +218,48 @@ def test_a_deadline_ends_a_slice_after_the_image_that_passes_it(tmp_path):
     assert _files.write_images(images, 0, job, deadline=time.monotonic() - 1).written == 1
     assert _files.write_images(images[1:], 1, job, deadline=time.monotonic() + 60).written == 4
     assert sorted(os.listdir(tmp_path)) == [f"{i}.png" for i in range(5)]
+
+
+def _one_long_task(tmp_path, count: int, side: int, timeout: float):
+    """A Task of ``count`` slow PNGs read from a ``.npy`` (one task: no chunking), with ``timeout``."""
+    images = np.random.default_rng(1).integers(0, 256, (count, side, side, 3), np.uint8)
+    np.save(tmp_path / "stack.npy", images)
+    mapped = np.load(tmp_path / "stack.npy", mmap_mode="r")
+    source = StackSource("file", str(tmp_path / "stack.npy"), mapped.offset, images.shape, images.strides, "|u1")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    job = Job(
+        str(folder / "{index}.png"), str(folder), (), ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9), False, True, False,
+        str(tmp_path), 0o022, None, False, timeout,
+    )  # fmt: skip
+    return images, Task(0, source, 0, count, 0, job), folder
+
+
+def test_a_worker_tells_the_images_of_a_long_task_as_it_goes(tmp_path):
+    images, task, folder = _one_long_task(tmp_path, 12, 64, timeout=1e-9)  # a report after every image
+    sent = []
+    final = _worker._run(task, sent.append)
+    assert [result.partial for result in sent] == [True] * 11
+    assert [result.outcome.written for result in sent] + [final.written] == [1] * 12
+    assert sorted(os.listdir(folder)) == sorted(f"{i}.png" for i in range(12))
+
+
+def test_the_pool_counts_partial_results_and_does_not_time_out_a_worker_that_reports(tmp_path):
+    images, task, folder = _one_long_task(tmp_path, 60, 256, timeout=0.4)  # ~10 ms an image, told every 0.1 s
+    partial, final, timed_out = [], [], []
+    pool = Pool(1)
+    try:
+        pool.run(
+            iter([task]),
+            lambda t, result: final.append(result.outcome),
+            lambda *died: pytest.fail(f"the worker died: {died}"),
+            None,
+            on_partial=lambda t, result: partial.append(result.outcome.finished),
+            on_timeout=lambda *args: timed_out.append(args),
+        )
+    finally:
+        pool.close()
+    assert not timed_out
+    assert len(partial) >= 2, f"{partial}: the task was too short to test anything"
+    assert sum(partial) + final[0].finished == 60
+    assert np.array_equal(cv2.imread(str(folder / "59.png")), images[59])
