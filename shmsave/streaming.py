@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -425,9 +426,11 @@ class Stream:
                 self._cond.notify_all()
 
     def task_timed_out(self, task: Task, first_unwritten: int, pid: int) -> None:
+        from .pool import after_exit  # loaded already: only worker processes time out
+
         with self._cond:
             self._answered(task)
-            remove_partial_files(self._request, task, pid)
+            after_exit(pid, functools.partial(remove_partial_files, self._request, task, pid))
             if self._tally.timed_out(first_unwritten, task.end, pid) is False:
                 self._stop()
             self._cond.notify_all()

@@ -22,7 +22,7 @@ import numpy as np
 from . import _engines
 from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, choose_engine, usable_cpus
 from ._processes import Processes
-from .errors import InvalidRequest, WriteFailed, WriterClosed
+from .errors import InvalidRequest, WriteFailed, WriterClosed, WriteTimedOut
 from .report import Progress, Report, Tally, check_progress
 from .request import Request, make_request, make_stream_request, prepare_folder
 
@@ -231,7 +231,7 @@ class Writer:
                 raise WriterClosed()
             try:
                 prepare_folder(request)
-            except WriteFailed:
+            except (WriteFailed, WriteTimedOut):
                 if not request.collect:
                     raise  # collect: each image fails as it is written, and the Report has them all
             rings, hub = self._processes.rings(), self._processes.hub()
@@ -329,10 +329,12 @@ class Writer:
                 )
             try:
                 prepare_folder(request)
-            except WriteFailed as error:
+            except (WriteFailed, WriteTimedOut) as error:
+                report = self._refused(request, progress, error, began)
                 if not request.collect:
+                    error.report = report
                     raise
-                return self._refused(request, progress, error, began)
+                return report
             choice = choose_engine(
                 self.engine,
                 self.workers,
@@ -382,7 +384,7 @@ class Writer:
         return request._replace(listed=[image.copy() if image.flags.writeable else image for image in request.listed])
 
     @staticmethod
-    def _refused(request: Request, progress: Progress, error: WriteFailed, began: float) -> Report:
+    def _refused(request: Request, progress: Progress, error: WriteFailed | WriteTimedOut, began: float) -> Report:
         """``errors="collect"`` and the folder refused: the Report of a call whose every image failed."""
         tally = Tally(request, progress)
         try:
