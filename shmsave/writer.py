@@ -330,11 +330,9 @@ class Writer:
             try:
                 prepare_folder(request)
             except (WriteFailed, WriteTimedOut) as error:
-                report = self._refused(request, progress, error, began)
                 if not request.collect:
-                    error.report = report
-                    raise
-                return report
+                    raise  # before any image: no Report (tests/test_permissions.py tells the two apart by it)
+                return self._refused(request, progress, error, began)
             choice = choose_engine(
                 self.engine,
                 self.workers,
