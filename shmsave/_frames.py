@@ -41,7 +41,7 @@ _NO_END = sys.maxsize
 
 class Frame(NamedTuple):
     """One frame (or page) of a source: its number from 0, its timestamp in milliseconds (None for a
-    TIFF page), and its pixels (None for a frame that was passed over: not picked, or already written)."""
+    TIFF page), and its pixels (None for a frame its reader was told it does not want: already written)."""
 
     number: int
     msec: float | None
@@ -269,28 +269,24 @@ def _save(writer, frames, picked: range, template, fields: dict, overwrite: bool
     stream = writer.stream(template, start=picked.start, fields=fields, overwrite=overwrite, progress=tick, **options)
     path_of = stream._request.absolute_path
     wanted = None if overwrite else (lambda number: not already_written(path_of(number)))
-    skipped, sent = 0, []
+    skipped = 0
     with stream:
         for frame in frames.frames(picked, wanted):
-            if frame.image is None:  # already written (overwrite=False): not decoded again, not sent
+            if frame.image is None:  # already written (overwrite=False): not converted, copied nor encoded again
                 skipped += 1
                 if tick is not None:
                     tick(1)
                 continue
             stream.skip_to(frame.number)
             stream.write(frame.image)
-            sent.append(frame.number)
     report = dataclasses.replace(stream.report, skipped=stream.report.skipped + skipped)
     ended = frames.ended
     if ended is not None and frames.count is not None and ended < min(picked.stop, frames.count):
         failed = {failure.index for failure in report.failed}
-        last = next((number for number in reversed(sent) if number not in failed), None)
+        before = range(picked.start, min(ended, picked.stop), picked.step)
+        last = next((number for number in reversed(before) if number not in failed), None)
         error = ReadFailed(
-            frames.path,
-            ended,
-            frames.why_ended(),
-            last,
-            None if last is None else stream._request.path(last),
+            frames.path, ended, frames.why_ended(), last, None if last is None else stream._request.path(last)
         )
         error.report = report
         raise error
