@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import datetime
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -161,12 +162,16 @@ def _command(method: str, source: Path, out: Path) -> list[str] | None:
     return [sys.executable, "-c", script, str(source), target, "pool" if "ThreadPool" in method else "loop"]
 
 
-def _run(command: list[str], out: Path) -> float:
+def _run(command: list[str], out: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the process and its threads and children)."""
     out.mkdir()
     try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         began = time.perf_counter()
         subprocess.run(command, check=True)
-        return time.perf_counter() - began
+        wall = time.perf_counter() - began
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -213,13 +218,15 @@ def main(argv=None) -> int:
             notes.append("ffmpeg rows skipped: ffmpeg is not installed (apt-get install ffmpeg)")
         runs = [(w, m) for w in inputs for m in METHODS if _command(m, inputs[w], root / "x") is not None]
         times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+        cpu: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
         _run(_command("shmsave", inputs["mjpeg-720p"], root / "warm"), root / "warm")  # untimed: page cache, imports
         for _ in range(repeat):
             random.shuffle(runs)
             for workload, method in runs:
-                seconds = _run(_command(method, inputs[workload], root / "out"), root / "out")
+                seconds, used = _run(_command(method, inputs[workload], root / "out"), root / "out")
                 times[workload, method].append(seconds)
-                print(f"{workload:12} {method:26} {seconds:.3f} s", file=sys.stderr)
+                cpu[workload, method].append(used)
+                print(f"{workload:12} {method:26} {seconds:.3f} s, CPU {used:.3f} s", file=sys.stderr)
         quality = {}
         for workload, source in inputs.items():  # untimed: the files of shmsave and ffmpeg, compared
             if source.suffix == ".tif":
@@ -232,7 +239,7 @@ def main(argv=None) -> int:
                 subprocess.run(command, check=True)
                 quality[workload, method] = _quality(source, root / "q", first)
                 shutil.rmtree(root / "q")
-    text = _report(inputs, times, quality, notes, repeat, where, frames, pages, args)
+    text = _report(inputs, times, cpu, quality, notes, repeat, where, frames, pages, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ("frames-quick.md" if args.quick else "frames.md")).write_text(text)
     print(text)
@@ -245,7 +252,7 @@ def machine_filesystem(path: Path) -> str:
     return filesystem_of(path)
 
 
-def _report(inputs, times, quality, notes, repeat, where, frames, pages, args) -> str:
+def _report(inputs, times, cpu, quality, notes, repeat, where, frames, pages, args) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m benchmarks.frames" + (" --quick" if args.quick else f" --repeat {repeat}")
     lines = [
@@ -256,9 +263,11 @@ def _report(inputs, times, quality, notes, repeat, where, frames, pages, args) -
         f"Each method a whole process; median seconds (min-max) of {repeat} interleaved repetitions,",
         "frames (pages) per second, and speed-up over the cv2 loop. JPEG MB and PSNR (dB, against the frame",
         "OpenCV decodes, every 10th frame): the files of shmsave (the same bytes as the cv2 loop's) and ffmpeg's.",
+        "CPU s: the median CPU time of the process (user + system, all its threads), which other load on the",
+        "machine disturbs far less than the wall time; on n cores a method's best wall time is its CPU s / n.",
         "",
-        "| input | method | median s | frames/s | vs cv2 loop | JPEG MB | PSNR dB |",
-        "|---|---|---|---|---|---|---|",
+        "| input | method | median s | frames/s | vs cv2 loop | CPU s | JPEG MB | PSNR dB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for workload, source in inputs.items():
         count = pages if source.suffix == ".tif" else frames
@@ -275,7 +284,7 @@ def _report(inputs, times, quality, notes, repeat, where, frames, pages, args) -
             speed = f"**{loop / median:.2f}x**" if method == "shmsave" else f"{loop / median:.2f}x"
             lines.append(
                 f"| {workload} | {method} | {median:.3f} ({min(seconds):.2f}-{max(seconds):.2f}) | "
-                f"{count / median:.1f} | {speed} | {size} | {psnr} |"
+                f"{count / median:.1f} | {speed} | {statistics.median(cpu[workload, method]):.2f} | {size} | {psnr} |"
             )
     lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines).rstrip() + "\n"
