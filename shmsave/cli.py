@@ -350,14 +350,15 @@ def _save_all(
 
 def _save(unit: Unit, template: str, options: dict, writer: Writer, progress):
     """Save one unit: a .npy is mapped (its workers read the file), a .npz array is loaded,
-    a .zarr store is saved by ``shmsave.dask`` where Dask reads its blocks."""
+    a .zarr store is saved by ``shmsave.dask`` where Dask reads its blocks, a video or TIFF is
+    decoded here into a stream (``save_frames``)."""
     if unit.picked is not None:
         picked = unit.picked
         return writer.save_frames(
             unit.path,
             template,
             start=picked.start,
-            stop=None if picked.stop == sys.maxsize else picked.stop,
+            stop=None if picked.stop == sys.maxsize else picked.stop,  # sys.maxsize: to the end (_frames)
             step=picked.step,
             fields=unit.fields,
             progress=progress,
