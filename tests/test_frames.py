@@ -264,6 +264,12 @@ def test_the_command_saves_a_video_with_a_step(big_avi, tmp_path):
         assert (tmp_path / "f" / f"big-{i:05d}.jpg").read_bytes() == encoded(frames[i], ".jpg")
 
 
+def test_the_command_shows_progress_in_frames_of_the_announced_total(small_avi, tmp_path):
+    result = shmsave_cli(small_avi, "-o", tmp_path / "out" / "{index}.bmp", "--step", "3", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "14/14" in result.stderr and "img/s" in result.stderr  # frames 0, 3, ..., 39 of the 40 announced
+
+
 def test_the_command_names_the_last_frame_written_of_a_truncated_video(small_avi, tmp_path):
     truncated = tmp_path / "cut.avi"
     truncated.write_bytes(small_avi.read_bytes()[: small_avi.stat().st_size // 2])
