@@ -8,6 +8,8 @@ with shmsave.Writer(workers=4) as writer:
 with shmsave.stream("out/{index:06d}.jpg") as stream:   # inside a loop that makes images
     for frame in video:
         stream.write(frame)
+
+shmsave.save_frames("clip.mp4", "frames/{index:06d}.jpg")   # every frame of a video (or TIFF page)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _opencv
 from .errors import (
     InvalidRequest,
+    ReadFailed,
     ShmsaveError,
     StreamClosed,
     WorkerDied,
@@ -30,7 +33,7 @@ from .errors import (
 _opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
 if TYPE_CHECKING:
-    from .api import save, stream
+    from .api import save, save_frames, stream
     from .report import Failure, Report
     from .streaming import Stream
     from .writer import Writer
@@ -39,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "save",
+    "save_frames",
     "stream",
     "Writer",
     "Stream",
@@ -50,6 +54,7 @@ __all__ = [
     "WorkerDied",
     "WorkerFailed",
     "WriteTimedOut",
+    "ReadFailed",
     "WriterClosed",
     "StreamClosed",
     "__version__",
@@ -59,6 +64,7 @@ __all__ = [
 # shmsave._worker), and the parent's modules cost it ~30 ms of a ~120 ms start.
 _LAZY = {
     "save": "api",
+    "save_frames": "api",
     "stream": "api",
     "Stream": "streaming",
     "Writer": "writer",

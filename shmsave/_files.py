@@ -404,3 +404,12 @@ def remove_partial_files(request: Request, task: Task, pid: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary_path(path, pid))
         remove_if_empty(path)
+
+
+def already_written(path: str) -> bool:
+    """Whether ``path`` holds a file that ``overwrite=False`` leaves alone (see ``_exists``); anything
+    else (missing, empty, cut short, a folder, a link to nothing) is for the writer to write or fail."""
+    try:
+        return _exists(path, None)
+    except OSError:
+        return False

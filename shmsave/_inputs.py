@@ -1,16 +1,21 @@
-"""The command's inputs: .npy files and .npz arrays, opened from their headers and checked whole.
+"""The command's inputs: .npy files, .npz arrays, .zarr stores, videos and multi-page TIFFs,
+opened from their headers and checked whole.
 
-Nothing here writes an image. ``open_inputs`` reads headers only; ``check``
-runs every input against the library's rules (with a zero-stride stand-in of
-the same shape and dtype: no pixel is read) and refuses inputs that would write
-the same paths; ``load_member`` reads one .npz array into shared memory.
+Nothing here writes an image. ``open_inputs`` reads headers only (a video's
+container, a TIFF's first page); ``check`` runs every input against the
+library's rules (with a zero-stride stand-in of the same shape and dtype: no
+pixel is read) and refuses inputs that would write the same paths;
+``load_member`` reads one .npz array into shared memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import string
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,13 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InvalidRequest
-from .request import make_request
+from .request import check_image, make_request, make_stream_request
 
 if TYPE_CHECKING:
     from .writer import Writer
 
 _MB = 2**20
 _READ_CHUNK_BYTES = 16 * _MB  # .npz members are read into shared memory in pieces this big
+_SPAN_CHECKED = 1_000_000  # a video's indices the template is checked for (its length may be unknown)
 
 
 class UsageError(Exception):
@@ -37,14 +43,17 @@ class UnreadableInput(Exception):
 
 @dataclass
 class Unit:
-    """One array to save: a .npy file, or one array of a .npz archive."""
+    """One array to save: a .npy file, one array of a .npz archive, a zarr array, or the frames of a
+    video or pages of a TIFF (``picked``)."""
 
     path: str
     key: str | None  # the .npz member's name; None for .npy
-    shape: tuple
+    shape: tuple  # a video's or TIFF's: (frames picked, or 0 if unknown, *the first frame's shape)
     dtype: np.dtype
     start: int = 0
     fields: dict = field(default_factory=dict)
+    picked: range | None = None  # a video's frames or a TIFF's pages to save, by number; None for a stack
+    read_error: str = ""  # a video or TIFF that ended early: why, and the last frame written
     written: int = 0  # what saving it did
     bytes: int = 0
     skipped: int = 0
@@ -60,23 +69,29 @@ class Unit:
         return self.shape[0]
 
     @property
+    def end(self) -> int:
+        """One past the last index this unit may write."""
+        if self.picked is None:
+            return self.start + self.count
+        return self.picked.start + (self.count - 1) * self.picked.step + 1 if self.count else self.picked.stop
+
+    @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def open_inputs(paths: list[str], keys: list[str] | None) -> list[Unit]:
-    """A unit per .npy file and per (selected) .npz array, from the headers alone."""
+def open_inputs(paths: list[str], keys: list[str] | None, frames: slice = slice(None)) -> list[Unit]:
+    """A unit per .npy file, per (selected) .npz array, per zarr store, and per video or TIFF (its
+    frames or pages ``frames.start:frames.stop:frames.step``), from the headers alone."""
     units: list[Unit] = []
     for path in paths:
         if is_zarr(path):
             units += _open_zarr(path)
             continue
         extension = os.path.splitext(path)[1].lower()
-        if extension not in (".npy", ".npz"):
-            raise UsageError(
-                f"{path}: shmsave reads .npy and .npz files and .zarr stores, "
-                f"not {extension or 'files without extension'}"
-            )
+        if extension not in (".npy", ".npz") and os.path.isfile(path):
+            units.append(_open_frames(path, frames))
+            continue
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file")
         if os.path.isdir(path):
@@ -108,6 +123,58 @@ def _open_zarr(path: str) -> list[Unit]:
         raise UsageError(f"{path}: no such zarr store")
     array = open_zarr(path)
     return [Unit(path, None, tuple(int(n) for n in array.shape), array.dtype, fields={"stem": _stem(path)})]
+
+
+def _open_frames(path: str, frames: slice) -> Unit:
+    """A unit for the frames of a video or the pages of a TIFF: what the file is is found by opening
+    it (FFmpeg's own complaints are caught and become part of the message)."""
+    from ._frames import expected, open_frames, picked_frames
+
+    try:
+        with _stderr_caught() as said:
+            source = open_frames(path)
+        try:
+            picked = picked_frames(source, frames.start, frames.stop, frames.step or 1)
+        finally:
+            source.close()
+    except InvalidRequest as error:
+        message = re.sub(r"\b(start|stop|step)(=| must)", _as_flag, str(error))
+        if "may have said why above" in message:
+            reason = said()
+            message = message.replace(
+                "OpenCV's FFmpeg may have said why above", f"FFmpeg: {reason}" if reason else "FFmpeg said nothing"
+            )
+        if "cannot open it" in message:
+            message += "; shmsave reads .npy, .npz, .zarr, videos and TIFFs"
+        raise UsageError(message) from None
+    count = expected(picked, source.count) or 0
+    return Unit(path, None, (count, *source.shape), source.dtype, picked.start, {"stem": _stem(path)}, picked)
+
+
+def _as_flag(match: re.Match) -> str:
+    """``start=5`` -> ``--start 5``, ``step must`` -> ``--step must``: the library's words as the command's."""
+    return f"--{match[1]}{' ' if match[2] == '=' else match[2]}"
+
+
+@contextlib.contextmanager
+def _stderr_caught():
+    """Catch what native code (FFmpeg) writes to file descriptor 2 meanwhile; yields a function that
+    returns it as one line. The command alone does this, before any thread of its own runs."""
+    caught = tempfile.TemporaryFile()
+    saved = os.dup(2)
+    try:
+        os.dup2(caught.fileno(), 2)
+        yield lambda: " ".join(
+            line.split("] ", 1)[-1].strip() for line in _read_all(caught).splitlines() if line.strip()
+        )
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _read_all(file) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
 
 
 def _open_npy(path: str) -> list[Unit]:
@@ -200,10 +267,13 @@ def _stem(path: str) -> str:
 
 
 def number(units: list[Unit], start: int, continue_index: bool) -> None:
+    """Number each stack's images from ``start`` (or on from the input before); a video's frames and
+    a TIFF's pages keep their own numbers."""
     index = start
     for unit in units:
-        unit.start = index if continue_index else start
-        index = unit.start + unit.count
+        if unit.picked is None:
+            unit.start = index if continue_index else start
+            index = unit.start + unit.count
 
 
 def check(units: list[Unit], template: str, options: dict) -> None:
@@ -213,7 +283,13 @@ def check(units: list[Unit], template: str, options: dict) -> None:
         # the file (what it cannot see, NaN in float data, it checks when the unit is saved)
         stand_in = np.broadcast_to(np.zeros((), unit.dtype), unit.shape)
         try:
-            make_request(stand_in, template, start=unit.start, fields=unit.fields, **options)
+            if unit.picked is None:
+                make_request(stand_in, template, start=unit.start, fields=unit.fields, **options)
+            else:  # a stream's checks, on the first frame's shape and dtype (later ones are checked as they come)
+                span = min(max(1, unit.end - unit.start), _SPAN_CHECKED)
+                request = make_stream_request(template, total=span, start=unit.start, fields=unit.fields, **options)
+                first = np.broadcast_to(np.zeros((), unit.dtype), unit.shape[1:])
+                check_image(request.encoding, first, "its first frame")
         except InvalidRequest as error:
             raise UsageError(f"{unit.label}: {error}") from None
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
@@ -223,9 +299,7 @@ def check(units: list[Unit], template: str, options: dict) -> None:
             continue
         values = tuple(sorted((name, value) for name, value in unit.fields.items() if name in used))
         for other in claimed.setdefault(values, []):
-            if "index" not in used or (
-                unit.start < other.start + other.count and other.start < unit.start + unit.count
-            ):
+            if "index" not in used or (unit.start < other.end and other.start < unit.end):
                 raise UsageError(_clash(other, unit, template))
         claimed[values].append(unit)
 

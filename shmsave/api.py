@@ -143,6 +143,68 @@ def stream(
     )
 
 
+def save_frames(
+    source: str | os.PathLike[str],
+    template: str | os.PathLike[str],
+    *,
+    start: int | None = None,
+    stop: int | None = None,
+    step: int = 1,
+    workers: int | None = None,
+    quality: int | None = None,
+    compression: int | None = None,
+    params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+    rgb: bool = False,
+    overwrite: bool = True,
+    errors: str = "raise",
+    progress: Progress = False,
+    fields: Mapping[str, Any] | None = None,
+    buffer_bytes: int | None = None,
+    durable: bool = False,
+    timeout: float | None = None,
+) -> Report:
+    """Save frames of a video file (anything OpenCV's ``VideoCapture`` opens), or pages of a
+    multi-page TIFF, one file each; return the Report.
+
+        shmsave.save_frames("clip.mp4", "frames/{stem}_{index:06d}.jpg", quality=95, step=10)
+
+    ``start``, ``stop``, ``step`` pick frames as ``range(start, stop, step)`` does (``stop=None``:
+    to the end). ``{index}`` is the frame's (page's) number in the source, counted from 0, so
+    ``step=10`` writes 0, 10, 20, ...; ``{stem}`` is the source's name without extension. The
+    other options are those of ``save``. Frames are decoded in order in the calling thread
+    (OpenCV releases the GIL meanwhile) and encoded on the Writer's threads or processes through
+    one stream, whose ring bounds the memory; each file is byte-identical to
+    ``cv2.imwrite(path, frame)`` of the decoded frame (BGR, as ``VideoCapture.read`` gives it;
+    TIFF pages as ``cv2.imreadmulti(..., flags=cv2.IMREAD_UNCHANGED)`` gives them).
+
+    ``overwrite=False`` resumes an interrupted extraction: frames whose files are there are
+    decoded (a video cannot be sought exactly) but neither converted nor encoded again; TIFF
+    pages already written are not read. A source that is not a video or TIFF raises
+    InvalidRequest before anything is written; one that ends before the frames it announces
+    (truncated or corrupt) raises ReadFailed once every frame read before is saved, naming the
+    last one written.
+    """
+    writer = _shared_writer(workers)
+    return writer.save_frames(
+        source,
+        template,
+        start=start,
+        stop=stop,
+        step=step,
+        quality=quality,
+        compression=compression,
+        params=params,
+        rgb=rgb,
+        overwrite=overwrite,
+        errors=errors,
+        progress=progress,
+        fields=fields,
+        buffer_bytes=buffer_bytes,
+        durable=durable,
+        timeout=timeout,
+    )
+
+
 def _shared_writer(workers: int | None) -> Writer:
     """The process-wide Writer for ``workers`` (None: the usable CPUs). A call that asks for another
     count replaces it, and the next call that asks for none gets the default count back."""

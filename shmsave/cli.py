@@ -1,6 +1,8 @@
-"""The ``shmsave`` command: every image of .npy / .npz stacks to its own file, on every core.
+"""The ``shmsave`` command: every image of .npy / .npz stacks, every frame of a video, every page
+of a TIFF, to its own file, on every core.
 
     shmsave frames.npy -o "out/{index:06d}.png"
+    shmsave clip.mp4 -o "out/{index:06d}.jpg" --step 10
 
     arguments ──▶ open inputs: headers only ──▶ check all (library rules, path clashes)
                                                   │ nothing written until all pass
@@ -13,7 +15,8 @@ map it themselves; threads read it here and let each task's pages go once writte
 (``_pages.py``), so this process's memory does not grow with the file. A .npz
 archive is compressed or at least zipped and cannot be mapped; each array is read
 straight from the zip stream into shared memory (never held twice), saved, and
-freed before the next.
+freed before the next. A video or TIFF is decoded here, frame by frame, into a
+stream of the Writer (``save_frames``): the encoders work while the next frame decodes.
 """
 
 from __future__ import annotations
@@ -32,26 +35,31 @@ import numpy as np
 
 from . import __version__
 from ._inputs import Unit, UnreadableInput, UsageError, check, is_zarr, load_member, number, open_inputs
-from .errors import InvalidRequest, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed
+from .errors import InvalidRequest, ReadFailed, ShmsaveError, WorkerDied, WorkerFailed, WriteFailed
 from .report import Failure
 from .writer import Writer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _DESCRIPTION = """\
-Save every image of .npy / .npz stacks as its own file, on every core.
+Save every image of .npy / .npz stacks, every frame of a video or every page of a TIFF
+as its own file, on every core.
 
 examples:
   shmsave frames.npy -o "out/{index:06d}.png"
+  shmsave clip.mp4 -o "frames/{index:06d}.jpg" --quality 95 --step 10   # frames 0, 10, 20, ...
+  shmsave scan.tif -o "planes/{stem}_{index:04d}.png"
   shmsave a.npy b.npy -o "out/{stem}/{index:04d}.jpg" --quality 95
   shmsave preds.npz --key masks -o "masks/{index:05d}.png" --compression 1
   shmsave big.npy -o "out/{index:06d}.jpg" --no-overwrite    # resume an interrupted run
   shmsave frames.npy -o "out/{index}.png" --json | jq .images_per_second
 
-An input holds an (N, H, W) or (N, H, W, C) array, C = 1, 3 or 4, BGR(A) unless --rgb.
+An input is a .npy / .npz / .zarr stack, (N, H, W) or (N, H, W, C), C = 1, 3 or 4, BGR(A)
+unless --rgb; a video file OpenCV decodes (.mp4 .avi .mkv .mov .webm ...); or a TIFF.
 The template may use {index} (with a format spec, e.g. {index:06d}), {stem} (the input's
 file name without extension) and, for .npz inputs, {key} (the array's name in the
-archive). Its extension picks the format. Missing folders are created.
+archive). A stack's {index} counts from --start; a video's is the frame number and a
+TIFF's the page number, from 0. Its extension picks the format. Missing folders are created.
 """
 
 _EPILOG = "exit status: 0 all written, 1 some images failed, 2 usage error, 130 interrupted"
@@ -91,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy or .npz files")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help=".npy or .npz files, .zarr stores, video files, TIFF files"
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -105,7 +115,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="save only this array of each .npz (repeatable); default: all of them",
     )
-    parser.add_argument("--start", type=int, default=0, metavar="N", help="the first index (default 0)")
+    parser.add_argument(
+        "--start",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the first index (default 0): a stack's images are numbered from N; a video or TIFF starts at "
+        "frame (page) N, its {index} being the frame number",
+    )
+    parser.add_argument(
+        "--stop", type=int, metavar="N", help="a video or TIFF: stop before frame (page) N (default: the end)"
+    )
+    parser.add_argument(
+        "--step", type=int, metavar="K", help="a video or TIFF: every K-th frame (page) from --start (default 1)"
+    )
     parser.add_argument(
         "--continue-index",
         action="store_true",
@@ -202,13 +225,19 @@ def _param(text: str) -> tuple:
 def _run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {args.workers}")
-    if args.start < 0:
-        raise UsageError(f"--start must be 0 or more, got {args.start}")
-    units = open_inputs(args.inputs, args.key)
+    start = 0 if args.start is None else args.start
+    if start < 0:
+        raise UsageError(f"--start must be 0 or more, got {start}")
+    if args.step is not None and args.step < 1:
+        raise UsageError(f"--step must be 1 or more, got {args.step}")
+    if args.stop is not None and args.stop <= start:
+        raise UsageError(f"--stop {args.stop} must be greater than --start {start}: no frame would be saved")
+    units = open_inputs(args.inputs, args.key, slice(start, args.stop, args.step))
+    _check_ranges(units, args)
     on_dask = any(is_zarr(unit.path) for unit in units)
     if args.scheduler and not on_dask:
         raise UsageError("--scheduler runs .zarr inputs on a Dask cluster, and no .zarr input was given")
-    number(units, args.start, args.continue_index)
+    number(units, start, args.continue_index)
     options = dict(
         quality=args.quality,
         compression=args.compression,
@@ -223,7 +252,8 @@ def _run(args) -> int:
     # -- nothing was written before this line --
     bar = None
     if not args.quiet and (args.progress or sys.stderr.isatty()):
-        bar = _bar(sum(unit.count for unit in units), units[0].label if len(units) > 1 else None)
+        known = all(unit.count or unit.picked is None for unit in units)  # a video may not tell its length
+        bar = _bar(sum(unit.count for unit in units) if known else None, units[0].label if len(units) > 1 else None)
     began = time.perf_counter()
     try:
         with Writer(args.workers) as writer, _dask_scheduler(args.scheduler, on_dask):
@@ -237,6 +267,8 @@ def _run(args) -> int:
     for unit in units:
         if unit.error:
             _say(f"failed: {unit.label}: {unit.error}; none of its {unit.count} images was written")
+        if unit.read_error:
+            _say(f"failed: {unit.read_error}")
     if stopped in (_Stop.AT_AN_IMAGE, _Stop.AT_AN_INPUT):
         _say(
             "error: stopped at the first failure"
@@ -246,7 +278,22 @@ def _run(args) -> int:
         print(json.dumps(_summary_object(units, failures, seconds)), flush=True)
     elif not args.quiet and stopped is not _Stop.AT_THE_FOLDER:  # its one failure line says it all
         _say(_summary_line(units, failures, seconds, args.output))
-    return EXIT_FAILED if failures or stopped or any(unit.error for unit in units) else EXIT_OK
+    return EXIT_FAILED if failures or stopped or any(unit.error or unit.read_error for unit in units) else EXIT_OK
+
+
+def _check_ranges(units: list[Unit], args) -> None:
+    """--stop and --step pick frames of videos and pages of TIFFs; a video's frames keep their numbers."""
+    stacks = [unit for unit in units if unit.picked is None]
+    if stacks and (args.stop is not None or args.step is not None):
+        raise UsageError(
+            f"--stop and --step pick frames of a video or pages of a TIFF, and {stacks[0].label} is a stack "
+            "of images; save a part of it by slicing it in numpy"
+        )
+    if args.continue_index and len(stacks) < len(units):
+        raise UsageError(
+            "--continue-index numbers on across stacks; a video's frames and a TIFF's pages keep their own "
+            "numbers: put {stem} in the template to keep several apart"
+        )
 
 
 def _as_flags(message: str) -> str:
@@ -280,6 +327,10 @@ def _save_all(
             if options["errors"] == "raise":
                 return failures, _Stop.AT_AN_INPUT
             continue
+        except ReadFailed as error:  # a video or TIFF ended early: the frames before it are written
+            unit.read_error, report = str(error), error.report
+            more = unit is not units[-1]  # with --errors raise, the inputs after it are not saved
+            stopped = _Stop.AT_AN_INPUT if options["errors"] == "raise" and more else None
         except (WriteFailed, WorkerDied, WorkerFailed) as error:  # --errors raise, or the folder cannot be written
             stopped, report = _Stop.AT_AN_IMAGE, error.report
             if report is None:
@@ -299,7 +350,20 @@ def _save_all(
 
 def _save(unit: Unit, template: str, options: dict, writer: Writer, progress):
     """Save one unit: a .npy is mapped (its workers read the file), a .npz array is loaded,
-    a .zarr store is saved by ``shmsave.dask`` where Dask reads its blocks."""
+    a .zarr store is saved by ``shmsave.dask`` where Dask reads its blocks, a video or TIFF is
+    decoded here into a stream (``save_frames``)."""
+    if unit.picked is not None:
+        picked = unit.picked
+        return writer.save_frames(
+            unit.path,
+            template,
+            start=picked.start,
+            stop=None if picked.stop == sys.maxsize else picked.stop,  # sys.maxsize: to the end (_frames)
+            step=picked.step,
+            fields=unit.fields,
+            progress=progress,
+            **options,
+        )
     if is_zarr(unit.path):
         from .dask import save_zarr
 
@@ -394,7 +458,10 @@ def _where(units: list[Unit], template: str) -> str:
     """The folder that holds the outputs (their common folder when they spread out)."""
     folders = set()
     for unit in units:
-        for index in {unit.start, unit.start + max(unit.count - 1, 0)}:
+        last = unit.start + max(unit.count - 1, 0)
+        if unit.picked is not None:  # a video's length may be unknown before it is read: what was saved
+            last = unit.start + max(unit.written + unit.skipped + unit.failed - 1, 0) * unit.picked.step
+        for index in {unit.start, last}:
             folders.add(os.path.dirname(template.format(index=index, **unit.fields)) or ".")
     where = (os.path.commonpath(sorted(folders)) if len(folders) > 1 else folders.pop()) or "."
     return where.rstrip(os.sep) + os.sep

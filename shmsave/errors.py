@@ -7,9 +7,10 @@
     ├── WriteFailed(OSError)         one image could not be encoded or written
     ├── WorkerDied(RuntimeError)     a worker process ended in the middle of a slice
     ├── WorkerFailed(RuntimeError)   an unexpected exception while writing a slice
-    └── WriteTimedOut(TimeoutError)  a worker made no progress for ``timeout`` seconds
+    ├── WriteTimedOut(TimeoutError)  a worker made no progress for ``timeout`` seconds
+    └── ReadFailed(OSError)          a video or TIFF ended early or could not be decoded (``save_frames``)
 
-The last four carry the call's ``report`` (every image written, every failure)
+The last five carry the call's ``report`` (every image written, every failure)
 when they end a call.
 """
 
@@ -163,6 +164,41 @@ class WriteTimedOut(ShmsaveError, TimeoutError):
         return (WriteTimedOut, (self.start, self.end, self.path, self.seconds, self.pid), {"report": self.report})
 
 
+class ReadFailed(ShmsaveError, OSError):
+    """Frame (or page) ``index`` of the video or TIFF ``path`` could not be read: the file is truncated
+    or corrupt, or its frames are fewer than it announces.
+
+    Every frame read before it was saved (``report``); ``last_index`` and ``last_path`` name the last
+    one written (None when none was). Rerun with overwrite=False once the file is whole.
+    """
+
+    report: Report | None = None  # the call's Report, when this error ended a call
+
+    def __init__(self, path: str, index: int, reason: str, last_index: int | None, last_path: str | None) -> None:
+        self.path = path
+        self.filename = path
+        self.index = index
+        self.reason = reason
+        self.last_index = last_index
+        self.last_path = last_path
+        written = (
+            f"the last frame written is {last_index} ({last_path}), and every file written is complete"
+            if last_index is not None
+            else "no frame was written"
+        )
+        super().__init__(f"{path}: cannot read frame {index}: {reason}; {written}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return (
+            ReadFailed,
+            (self.path, self.index, self.reason, self.last_index, self.last_path),
+            {"report": self.report},
+        )
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker process, as text (``WorkerFailed.__cause__``)."""
 
@@ -204,6 +240,7 @@ __all__ = [
     "WorkerDied",
     "WorkerFailed",
     "WriteTimedOut",
+    "ReadFailed",
     "RemoteTraceback",
     "describe_oserror",
 ]

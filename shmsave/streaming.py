@@ -189,6 +189,20 @@ class Stream:
         elif not (here or tiny_here) and self._hub.idle:
             self._hub.poke()
 
+    def skip_to(self, index: int) -> None:
+        """Give the next image ``index`` (at least the next one's): the indices between get no image.
+
+        For sources whose images have numbers of their own (a video's frames
+        picked with a step, ``save_frames``).
+        """
+        with self._lock:
+            if index < self._next:
+                raise InvalidRequest(f"skip_to({index}): the next image is {self._next} already; indices only grow")
+            if index > self._next:
+                if self._pending:
+                    self._seal()  # a batch holds consecutive indices
+                self._next = index
+
     def close(self) -> Report:
         """Wait for every accepted image and return the Report; safe to call twice.
 

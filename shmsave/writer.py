@@ -246,6 +246,50 @@ class Writer:
             hub.open(stream, self._thread_pool(), processes=not tiny)
         return stream
 
+    def save_frames(
+        self,
+        source: str | os.PathLike[str],
+        template: str | os.PathLike[str],
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+        step: int = 1,
+        quality: int | None = None,
+        compression: int | None = None,
+        params: Mapping[int | str, int] | Sequence[int | str] | None = None,
+        rgb: bool = False,
+        overwrite: bool = True,
+        errors: str = "raise",
+        progress: Progress = False,
+        fields: Mapping[str, Any] | None = None,
+        buffer_bytes: int | None = None,
+        durable: bool = False,
+        timeout: float | None = None,
+    ) -> Report:
+        """Save frames ``start:stop:step`` of a video file, or pages of a multi-page TIFF; see
+        ``shmsave.save_frames``. Decoding runs in the calling thread, encoding on this Writer."""
+        from ._frames import save_frames
+
+        return save_frames(
+            self,
+            source,
+            template,
+            start=start,
+            stop=stop,
+            step=step,
+            quality=quality,
+            compression=compression,
+            params=params,
+            rgb=rgb,
+            overwrite=overwrite,
+            errors=errors,
+            progress=progress,
+            fields=fields,
+            buffer_bytes=buffer_bytes,
+            durable=durable,
+            timeout=timeout,
+        )
+
     def start(self) -> Writer:
         """Start the worker processes now and wait until they are ready (~0.2 s).
 

@@ -182,6 +182,8 @@ def test_help_and_version():
         "--output",
         "--key",
         "--start",
+        "--stop",
+        "--step",
         "--continue-index",
         "--workers",
         "--quality",
@@ -279,7 +281,8 @@ def inputs(photos, tmp_path):
 
 USAGE_ERRORS = [
     (["missing.npy"], "missing.npy: no such file"),
-    (["notes.txt"], "reads .npy and .npz files"),
+    (["notes.txt"], "notes.txt: OpenCV cannot open it as a video"),
+    (["notes.txt"], "shmsave reads .npy, .npz, .zarr, videos and TIFFs"),
     (["good.npy", "-o", "{out}/{index.png"], "malformed"),
     (["good.npy", "-o", "{out}/{frame}.png"], "unknown field(s) {frame}"),
     (["good.npy", "-o", "{out}/{key}/{index}.png"], "unknown field(s) {key}"),

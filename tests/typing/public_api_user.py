@@ -50,6 +50,14 @@ def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
         reports.append(finished)
     assert streamed is not None
     try:
+        reports.append(shmsave.save_frames(folder / "clip.mp4", folder / "f{index:06d}.jpg", step=10, workers=2))
+        with shmsave.Writer() as writer:
+            reports.append(writer.save_frames("scan.tif", folder / "p{index}.png", start=1, stop=9, progress=True))
+    except shmsave.ReadFailed as error:
+        last: int | None = error.last_index
+        written: shmsave.Report | None = error.report
+        assert last is None or written is not None
+    try:
         shmsave.save(frames, "bad/{index}.xyz")
     except shmsave.InvalidRequest as error:
         message: str = str(error)
