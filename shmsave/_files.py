@@ -153,7 +153,7 @@ class _Folders:
         if fd is None:
             path = os.path.join(self.cwd, folder)
             if self.fixed is None and folder:
-                from .request import make_folders
+                from ._folders import make_folders
 
                 make_folders(path, durable=self.durable)
             fd = self.fds[folder] = os.open(path, _DIR_FLAGS)

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _engines
+from ._folders import prepare_folder
 from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, choose_engine, usable_cpus
 from ._processes import Processes
 from .errors import InvalidRequest, WriteFailed, WriterClosed
 from .report import Progress, Report, Tally, check_progress
-from .request import Request, make_request, make_stream_request, prepare_folder
+from .request import Request, make_request, make_stream_request
 
 if TYPE_CHECKING:
     import concurrent.futures
