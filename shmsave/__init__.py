@@ -8,6 +8,10 @@ with shmsave.Writer(workers=4) as writer:
 with shmsave.stream("out/{index:06d}.jpg") as stream:   # inside a loop that makes images
     for frame in video:
         stream.write(frame)
+
+for path, image in items:                                # a cv2.imwrite loop, on every core
+    shmsave.imwrite(path, image)
+shmsave.flush()
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .errors import (
 _opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
 if TYPE_CHECKING:
-    from .api import save, stream
+    from .api import flush, imwrite, save, stream
     from .report import Failure, Report
     from .streaming import Stream
     from .writer import Writer
@@ -40,6 +44,8 @@ __version__ = "0.1.0"
 __all__ = [
     "save",
     "stream",
+    "imwrite",
+    "flush",
     "Writer",
     "Stream",
     "Report",
@@ -60,6 +66,8 @@ __all__ = [
 _LAZY = {
     "save": "api",
     "stream": "api",
+    "imwrite": "api",
+    "flush": "api",
     "Stream": "streaming",
     "Writer": "writer",
     "Report": "report",

@@ -206,16 +206,19 @@ def number(units: list[Unit], start: int, continue_index: bool) -> None:
         index = unit.start + unit.count
 
 
-def check(units: list[Unit], template: str, options: dict) -> None:
+def check(units: list[Unit], template, options: dict) -> None:
     """Every unit against the library's rules, then path clashes between units; raise UsageError."""
     for unit in units:
         # a zero-stride stand-in of the same shape and dtype: the library checks it without reading
         # the file (what it cannot see, NaN in float data, it checks when the unit is saved)
         stand_in = np.broadcast_to(np.zeros((), unit.dtype), unit.shape)
         try:
-            make_request(stand_in, template, start=unit.start, fields=unit.fields, **options)
+            fields = unit.fields if isinstance(template, str) else None  # a list of paths has no fields
+            make_request(stand_in, template, start=unit.start, fields=fields, **options)
         except InvalidRequest as error:
             raise UsageError(f"{unit.label}: {error}") from None
+    if len(units) < 2:  # --names: one input
+        return
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     claimed: dict[tuple, list[Unit]] = {}
     for unit in units:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._files import remove_partial_files, unexpected_in_task, write_images
-from ._protocol import ListSource, StackSource, Task
+from ._protocol import ListSource, Names, StackSource, Task
 from ._ring import aligned
 from .errors import WorkerFailed
+from .naming import job_path
 
 if TYPE_CHECKING:
     from ._images import Layout
-    from ._protocol import Outcome
+    from ._protocol import Job, Outcome
     from .segment import Segment
 
 OPEN, CLOSING, STOPPED, CLOSED = "open", "closing", "stopped", "closed"
@@ -39,6 +40,9 @@ class Batch:
     here: bool = False  # encoded by a thread of this process (a big image), not by a worker process
     layout: Layout | None = None  # the one layout of images placed one after another: sent as a stack
     done: bool = False
+    names: list | None = None  # the path of each image, when one of them has its own (write(path=...))
+    formats: list | None = None  # with names: each image's format number (``StreamNames.formats``)
+    keys: list | None = None  # with names: each named image's key in ``StreamNames.busy`` (None: the template's)
 
 
 class StreamTasks:
@@ -54,9 +58,13 @@ class StreamTasks:
                 self._pending_end,
                 here=self._tiny_on_threads > 0 if here is None else here,
                 layout=self._pending_layout,
+                names=self._pending_names,
+                formats=self._pending_formats,
+                keys=self._pending_keys,
             )
         )
         self._pending, self._pending_bytes = [], 0
+        self._pending_names = None
 
     @property
     def has_ready(self) -> bool:
@@ -76,12 +84,37 @@ class StreamTasks:
             batch = self._ready.popleft()
             block = batch.block or self._ring.block
             source = source_of(block, batch)
-            task = Task(next(ids), source, 0, len(batch.entries), batch.first, self._job)
+            job = self._job if batch.names is None else self._named_job(batch)
+            task = Task(next(ids), source, 0, len(batch.entries), batch.first, job)
             self._in_flight[task.id] = (task, batch)
             if batch.block is None:
                 self._in_ring.append(batch)
             self._ran.add(batch.here)
             return task, batch.here
+
+    def _named_job(self, batch: Batch) -> Job:
+        """The job of a batch whose images have their own paths (and maybe several formats)."""
+        formats = self._names.formats
+        if len(set(batch.formats)) == 1:
+            extension, params = formats[batch.formats[0]]
+            names = Names(batch.first, tuple(batch.names))
+            return self._job._replace(folder=None, extension=extension, params=params, names=names)
+        names = Names(batch.first, tuple(batch.names), 0, tuple(formats), tuple(batch.formats))
+        return self._job._replace(folder=None, names=names)
+
+    def _path_of(self, index: int) -> str:
+        """The path of image ``index`` (for the Report of a failure): its task's, its batch's or the template's."""
+        for task, _ in self._in_flight.values():
+            if task.first <= index < task.end:
+                return job_path(task.job, index)
+        for batch in self._ready:
+            if batch.names is not None and batch.first <= index < batch.first + len(batch.entries):
+                return batch.names[index - batch.first]
+        if self._pending_names is not None and self._pending_first <= index < self._pending_first + len(
+            self._pending_names
+        ):
+            return self._pending_names[index - self._pending_first]
+        return self._request.path(index)
 
     def run_here(self, task: Task) -> None:
         """Encode and write a ``here`` task's images where ``write`` put them (on a thread of this process)."""
@@ -92,7 +125,7 @@ class StreamTasks:
         try:
             block = taken[1].block or self._ring.block
             images = [block.array(shape, dtype, offset) for offset, shape, dtype in taken[1].entries]
-            outcome = write_images(images, task.first, self._job)
+            outcome = write_images(images, task.first, task.job)
         except Exception as error:  # noqa: BLE001 - counted as the task's failure, as a worker's would be
             outcome = unexpected_in_task(task.first, error)
         self.task_done(task, outcome)
@@ -101,15 +134,16 @@ class StreamTasks:
         with self._cond:
             if task.id not in self._in_flight:  # a thread's answer after the hub failed (``fail``) counted it
                 return
+            go_on = self._tally.add(outcome, task.end)  # before _answered: a failure's path is its task's
             self._answered(task)
-            if self._tally.add(outcome, task.end) is False:
+            if go_on is False:
                 self._stop()
             self._cond.notify_all()
 
     def task_died(self, task: Task, exitcode: int | None, pid: int) -> None:
         with self._cond:
             self._answered(task)
-            remove_partial_files(self._request, task, pid)
+            remove_partial_files(task, pid)
             if self._tally.died(task, exitcode) is False:
                 self._stop()
             self._cond.notify_all()
@@ -124,8 +158,8 @@ class StreamTasks:
     def task_timed_out(self, task: Task, first_unwritten: int, pid: int) -> None:
         with self._cond:
             self._answered(task)
-            remove_partial_files(self._request, task, pid)
-            if self._tally.timed_out(first_unwritten, task.end, pid) is False:
+            remove_partial_files(task, pid)
+            if self._tally.timed_out(first_unwritten, task.end, pid, task.job) is False:
                 self._stop()
             self._cond.notify_all()
 
@@ -141,12 +175,12 @@ class StreamTasks:
             lost += [(batch.first, batch.first + len(batch.entries)) for batch in self._ready]
             if self._pending:
                 lost.append((self._pending_first, self._pending_first + len(self._pending)))
-            for task, _ in list(self._in_flight.values()):
-                self._answered(task)
             if lost:
                 error = WorkerFailed(min(lost)[0], max(end for _, end in lost), description)
                 error.__cause__ = cause
                 self._tally.lost(lost, error)
+            for task, _ in list(self._in_flight.values()):
+                self._answered(task)
             self._broken = (description, cause)
             self._reusable_ring = False  # a thread may still read its task's images
             self._stop()
@@ -154,6 +188,8 @@ class StreamTasks:
 
     def _answered(self, task: Task) -> None:
         batch = self._in_flight.pop(task.id)[1]
+        if batch.keys is not None:
+            self._names.busy.difference_update(batch.keys)
         if batch.block is not None:
             self._store.release_segment(batch.block)
             self._own_segment_busy = False
@@ -170,11 +206,16 @@ class StreamTasks:
 
     def _drop_unsent(self) -> None:
         for batch in self._ready:
+            if batch.keys is not None:
+                self._names.busy.difference_update(batch.keys)
             if batch.block is not None:
                 self._store.release_segment(batch.block)
                 self._own_segment_busy = False
         self._ready.clear()
+        if self._pending_names is not None:
+            self._names.busy.difference_update(self._pending_keys)
         self._pending, self._pending_bytes = [], 0
+        self._pending_names = None
 
 
 def source_of(block, batch: Batch) -> ListSource | StackSource:

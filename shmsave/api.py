@@ -1,4 +1,4 @@
-"""``shmsave.save`` and ``shmsave.stream``: served by a Writer shared across calls."""
+"""``shmsave.save``, ``shmsave.stream`` and ``shmsave.imwrite``: served by a Writer shared across calls."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def save(
     fields: Mapping[str, Any] | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    shard_size: int | None = None,
 ) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
@@ -89,6 +90,7 @@ def save(
         fields=fields,
         durable=durable,
         timeout=timeout,
+        shard_size=shard_size,
     )
 
 
@@ -108,6 +110,7 @@ def stream(
     buffer_bytes: int | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    shard_size: int | None = None,
 ) -> Stream:
     """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
 
@@ -140,7 +143,23 @@ def stream(
         buffer_bytes=buffer_bytes,
         durable=durable,
         timeout=timeout,
+        shard_size=shard_size,
     )
+
+
+def imwrite(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] | None = None) -> bool:
+    """``cv2.imwrite(path, image, params)`` on the process-wide Writer: copies the pixels and returns
+    at once (True); see ``Writer.imwrite``. ``shmsave.flush()`` waits for the images and returns their
+    Report; images still pending when the script ends are written before it exits."""
+    return _shared_writer(None).imwrite(path, image, params)
+
+
+def flush() -> Report:
+    """Wait for every image of ``shmsave.imwrite`` since the last flush; return their Report (the first
+    failure raises, with the Report attached)."""
+    with _shared_lock:
+        writer = _shared
+    return writer.flush() if writer is not None else Report(0, 0, 0.0, engine="inline", workers=0)
 
 
 def _shared_writer(workers: int | None) -> Writer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import reprlib
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +28,7 @@ class Request(NamedTuple):
     nbytes: int
     start: int
     template: Template
-    encoding: codec.Encoding
+    encoding: codec.Encoding  # no extension: a stream without a template (each image brings its path)
     overwrite: bool
     collect: bool
     cast: np.dtype | None  # integers whose values all fit this type the format holds are saved as it
@@ -52,6 +53,7 @@ class Request(NamedTuple):
             None if self.cast is None else self.cast.str,
             self.durable,
             self.timeout,
+            self.template.names,
         )
 
     def path(self, index: int) -> str:
@@ -77,6 +79,7 @@ def make_request(
     fields=None,
     durable=False,
     timeout=None,
+    shard_size=None,
 ) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
     _check_errors_and_start(errors, start)
@@ -84,22 +87,36 @@ def make_request(
     timeout = _checked_timeout(timeout)
     stack, listed = normalize(images)
     count = len(stack) if stack is not None else len(listed)
-    parsed = parse_template(template, max(count, 1), int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    listed_paths = not isinstance(template, (str, os.PathLike))
+    parsed = parse_template(template, count if listed_paths else max(count, 1), int(start), fields, shard_size)
+    names = parsed.names
+    extensions = [ext for ext, _ in names.formats] if names is not None and names.formats else [parsed.extension]
+    if names is not None and names.paths:
+        _check_formats(parsed, extensions)
+    encodings = codec.plan_encodings(extensions, quality=quality, compression=compression, params=params, rgb=rgb)
+    planned = list(encodings.values())
+    encoding = planned[0]
+    if len(planned) > 1:  # one call, several formats: each image is encoded with its own format's params
+        parsed = parsed._replace(names=names._replace(formats=tuple((e.extension, e.params) for e in planned)))
     dtype = stack.dtype if stack is not None else (listed[0].dtype if listed else np.dtype(np.uint8))
-    targets = codec.integer_targets(encoding, dtype)
+    targets = _common_targets(planned, dtype)
     if stack is not None:
         channels = stack.shape[3] if stack.ndim == 4 else 1
-        codec.check_pixels(encoding, stack.dtype, channels, "the image stack", castable=bool(targets))
-        codec.check_size(encoding, stack.shape[1], stack.shape[2], "each image of the stack")
+        for each in planned:
+            codec.check_pixels(each, stack.dtype, channels, "the image stack", castable=bool(targets))
+            codec.check_size(each, stack.shape[1], stack.shape[2], "each image of the stack")
         check_finite(stack, "the image stack")
     else:
+        format_of = names.format_of if len(planned) > 1 else ()
         for i, image in enumerate(listed):
+            each = planned[format_of[i]] if format_of else encoding
             channels = image.shape[2] if image.ndim == 3 else 1
-            codec.check_pixels(encoding, image.dtype, channels, f"image {i}", castable=bool(targets))
-            codec.check_size(encoding, image.shape[0], image.shape[1], f"image {i}")
+            codec.check_pixels(each, image.dtype, channels, f"image {i}", castable=bool(targets))
+            codec.check_size(each, image.shape[0], image.shape[1], f"image {i}")
             check_finite(image, f"image {i}")
     cast = _integer_cast(stack if stack is not None else listed, dtype, targets, encoding) if targets else None
+    for each in planned[1:] if cast is not None else ():
+        codec.check_cast(each, cast)
     itemsize = (cast or dtype).itemsize
     nbytes = (
         sum(image.size for image in (stack if stack is not None else listed)) * itemsize
@@ -122,6 +139,33 @@ def make_request(
         bool(durable),
         timeout,
     )
+
+
+def _check_formats(template: Template, extensions: list[str]) -> None:
+    """Refuse a path whose extension no encoder writes, naming the first image with it."""
+    for number, extension in enumerate(extensions):
+        try:
+            codec.format_for(extension)
+        except InvalidRequest as error:
+            names = template.names
+            at = names.format_of.index(number) if names.format_of else 0
+            raise InvalidRequest(
+                f"image {names.first + at} goes to {template.path(names.first + at)!r}: {error}"
+            ) from None
+
+
+def _common_targets(encodings: list[codec.Encoding], dtype: np.dtype) -> tuple[np.dtype, ...]:
+    """The integer types that images of ``dtype`` may be cast to for every format of the call
+    (``codec.integer_targets``; several formats: the types all of them take), () for no cast."""
+    if len(encodings) == 1:
+        return codec.integer_targets(encodings[0], dtype)
+    each = []
+    for encoding in encodings:
+        targets = codec.integer_targets(encoding, dtype)
+        native = np.dtype(dtype).name in codec.format_for(encoding.extension).dtypes
+        each.append(targets or ((np.dtype(dtype),) if native else ()))
+    common = tuple(t for t in each[0] if all(t in other for other in each[1:]))
+    return () if np.dtype(dtype) in common else common
 
 
 def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encoding: codec.Encoding) -> np.dtype:
@@ -173,17 +217,35 @@ def make_stream_request(
     fields=None,
     durable=False,
     timeout=None,
+    shard_size=None,
 ) -> Request:
     """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
-    ``total`` or unknown); each image is checked as it comes (``_images.check_image``)."""
+    ``total`` or unknown); each image is checked as it comes (``_images.check_image``).
+
+    ``template=None``: every image brings its own path (``Stream.write(image, path=...)``); the
+    request's ``encoding`` then has no extension, and each format is planned when its first image comes.
+    """
     _check_errors_and_start(errors, start)
     _check_durable(durable)
     timeout = _checked_timeout(timeout)
     if total is not None and (not isinstance(total, (int, np.integer)) or isinstance(total, bool) or total < 1):
         raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
     count = int(total) if total is not None else _STREAM_COUNT_CHECKED
-    parsed = parse_template(template, count, int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    for key, value in (fields or {}).items():
+        if isinstance(value, (list, tuple, range)) or getattr(value, "ndim", 0) > 0:
+            raise InvalidRequest(
+                f"fields[{key!r}] is {reprlib.repr(value)}; a stream's fields are one value for all its images "
+                "(a str or a number). To name images one by one, write each with write(image, path=...)"
+            )
+    if template is None:
+        if fields or shard_size is not None:
+            raise InvalidRequest("fields and shard_size fill a path template; this stream has none (template=None)")
+        parsed, encoding = Template("", (), "", None), codec.Encoding("", (), bool(rgb))
+    else:
+        parsed = parse_template(template, count, int(start), fields, shard_size)
+        encoding = codec.plan_encoding(
+            parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb
+        )
     return Request(
         None,
         None,

@@ -35,6 +35,7 @@ from ._images import ImageChecks
 from ._plan import TASK_BYTES, TASK_IMAGES
 from ._protocol import Task
 from ._ring import aligned
+from ._stream_names import NoTemplate, StreamNames
 from ._stream_tasks import CLOSED, CLOSING, OPEN, STOPPED, Batch, StreamTasks
 from .errors import InvalidRequest, ShmsaveError, StreamClosed
 from .report import Progress, Report, Tally
@@ -70,6 +71,7 @@ class Stream(StreamTasks):
         threads_from: int | None,
         tiny_on_threads: float = 0,
         writer: object = None,
+        options: dict | None = None,
     ) -> None:
         self._writer = writer  # a stream keeps its Writer (its workers and threads) alive until it is gone
         self._request = request
@@ -85,7 +87,9 @@ class Stream(StreamTasks):
         self._lock = threading.Lock()  # write() takes it directly: Condition.__enter__ is a Python call
         self._cond = threading.Condition(self._lock)
         self._state = OPEN
-        self._checks = ImageChecks(request.encoding)
+        self._checks = ImageChecks(request.encoding) if request.encoding.extension else NoTemplate()
+        self._names = StreamNames(request, options or {"rgb": request.encoding.rgb})
+        self._tally.path_of = self._path_of  # the paths of named images are in their batches
         self._bytes = memoryview(ring.block.array((ring.size,), np.uint8))  # write() copies into it
         self._next = request.start
         self._end = request.start + request.count if request.count else None  # from total=
@@ -93,6 +97,9 @@ class Stream(StreamTasks):
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
         self._pending_first = self._pending_end = self._pending_bytes = 0
         self._pending_layout: Layout | None = None  # while the pending images form one strided stack
+        self._pending_names: list | None = None  # paths of the pending images, once one of them has its own
+        self._pending_formats: list[int] = []  # with _pending_names: the format number of each image
+        self._pending_keys: list = []  # with _pending_names: the key in _names.busy of each (None: not named)
         self._ready: collections.deque[Batch] = collections.deque()  # sealed, not sent yet
         self._in_flight: dict[int, tuple[Task, Batch]] = {}  # task id -> the task and its batch
         self._in_ring: collections.deque[Batch] = collections.deque()  # sent ring batches, in ring order
@@ -111,9 +118,13 @@ class Stream(StreamTasks):
         """The Report once the stream is closed; None before."""
         return self._report
 
-    def write(self, image: np.ndarray) -> None:
+    def write(self, image: np.ndarray, path: str | os.PathLike[str] | None = None, params=None) -> None:
         """Copy ``image`` (a 2-D or 3-D array) to be saved as the next index, and return.
 
+        ``path``: this image's own path instead of the template's (the stream's options that
+        its format takes apply; a relative path follows the caller's folder now); ``params``:
+        with ``path``, this image's OpenCV flags instead of the stream's options, as
+        ``cv2.imwrite``'s third argument. An image on the path of one not written yet waits for it.
         Bad input raises InvalidRequest before anything of it is copied; the
         stream stays usable. With ``errors="raise"``, an image that failed
         earlier raises here (``WriteFailed``, ``WorkerDied`` or ``WorkerFailed``
@@ -123,7 +134,17 @@ class Stream(StreamTasks):
             self._raise_for_state()
         index = self._next
         tiny_here = start_processes = False
-        layout = self._checks.check(image, index)
+        if path is None:
+            if params is not None:
+                raise InvalidRequest(f"image {index}: params= goes with path= (the stream's options apply otherwise)")
+            layout = self._checks.check(image, index)
+            name = key = None
+            number = 0
+        else:
+            name, key, number, checks = self._names.resolve(path, params, index)
+            layout = checks.check(image, index)
+            if key in self._names.busy:
+                self._wait_for_path(key)
         if self._end is not None and index >= self._end:
             raise InvalidRequest(
                 f"image {index} is one more than the total={self._request.count} announced "
@@ -131,7 +152,7 @@ class Stream(StreamTasks):
             )
         size = aligned(layout.nbytes)
         if size > self._ring.size:
-            self._write_own_segment(image, layout, index)
+            self._write_own_segment(image, layout, index, None if name is None else (name, number, key))
             return
         with self._lock:
             place = self._ring.reserve(size)
@@ -151,13 +172,19 @@ class Stream(StreamTasks):
             if here:
                 if self._pending:
                     self._seal()
-                self._ready.append(Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True))
+                batch = Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True)
+                if name is not None:
+                    batch.names, batch.formats, batch.keys = [name], [number], [key]
+                    self._names.busy.add(key)
+                self._ready.append(batch)
             else:
                 if not self._pending:
                     self._pending_first, self._pending_layout = index, layout
                 elif self._pending_layout is not layout or offset != self._pending[0][0] + len(self._pending) * size:
                     self._pending_layout = None  # not one strided stack (another shape, or the ring wrapped)
                 self._pending.append((offset, layout.shape, layout.dtype_str))
+                if name is not None or self._pending_names is not None:
+                    self._name_pending(index, name, number, key)
                 self._pending_end = end
                 self._pending_bytes += size
                 if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
@@ -233,8 +260,44 @@ class Stream(StreamTasks):
             if place is not None:
                 return place
 
-    def _write_own_segment(self, image: np.ndarray, layout: Layout, index: int) -> None:
-        """An image bigger than the ring: its own segment, one such image at a time."""
+    def _name_pending(self, index: int, name: str | None, number: int, key: str | None) -> None:
+        """Record the path of a pending image (holding the lock); the first named image of a batch
+        gives the template's images before it their paths too."""
+        if self._pending_names is None:
+            template = self._request.path
+            self._pending_names = [template(i) for i in range(self._pending_first, index)]
+            self._pending_formats = [0] * len(self._pending_names)
+            self._pending_keys = [None] * len(self._pending_names)
+        if name is None:
+            name, number, key = self._request.path(index), 0, None
+        else:
+            self._names.busy.add(key)
+        self._pending_names.append(name)
+        self._pending_formats.append(number)
+        self._pending_keys.append(key)
+
+    def _wait_for_path(self, key: str) -> None:
+        """An image goes to the path of one not written yet: wait until that one is (the file then
+        holds the later image, as after two cv2.imwrite calls)."""
+        with self._cond:
+            while key in self._names.busy and self._state is OPEN:
+                if self._pending:
+                    self._seal()
+                self._hub.poke(always=True)
+                self._cond.wait(0.05)  # a thread's task may wait for this caller's send_here
+                if key in self._names.busy:
+                    self._cond.release()
+                    try:
+                        self._hub.send_here(self)
+                    finally:
+                        self._cond.acquire()
+            stopped = self._state is not OPEN
+        if stopped:
+            self._raise_for_state()
+
+    def _write_own_segment(self, image: np.ndarray, layout: Layout, index: int, named: tuple | None) -> None:
+        """An image bigger than the ring: its own segment, one such image at a time (``named``:
+        its path, format number and key, when it has its own)."""
         with self._cond:
             if self._pending:
                 self._seal()
@@ -248,7 +311,11 @@ class Stream(StreamTasks):
         block = self._store.lend_segment(layout.nbytes, shared=not here)
         block.array(layout.shape, layout.dtype)[...] = image
         with self._cond:
-            self._ready.append(Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here))
+            batch = Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here)
+            if named is not None:
+                batch.names, batch.formats, batch.keys = [named[0]], [named[1]], [named[2]]
+                self._names.busy.add(named[2])
+            self._ready.append(batch)
             self._next = index + 1
         if here:
             self._hub.send_here(self)
