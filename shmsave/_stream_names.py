@@ -43,34 +43,46 @@ class StreamNames:
         self._request = request
         self._options = options  # quality, compression, params, rgb of the stream
         self.formats: list[tuple[str, tuple[int, ...]]] = []  # (extension, params) by number
-        self._kinds: dict[tuple, tuple[int, ImageChecks]] = {}  # (extension, params key) -> number, checks
+        self._plain: dict[str, tuple[int, ImageChecks]] = {}  # extension as written -> format number, checks
+        self._kinds: dict[tuple, dict] = {}  # params key -> the same, for images given params
+        self._last_params: object = None  # the params of the last image given some, and their kinds
+        self._last_kinds: dict = {}
         self.busy: set[str] = set()  # paths of named images accepted and not yet written
         if request.encoding.extension:  # number 0: the template's format
             self.formats.append((request.encoding.extension, request.encoding.params))
 
     def resolve(self, path, params, index: int) -> tuple[str, str, int, ImageChecks]:
         """``(path, key, format number, checks)`` for image ``index`` going to ``path``; ``key``
-        compares paths (absolute, normalised); InvalidRequest naming the image and the path."""
+        compares paths (absolute, normalised); InvalidRequest naming the image and the path.
+
+        The caller's CPU per ``imwrite`` of a tiny image is the budget here (benchmarks/names.py):
+        a path that is absolute, plain and of a kind seen before costs a few string scans and
+        one dict lookup.
+        """
         if type(path) is not str:
             path = _as_path(path, index)
-        if not path or "\0" in path or path[-1] == os.sep:
-            what = "is empty" if not path else "has a NUL character" if "\0" in path else "is a folder"
+        if not path or path[0] != os.sep:
+            path = _absolute(path, index)
+        if "\0" in path or path[-1] == os.sep:
+            what = "has a NUL character" if "\0" in path else "is a folder"
             raise InvalidRequest(f"the path of image {index}, {path!r}, {what}; give each image a file name")
-        if path[0] != os.sep:
-            if path[0] == "~":
-                path = os.path.expanduser(path)
-            if path[0] != os.sep:
-                path = os.path.join(os.getcwd(), path)  # the caller's folder now, as cv2.imwrite
         key = os.path.normpath(path) if "/." in path or "//" in path else path
-        dot = path.rfind(".")
-        extension = path[dot:].lower() if dot > path.rfind(os.sep) else ""
-        kind = self._kinds.get((extension, params if params is None else _params_key(params)))
+        extension = path[path.rfind(".") :]
+        if params is None:
+            kind = self._plain.get(extension)
+        elif params == self._last_params:
+            kind = self._last_kinds.get(extension)
+        else:
+            self._last_kinds = self._kinds.setdefault(_params_key(params), {})
+            self._last_params = dict(params) if isinstance(params, dict) else list(params)  # a copy: theirs may change
+            kind = self._last_kinds.get(extension)
         if kind is None:
             kind = self._plan(extension, params, path, index)
         return path, key, kind[0], kind[1]
 
-    def _plan(self, extension: str, params, path: str, index: int) -> tuple[int, ImageChecks]:
+    def _plan(self, written: str, params, path: str, index: int) -> tuple[int, ImageChecks]:
         options = self._options
+        extension = written.lower() if written.startswith(".") and os.sep not in written else ""
         try:
             if params is not None:
                 encoding = codec.plan_encoding(extension, params=params, rgb=options["rgb"])
@@ -87,8 +99,27 @@ class StreamNames:
         if format_ not in self.formats:
             self.formats.append(format_)
         kind = (self.formats.index(format_), ImageChecks(encoding))
-        self._kinds[(extension, params if params is None else _params_key(params))] = kind
+        kinds = self._plain if params is None else self._kinds.setdefault(_params_key(params), {})
+        kinds[written] = kind
         return kind
+
+
+def _absolute(path: str, index: int) -> str:
+    """A path that is empty (refused), starts with ``~`` (a home folder) or is relative (to the
+    caller's folder now, as ``cv2.imwrite`` takes it) as an absolute path."""
+    if not path:
+        raise InvalidRequest(f"the path of image {index} is empty; give each image a file name")
+    if path[0] == "~":
+        path = os.path.expanduser(path)
+    if path[0] != os.sep:
+        try:
+            path = os.path.join(os.getcwd(), path)
+        except FileNotFoundError:
+            raise InvalidRequest(
+                f"image {index}: the working folder of this process no longer exists, so the relative path "
+                f"{path!r} cannot be resolved; use an absolute path or os.chdir() to an existing folder"
+            ) from None
+    return path
 
 
 def _as_path(path, index: int) -> str:

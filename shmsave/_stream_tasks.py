@@ -40,9 +40,9 @@ class Batch:
     here: bool = False  # encoded by a thread of this process (a big image), not by a worker process
     layout: Layout | None = None  # the one layout of images placed one after another: sent as a stack
     done: bool = False
-    names: list | None = None  # the path of each image, when one of them has its own (write(path=...))
-    formats: list | None = None  # with names: each image's format number (``StreamNames.formats``)
-    keys: list | None = None  # with names: each named image's key in ``StreamNames.busy`` (None: the template's)
+    # when one of its images has its own path (write(path=...)), per image: (path, format number in
+    # ``StreamNames.formats``, key in ``StreamNames.busy`` or None for a template's image)
+    names: list | None = None
 
 
 class StreamTasks:
@@ -59,8 +59,6 @@ class StreamTasks:
                 here=self._tiny_on_threads > 0 if here is None else here,
                 layout=self._pending_layout,
                 names=self._pending_names,
-                formats=self._pending_formats,
-                keys=self._pending_keys,
             )
         )
         self._pending, self._pending_bytes = [], 0
@@ -95,11 +93,11 @@ class StreamTasks:
     def _named_job(self, batch: Batch) -> Job:
         """The job of a batch whose images have their own paths (and maybe several formats)."""
         formats = self._names.formats
-        if len(set(batch.formats)) == 1:
-            extension, params = formats[batch.formats[0]]
-            names = Names(batch.first, tuple(batch.names))
-            return self._job._replace(folder=None, extension=extension, params=params, names=names)
-        names = Names(batch.first, tuple(batch.names), 0, tuple(formats), tuple(batch.formats))
+        paths, numbers, _ = zip(*batch.names)
+        if len(set(numbers)) == 1:
+            extension, params = formats[numbers[0]]
+            return self._job._replace(folder=None, extension=extension, params=params, names=Names(batch.first, paths))
+        names = Names(batch.first, paths, 0, tuple(formats), numbers)
         return self._job._replace(folder=None, names=names)
 
     def _path_of(self, index: int) -> str:
@@ -109,11 +107,11 @@ class StreamTasks:
                 return job_path(task.job, index)
         for batch in self._ready:
             if batch.names is not None and batch.first <= index < batch.first + len(batch.entries):
-                return batch.names[index - batch.first]
+                return batch.names[index - batch.first][0]
         if self._pending_names is not None and self._pending_first <= index < self._pending_first + len(
             self._pending_names
         ):
-            return self._pending_names[index - self._pending_first]
+            return self._pending_names[index - self._pending_first][0]
         return self._request.path(index)
 
     def run_here(self, task: Task) -> None:
@@ -188,8 +186,8 @@ class StreamTasks:
 
     def _answered(self, task: Task) -> None:
         batch = self._in_flight.pop(task.id)[1]
-        if batch.keys is not None:
-            self._names.busy.difference_update(batch.keys)
+        if batch.names is not None:
+            self._busy.difference_update([key for _, _, key in batch.names])
         if batch.block is not None:
             self._store.release_segment(batch.block)
             self._own_segment_busy = False
@@ -206,14 +204,14 @@ class StreamTasks:
 
     def _drop_unsent(self) -> None:
         for batch in self._ready:
-            if batch.keys is not None:
-                self._names.busy.difference_update(batch.keys)
+            if batch.names is not None:
+                self._busy.difference_update([key for _, _, key in batch.names])
             if batch.block is not None:
                 self._store.release_segment(batch.block)
                 self._own_segment_busy = False
         self._ready.clear()
         if self._pending_names is not None:
-            self._names.busy.difference_update(self._pending_keys)
+            self._busy.difference_update([key for _, _, key in self._pending_names])
         self._pending, self._pending_bytes = [], 0
         self._pending_names = None
 

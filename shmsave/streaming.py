@@ -97,9 +97,9 @@ class Stream(StreamTasks):
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
         self._pending_first = self._pending_end = self._pending_bytes = 0
         self._pending_layout: Layout | None = None  # while the pending images form one strided stack
-        self._pending_names: list | None = None  # paths of the pending images, once one of them has its own
-        self._pending_formats: list[int] = []  # with _pending_names: the format number of each image
-        self._pending_keys: list = []  # with _pending_names: the key in _names.busy of each (None: not named)
+        # once a pending image has its own path: (path, format number, key in _busy or None) of each
+        self._pending_names: list[tuple] | None = None
+        self._busy = self._names.busy  # paths of named images accepted and not yet written
         self._ready: collections.deque[Batch] = collections.deque()  # sealed, not sent yet
         self._in_flight: dict[int, tuple[Task, Batch]] = {}  # task id -> the task and its batch
         self._in_ring: collections.deque[Batch] = collections.deque()  # sent ring batches, in ring order
@@ -143,7 +143,7 @@ class Stream(StreamTasks):
         else:
             name, key, number, checks = self._names.resolve(path, params, index)
             layout = checks.check(image, index)
-            if key in self._names.busy:
+            if key in self._busy:
                 self._wait_for_path(key)
         if self._end is not None and index >= self._end:
             raise InvalidRequest(
@@ -174,8 +174,8 @@ class Stream(StreamTasks):
                     self._seal()
                 batch = Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True)
                 if name is not None:
-                    batch.names, batch.formats, batch.keys = [name], [number], [key]
-                    self._names.busy.add(key)
+                    batch.names = [(name, number, key)]
+                    self._busy.add(key)
                 self._ready.append(batch)
             else:
                 if not self._pending:
@@ -183,7 +183,10 @@ class Stream(StreamTasks):
                 elif self._pending_layout is not layout or offset != self._pending[0][0] + len(self._pending) * size:
                     self._pending_layout = None  # not one strided stack (another shape, or the ring wrapped)
                 self._pending.append((offset, layout.shape, layout.dtype_str))
-                if name is not None or self._pending_names is not None:
+                if name is not None and self._pending_names is not None:
+                    self._pending_names.append((name, number, key))
+                    self._busy.add(key)
+                elif name is not None or self._pending_names is not None:
                     self._name_pending(index, name, number, key)
                 self._pending_end = end
                 self._pending_bytes += size
@@ -264,28 +267,24 @@ class Stream(StreamTasks):
         """Record the path of a pending image (holding the lock); the first named image of a batch
         gives the template's images before it their paths too."""
         if self._pending_names is None:
-            template = self._request.path
-            self._pending_names = [template(i) for i in range(self._pending_first, index)]
-            self._pending_formats = [0] * len(self._pending_names)
-            self._pending_keys = [None] * len(self._pending_names)
+            path = self._request.path
+            self._pending_names = [(path(i), 0, None) for i in range(self._pending_first, index)]
         if name is None:
             name, number, key = self._request.path(index), 0, None
         else:
-            self._names.busy.add(key)
-        self._pending_names.append(name)
-        self._pending_formats.append(number)
-        self._pending_keys.append(key)
+            self._busy.add(key)
+        self._pending_names.append((name, number, key))
 
     def _wait_for_path(self, key: str) -> None:
         """An image goes to the path of one not written yet: wait until that one is (the file then
         holds the later image, as after two cv2.imwrite calls)."""
         with self._cond:
-            while key in self._names.busy and self._state is OPEN:
+            while key in self._busy and self._state is OPEN:
                 if self._pending:
                     self._seal()
                 self._hub.poke(always=True)
                 self._cond.wait(0.05)  # a thread's task may wait for this caller's send_here
-                if key in self._names.busy:
+                if key in self._busy:
                     self._cond.release()
                     try:
                         self._hub.send_here(self)
@@ -313,8 +312,8 @@ class Stream(StreamTasks):
         with self._cond:
             batch = Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here)
             if named is not None:
-                batch.names, batch.formats, batch.keys = [named[0]], [named[1]], [named[2]]
-                self._names.busy.add(named[2])
+                batch.names = [named]
+                self._busy.add(named[2])
             self._ready.append(batch)
             self._next = index + 1
         if here:

@@ -271,7 +271,7 @@ class Writer:
         """
         with self._imwrite_lock:
             stream = self._imwriting
-            if stream is None or stream.report is not None:  # a stream stopped by a failure raises it first
+            if stream is None or stream._report is not None:  # a stream stopped by a failure raises it first
                 stream = self._imwriting = self.stream(None)
             stream.write(image, path, params)
         return True
