@@ -33,7 +33,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def save(
     images: np.ndarray | Sequence[np.ndarray],
-    template: str | os.PathLike[str],
+    template: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     workers: int | None = None,
     quality: int | None = None,
@@ -62,7 +62,10 @@ def save(
     job). ``errors="collect"`` records failures in ``Report.failed`` instead
     of raising WriteFailed, WorkerDied or WorkerFailed. ``progress``: True
     for a tqdm bar, or a callable told ``progress(n)`` as n more images finish.
-    ``fields``: values of the template's other ``{name}`` fields.
+    ``fields``: values of the template's other ``{name}`` fields, one for all images
+    or a list of one per image. ``template`` may also be a list of paths, one per image
+    (taken literally; several extensions in one call: each option goes to the formats
+    that take it). ``{shard}`` in a template is ``index // shard_size`` (1000 by default).
     ``durable=True``: when the call returns, every file written and every
     folder made is on stable storage (``fsync``), as after a power cut.
     ``timeout``: seconds a worker process may make no progress (a hung mount,

@@ -41,6 +41,8 @@ from .errors import InvalidRequest, ShmsaveError, StreamClosed
 from .report import Progress, Report, Tally
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from ._hub import Hub
     from ._images import Layout
     from ._ring import Ring, RingStore
@@ -118,7 +120,12 @@ class Stream(StreamTasks):
         """The Report once the stream is closed; None before."""
         return self._report
 
-    def write(self, image: np.ndarray, path: str | os.PathLike[str] | None = None, params=None) -> None:
+    def write(
+        self,
+        image: np.ndarray,
+        path: str | os.PathLike[str] | None = None,
+        params: Sequence[int] | Mapping[int | str, int] | None = None,
+    ) -> None:
         """Copy ``image`` (a 2-D or 3-D array) to be saved as the next index, and return.
 
         ``path``: this image's own path instead of the template's (the stream's options that

@@ -88,7 +88,7 @@ class Writer:
     def save(
         self,
         images: np.ndarray | Sequence[np.ndarray],
-        template: str | os.PathLike[str],
+        template: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         quality: int | None = None,
         compression: int | None = None,
@@ -107,7 +107,8 @@ class Writer:
 
         ``progress``: True for a tqdm bar, or a callable ``progress(n)`` told
         each time ``n`` more images are finished (written, skipped or failed).
-        ``fields``: values of further ``{name}`` fields of the template.
+        ``fields``: values of further ``{name}`` fields of the template (one for all, or a list of one
+        per image); ``template`` may be a list of paths, one per image; ``shard_size``: images per ``{shard}``.
         ``durable=True``: every file and new folder is synced to stable storage before the call returns.
         ``timeout``: seconds a worker process may make no progress before it is killed (WriteTimedOut).
         """
@@ -132,7 +133,7 @@ class Writer:
     def submit(
         self,
         images: np.ndarray | Sequence[np.ndarray],
-        template: str | os.PathLike[str],
+        template: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         quality: int | None = None,
         compression: int | None = None,
