@@ -45,7 +45,7 @@ class Names(NamedTuple):
     image (several extensions in one call), or the size of a ``{shard}`` in the template."""
 
     first: int  # the index of paths[0]
-    paths: tuple[str, ...] = ()  # one per image from ``first``, bare when ``Job.folder`` is set; (): the template
+    paths: tuple[str, ...] = ()  # one per image from ``first``, all in ``Job.folder`` when set; (): the template
     shard_size: int = 0  # the template's {shard} is index // shard_size
     formats: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (extension, params) of each; (): the Job's
     format_of: tuple[int, ...] = ()  # per image from ``first``: its number in ``formats``

@@ -60,7 +60,7 @@ def test_per_image_fields_export_a_dataset(tmp_path, engine):
     _assert_written([tmp_path / "train" / labels[i] / f"{stems[i]}.png" for i in range(60)], images)
 
 
-def test_a_single_folder_list_travels_as_bare_names_per_task(tmp_path):
+def test_each_task_carries_the_names_of_its_own_images(tmp_path):
     """Each task carries the names of its own images, never the whole list (a task per image
     would be one message per image; the whole list per task, N x tasks)."""
     images = _images(1000, 4, 4)
@@ -75,8 +75,9 @@ def test_a_single_folder_list_travels_as_bare_names_per_task(tmp_path):
     for task in tasks:
         names = task.job.names
         assert names.first == task.first and len(names.paths) == task.hi - task.lo
-        assert names.paths[0] == f"frame_{task.first:04d}.png"  # bare: the folder travels once, in job.folder
-        assert len(pickle.dumps(task)) < 64 * (task.hi - task.lo) + 1500
+        assert names.paths[0] == str(tmp_path / f"frame_{task.first:04d}.png")
+        assert task.job.folder == str(tmp_path)  # the workers open it once per task
+        assert len(pickle.dumps(task)) < (len(paths[0]) + 8) * (task.hi - task.lo) + 1500
 
 
 def test_two_images_on_one_path_are_refused_naming_both(tmp_path, monkeypatch):
