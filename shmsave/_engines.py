@@ -13,6 +13,7 @@ file's pages are let go after each task: ``_pages.py``); every engine runs
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -82,16 +83,18 @@ def run_processes(
     def on_partial(task: Task, result: Result) -> None:
         tally.add(result.outcome, task.end)
 
-    def on_timeout(task: Task, first_unwritten: int, pid: int) -> bool:
+    def on_timeout(task: Task, first_unwritten: int, pid: int | None) -> bool:
+        from .pool import after_exit  # loaded already: only worker processes time out
+
         stager.task_done(task)
-        remove_partial_files(task, pid)
+        if pid is not None:
+            after_exit(pid, functools.partial(remove_partial_files, task, pid))
         return tally.timed_out(first_unwritten, task.end, pid, task.job)
 
     tasks = stager.tasks(request, chunks)
     try:
-        processes.pool().run(
-            tasks, on_result, on_death, on_abandon, on_partial=on_partial, on_timeout=on_timeout, **dispatch
-        )
+        on_stall = {"on_partial": on_partial, "on_timeout": on_timeout, "give_up": True}
+        processes.pool().run(tasks, on_result, on_death, on_abandon, **on_stall, **dispatch)
     finally:
         tasks.close()
 

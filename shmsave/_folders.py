@@ -6,7 +6,7 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
-from .errors import WriteFailed, describe_oserror
+from .errors import WriteFailed, WriteTimedOut, describe_oserror
 
 if TYPE_CHECKING:
     from .request import Request
@@ -18,10 +18,37 @@ def prepare_folder(request: Request) -> None:
     So a read-only or forbidden folder fails once, before any image, instead of
     once per image. The check is ``access()`` (one syscall); only when it
     says no is an empty file created and removed, to report the real error.
+    With a timeout, WriteTimedOut if that takes longer: on a hung mount even
+    ``mkdir`` blocks in the kernel, so it runs on a thread left behind.
     """
-    shown = request.template.folder
-    if shown is None:
+    if request.template.folder is None:
         return
+    if request.timeout is None:
+        _prepare_folder(request)
+        return
+    import threading
+
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            _prepare_folder(request)
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=prepare, name="shmsave-folder", daemon=True).start()
+    if not done.wait(request.timeout):
+        first = request.start
+        raise WriteTimedOut(first, first + max(request.count, 1), request.path(first), request.timeout, None)
+    if failed:
+        raise failed[0]
+
+
+def _prepare_folder(request: Request) -> None:
+    shown = request.template.folder
     folder = os.path.join(request.cwd, shown)
     doing = f"cannot create folder {shown!r}"
     try:

@@ -12,6 +12,7 @@ the stream's condition.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,9 +155,11 @@ class StreamTasks:
                 self._cond.notify_all()
 
     def task_timed_out(self, task: Task, first_unwritten: int, pid: int) -> None:
+        from .pool import after_exit  # loaded already: only worker processes time out
+
         with self._cond:
             self._answered(task)
-            remove_partial_files(task, pid)
+            after_exit(pid, functools.partial(remove_partial_files, task, pid))
             if self._tally.timed_out(first_unwritten, task.end, pid, task.job) is False:
                 self._stop()
             self._cond.notify_all()

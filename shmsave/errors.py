@@ -127,15 +127,17 @@ class WorkerFailed(ShmsaveError, RuntimeError):
 
 class WriteTimedOut(ShmsaveError, TimeoutError):
     """A worker process wrote nothing for ``seconds`` while it held images ``start`` to ``end - 1``
-    (``timeout=``): a hung mount, a stopped process, a stuck encoder.
+    (``timeout=``): a hung mount, a stopped process, a stuck encoder. ``pid`` is None for images
+    never sent: no worker had written anything for ``seconds``, and the call gave up on the rest.
 
     The worker was killed and replaced (later calls work); those images were not written and no
-    part of them is left under any name. ``path`` is image ``start``'s.
+    part of them is left under any name (a worker that a hung mount keeps from dying removes
+    its part when the mount answers again). ``path`` is image ``start``'s.
     """
 
     report: Report | None = None  # the call's Report, when this error ended a call
 
-    def __init__(self, start: int, end: int, path: str, seconds: float, pid: int) -> None:
+    def __init__(self, start: int, end: int, path: str, seconds: float, pid: int | None) -> None:
         self.start = start
         self.end = end
         self.index = start
@@ -144,10 +146,14 @@ class WriteTimedOut(ShmsaveError, TimeoutError):
         self.seconds = seconds
         self.pid = pid
         images = f"image {start} -> {path}" if end == start + 1 else f"images {start} to {end - 1} ({path}, ...)"
+        what = (
+            f"worker process {pid} was killed and replaced"
+            if pid is not None
+            else "nothing was written in that time (a hung mount?), so these were not tried"
+        )
         super().__init__(
-            f"{images}: no progress for {seconds:g} s (timeout={seconds:g}); worker process {pid} was killed "
-            "and replaced, and nothing of these images is left. Rerun with overwrite=False to write only "
-            "what is missing."
+            f"{images}: no progress for {seconds:g} s (timeout={seconds:g}); {what}, and nothing of these "
+            "images is left. Rerun with overwrite=False to write only what is missing."
         )
 
     def __str__(self) -> str:

@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from multiprocessing.connection import Connection, wait
@@ -44,7 +45,8 @@ from ._protocol import Forget, Ready, Result, Wait
 _DEPTH = 2  # tasks queued per worker: one running, one ready
 _STOP_TIMEOUT_S = 5.0
 _KILL_GRACE_S = 0.5  # a timed-out worker's time to remove its partial file after SIGTERM, before SIGKILL
-_REAP_WAIT_S = 1.0  # a process killed in uninterruptible sleep (a hung mount) is reaped later
+_START_S = 10.0  # a starting worker's allowance before its first task's timeout counts (imports ~0.2 s)
+_REAP_WAIT_S = 0.2  # then a process killed in uninterruptible sleep (a hung mount) is reaped later
 _WORKER_MAIN = "import sys; from shmsave._worker import main; main(sys.argv[1:])"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,19 +97,9 @@ class _Worker:
             self.process.kill()
         self.process.wait()
 
-    def kill_stalled(self) -> int | None:
-        """End a worker that stopped making progress: SIGTERM (it removes its partial file), SIGKILL
-        after a short grace (a stopped process too); its exit code, or None if it cannot die yet."""
-        self.conn.close()
-        for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, _REAP_WAIT_S)):
-            with contextlib.suppress(OSError):
-                self.process.send_signal(sig)
-            try:
-                return self.process.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                pass
-        _unreaped.append(self.process)  # in uninterruptible sleep: it dies when its system call returns
-        return None
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(OSError):
+            self.process.send_signal(sig)
 
     def stop(self, graceful: bool) -> int | None:
         """End the process (asking first when ``graceful``) and return its exit code."""
@@ -137,21 +129,25 @@ class Pool:
     def _stalled(self) -> list[_Worker]:
         """Busy workers whose first task has a timeout and that made no progress for that long."""
         now = time.monotonic()
-        return [w for w in self._workers if w.tasks and _timeout(w) is not None and now - w.heard > _timeout(w)]
+        return [w for w in self._workers if w.tasks and _timeout(w) is not None and now > _stalls_at(w)]
 
     def _wait_s(self) -> float | None:
         """How long ``run`` may wait before a busy worker's first task times out; None: forever."""
-        ends = [w.heard + _timeout(w) for w in self._workers if w.tasks and _timeout(w) is not None]
+        ends = [_stalls_at(w) for w in self._workers if w.tasks and _timeout(w) is not None]
         return None if not ends else max(0.0, min(ends) - time.monotonic())
 
-    def _time_out(self, worker: _Worker, on_timeout, retry: collections.deque) -> bool:
-        """Kill and replace a stalled worker; its first task goes to ``on_timeout(task, first_unwritten,
-        pid)``, the tasks queued behind it (never started) to ``retry``. False if on_timeout said stop."""
-        task, *queued = worker.tasks
-        worker.kill_stalled()
-        self._workers[self._workers.index(worker)] = _Worker()
-        retry.extend((queued_task, worker.pid) for queued_task in queued)
-        return on_timeout(task, task.first + worker.done, worker.pid) is not False
+    def _time_out(self, stalled: list[_Worker], on_timeout, retry: collections.deque) -> bool:
+        """Kill and replace stalled workers, all at once; each one's first task goes to
+        ``on_timeout(task, first_unwritten, pid)``, the tasks queued behind it (never started) to
+        ``retry``. False if on_timeout said stop."""
+        _kill_together(stalled)
+        go_on = True
+        for worker in stalled:
+            task, *queued = worker.tasks
+            self._workers[self._workers.index(worker)] = _Worker()
+            retry.extend((queued_task, worker.pid) for queued_task in queued)
+            go_on = on_timeout(task, task.first + worker.done, worker.pid) is not False and go_on
+        return go_on
 
     def _drop_inherited(self) -> None:
         """In a forked child: forget the parent's workers without a word to them."""
@@ -210,6 +206,7 @@ class Pool:
         finished=None,
         on_partial=None,
         on_timeout=None,
+        give_up: bool = False,
     ) -> None:
         """Send every task of the iterator ``source`` to a worker; return when all are answered.
 
@@ -235,9 +232,15 @@ class Pool:
         so far (it is not answered yet). ``on_timeout(task, first_unwritten,
         pid)``: its worker sent nothing for ``task.job.timeout`` seconds and was
         killed; return False to stop taking tasks, as ``on_result``. Both are
-        needed where tasks have a timeout.
+        needed where tasks have a timeout. Workers that stall together are
+        killed together, and the call does not wait for one that cannot die yet
+        (uninterruptible sleep on a hung mount: see ``after_exit``).
+
+        ``give_up``: once no worker has finished an image for a whole timeout (a
+        hung target rather than one stuck worker), every busy worker is timed
+        out and the tasks not started yet go to ``on_timeout(task, task.first,
+        None)`` unsent, instead of stalling new workers one timeout at a time.
         """
-        _unreaped[:] = [process for process in _unreaped if process.poll() is None]
         self.start()
         for worker in [w for w in self._workers if w.process.poll() is not None]:
             self._replace(worker, on_death)  # it died while idle (kill, OOM killer): no task was lost
@@ -245,6 +248,8 @@ class Pool:
         waiting = None
         exhausted = False
         retry: collections.deque = collections.deque()  # (task, pid): queued behind a timed-out task
+        progress_at = time.monotonic()  # when a worker last finished an image of this run, or got ready
+        gave_up = False  # nothing progressed for a whole timeout: the rest fails unsent
         try:
             while True:
                 while retry or (not exhausted and (waiting is None or waiting.ready())):
@@ -263,6 +268,9 @@ class Pool:
                         exhausted = True
                     elif isinstance(item, Wait):
                         waiting = item
+                    elif gave_up:
+                        if on_timeout(item, item.first, None) is False:
+                            exhausted = True
                     else:
                         self._send_forgotten()
                         if not worker.tasks:
@@ -296,7 +304,7 @@ class Pool:
                         if not self._replace(worker, on_death):
                             exhausted = True
                         continue
-                    worker.heard = time.monotonic()
+                    worker.heard = progress_at = time.monotonic()  # a worker ready is progress too
                     if isinstance(message, Ready):
                         worker.ready = True
                         continue
@@ -307,8 +315,12 @@ class Pool:
                     worker.done = 0
                     if on_result(worker.tasks.popleft(), message) is False:
                         exhausted = True
-                for worker in self._stalled():
-                    if not self._time_out(worker, on_timeout, retry):
+                stalled = self._stalled()
+                if stalled:
+                    if give_up and time.monotonic() - progress_at >= _timeout(stalled[0]):
+                        gave_up = True  # no worker wrote anything meanwhile: a hung target, not one worker
+                        stalled = [w for w in self._workers if w.tasks]
+                    if not self._time_out(stalled, on_timeout, retry):
                         exhausted = True
         except BaseException:
             self.terminate(on_abandon)
@@ -362,8 +374,52 @@ def _timeout(worker: _Worker) -> float | None:
     return worker.tasks[0].job.timeout
 
 
+def _stalls_at(worker: _Worker) -> float:
+    """When a busy worker's first task times out: ``timeout`` after its last progress; a worker still
+    starting (its Ready resets the clock) gets ``_START_S`` more, so a loaded machine's slow
+    start-up is not a stall."""
+    return worker.heard + _timeout(worker) + (0.0 if worker.ready else _START_S)
+
+
+def _kill_together(workers: list[_Worker]) -> None:
+    """End workers that stopped making progress: SIGTERM (each removes its partial file), SIGKILL
+    after one short grace for all (a stopped process too). One that cannot die yet (uninterruptible
+    sleep: a write to a hung mount) is left to a reaper thread; nobody waits for it."""
+    for worker in workers:
+        worker.conn.close()
+        worker.signal(signal.SIGTERM)
+    for sig, wait_s in ((signal.SIGKILL, _KILL_GRACE_S), (None, _REAP_WAIT_S)):
+        deadline = time.monotonic() + wait_s
+        while any(w.process.poll() is None for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for worker in workers:
+            if worker.process.poll() is None and sig is not None:
+                worker.signal(sig)
+    for worker in workers:
+        if worker.process.poll() is None:
+            _unreaped[worker.pid] = worker.process
+
+
+def after_exit(pid: int, action) -> None:
+    """Run ``action()`` once the killed worker ``pid`` is gone: now if it is, else on a thread that
+    reaps it when its system call returns (a hung mount thawed), so that the partial files it may
+    still be writing are removed after its last write, and the caller does not wait for that."""
+    process = _unreaped.get(pid)
+    if process is None:
+        action()
+        return
+
+    def reap_then_act() -> None:
+        process.wait()
+        _unreaped.pop(pid, None)
+        action()
+
+    with contextlib.suppress(RuntimeError):  # no new threads at interpreter shutdown: left to the next run
+        threading.Thread(target=reap_then_act, name=f"shmsave-reap-{pid}", daemon=True).start()
+
+
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-_unreaped: list[subprocess.Popen] = []  # killed workers that could not die yet (see ``kill_stalled``)
+_unreaped: dict[int, subprocess.Popen] = {}  # killed workers that could not die yet (``_kill_together``)
 
 
 def _after_fork_in_child() -> None:

@@ -135,13 +135,13 @@ class Tally:
             self.tick(finished)
         return self.request.collect or not (outcome.failures or outcome.unexpected)
 
-    def refused(self, error: WriteFailed) -> None:
-        """No image can be written (``error``: the folder they share refused): each is a failure."""
+    def refused(self, error: WriteFailed | WriteTimedOut) -> None:
+        """No image can be written (``error``: the folder they share refused, or did not answer in
+        time): each is a failure."""
         count = self.request.count
-        self.failed.extend(
-            Failure(i, self.path_of(i), error.message, error.errno)
-            for i in range(self.request.start, self.request.start + count)
-        )
+        message, code = (error.message, error.errno) if isinstance(error, WriteFailed) else (str(error), None)
+        first = self.request.start
+        self.failed.extend(Failure(i, self.path_of(i), message, code) for i in range(first, first + count))
         if self.tick is not None:
             self.tick(count)
 
@@ -164,13 +164,15 @@ class Tally:
             self.tick(task.end - task.first)
         return self.request.collect
 
-    def timed_out(self, first: int, end: int, pid: int, job: Job | None = None) -> bool:
+    def timed_out(self, first: int, end: int, pid: int | None, job: Job | None = None) -> bool:
         """Count images ``first:end`` (of a task of ``job``), left unwritten by a worker killed for making
         no progress (``timeout``); False means stop."""
         path_of = self.path_of if job is None else functools.partial(job_path, job)
         error = WriteTimedOut(first, end, path_of(first), self.request.timeout, pid)
         self.errors.append(error)
-        message = f"no progress for {error.seconds:g} s (timeout); worker process {pid} was killed and replaced"
+        message = f"no progress for {error.seconds:g} s (timeout); " + (
+            f"worker process {pid} was killed and replaced" if pid is not None else "not tried: nothing was written"
+        )
         self.failed.extend(Failure(index, path_of(index), message) for index in range(first, end))
         if self.tick is not None:
             self.tick(end - first)

@@ -23,7 +23,7 @@ from . import _engines
 from ._folders import prepare_folder
 from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, choose_engine, usable_cpus
 from ._processes import Processes
-from .errors import InvalidRequest, ShmsaveError, WriteFailed, WriterClosed
+from .errors import InvalidRequest, ShmsaveError, WriteFailed, WriterClosed, WriteTimedOut
 from .report import Progress, Report, Tally, check_progress
 from .request import Request, make_request, make_stream_request
 
@@ -241,7 +241,7 @@ class Writer:
                 raise WriterClosed()
             try:
                 prepare_folder(request)
-            except WriteFailed:
+            except (WriteFailed, WriteTimedOut):
                 if not request.collect:
                     raise  # collect: each image fails as it is written, and the Report has them all
             rings, hub = self._processes.rings(), self._processes.hub()
@@ -382,9 +382,9 @@ class Writer:
                 )
             try:
                 prepare_folder(request)
-            except WriteFailed as error:
+            except (WriteFailed, WriteTimedOut) as error:
                 if not request.collect:
-                    raise
+                    raise  # before any image: no Report (tests/test_permissions.py tells the two apart by it)
                 return self._refused(request, progress, error, began)
             choice = choose_engine(
                 self.engine,
@@ -435,7 +435,7 @@ class Writer:
         return request._replace(listed=[image.copy() if image.flags.writeable else image for image in request.listed])
 
     @staticmethod
-    def _refused(request: Request, progress: Progress, error: WriteFailed, began: float) -> Report:
+    def _refused(request: Request, progress: Progress, error: WriteFailed | WriteTimedOut, began: float) -> Report:
         """``errors="collect"`` and the folder refused: the Report of a call whose every image failed."""
         tally = Tally(request, progress)
         try:

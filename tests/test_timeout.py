@@ -28,6 +28,7 @@ from shmsave.errors import InvalidRequest, WriteTimedOut
 from shmsave.pool import Pool
 
 from .conftest import wait_until
+from .disk import ext4_disk, frozen
 
 TIMEOUT = 2.0
 ON_TIME = TIMEOUT + 1.5  # the call returns within this long of the stall
@@ -263,3 +264,60 @@ def test_the_pool_counts_partial_results_and_does_not_time_out_a_worker_that_rep
     assert len(partial) >= 2, f"{partial}: the task was too short to test anything"
     assert sum(partial) + final[0].finished == 60
     assert np.array_equal(cv2.imread(str(folder / "59.png")), images[59])
+
+
+@contextlib.contextmanager
+def _frozen_at_most(disk, seconds: float):
+    """``frozen(disk)``, thawed after ``seconds`` at the latest: a call that hangs on the frozen
+    file system fails its test instead of hanging the suite."""
+    thawed = threading.Event()
+
+    def thaw_late():
+        if not thawed.wait(seconds):
+            subprocess.run(["fsfreeze", "-u", str(disk)], capture_output=True)
+
+    guard = threading.Thread(target=thaw_late)
+    with frozen(disk):
+        guard.start()
+        try:
+            yield
+        finally:
+            thawed.set()
+            guard.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["existing", "new"])
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_a_frozen_file_system_times_out_and_the_call_returns(errors, folder, tmp_path):
+    """A hung mount for real: fsfreeze blocks every write in the kernel (the workers cannot even be
+    killed until it thaws), where the call's folder exists and where it must still be made."""
+    images = _images(40)
+    with ext4_disk(tmp_path) as disk, shmsave.Writer(workers=2, engine="process") as writer:
+        target = disk / "out"
+        if folder == "existing":
+            target.mkdir()
+        writer.start()
+        stalled = list(writer.pids)
+        with _frozen_at_most(disk, 4 * ON_TIME):
+            began = time.monotonic()
+            if errors == "raise":
+                with pytest.raises(WriteTimedOut) as raised:
+                    writer.save(images, str(target / "{index}.png"), timeout=TIMEOUT)
+                if folder == "new":  # the folder did not answer: the call ended before any image, no Report
+                    assert raised.value.report is None and (raised.value.start, raised.value.pid) == (0, None)
+                    messages = [str(raised.value)]
+                else:
+                    messages = [failure.message for failure in raised.value.report.failed]
+                written: set[int] = set()
+            else:
+                report = writer.save(images, str(target / "{index}.png"), timeout=TIMEOUT, errors="collect")
+                messages, written = [failure.message for failure in report.failed], _written(report, 40)
+            elapsed = time.monotonic() - began
+        assert elapsed < ON_TIME, f"the call took {elapsed:.2f} s on a frozen file system"
+        assert messages and all("no progress" in message for message in messages)
+        if folder == "existing":  # else the call ended before the workers had a task
+            assert wait_until(lambda: not any(psutil.pid_exists(p) for p in stalled), 10), "stalled workers live on"
+        if target.exists():
+            _check_files(target, images, written)
+        assert writer.save(images[:10], str(disk / "again" / "{index}.png"), timeout=TIMEOUT).count == 10
