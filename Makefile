@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks.command
 	$(PY) -m benchmarks.streaming
+	$(PY) -m benchmarks.names
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks --quick

@@ -10,6 +10,9 @@ with shmsave.stream("out/{index:06d}.jpg") as stream:   # inside a loop that mak
         stream.write(frame)
 
 shmsave.save_frames("clip.mp4", "frames/{index:06d}.jpg")   # every frame of a video (or TIFF page)
+for path, image in items:                                # a cv2.imwrite loop, on every core
+    shmsave.imwrite(path, image)
+shmsave.flush()
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .errors import (
 _opencv.check_installed()  # a clear ImportError now, not "No module named 'cv2'" on first use
 
 if TYPE_CHECKING:
-    from .api import save, save_frames, stream
+    from .api import flush, imwrite, save, save_frames, stream
     from .report import Failure, Report
     from .streaming import Stream
     from .writer import Writer
@@ -44,6 +47,8 @@ __all__ = [
     "save",
     "save_frames",
     "stream",
+    "imwrite",
+    "flush",
     "Writer",
     "Stream",
     "Report",
@@ -66,6 +71,8 @@ _LAZY = {
     "save": "api",
     "save_frames": "api",
     "stream": "api",
+    "imwrite": "api",
+    "flush": "api",
     "Stream": "streaming",
     "Writer": "writer",
     "Report": "report",

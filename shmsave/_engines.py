@@ -24,7 +24,7 @@ from ._plan import Chunks, SharedChunks
 
 if TYPE_CHECKING:
     from ._processes import Processes
-    from ._protocol import Outcome, Result, Task
+    from ._protocol import Job, Outcome, Result, Task
     from ._threads import Threads
     from .report import Tally
     from .request import Request
@@ -74,11 +74,11 @@ def run_processes(
 
     def on_death(task: Task, exitcode: int | None, pid: int) -> bool:
         stager.task_done(task)
-        remove_partial_files(request, task, pid)
+        remove_partial_files(task, pid)
         return tally.died(task, exitcode)
 
     def on_abandon(task: Task, pid: int) -> None:
-        remove_partial_files(request, task, pid)
+        remove_partial_files(task, pid)
 
     def on_partial(task: Task, result: Result) -> None:
         tally.add(result.outcome, task.end)
@@ -88,8 +88,8 @@ def run_processes(
 
         stager.task_done(task)
         if pid is not None:
-            after_exit(pid, functools.partial(remove_partial_files, request, task, pid))
-        return tally.timed_out(first_unwritten, task.end, pid)
+            after_exit(pid, functools.partial(remove_partial_files, task, pid))
+        return tally.timed_out(first_unwritten, task.end, pid, task.job)
 
     tasks = stager.tasks(request, chunks)
     try:
@@ -156,9 +156,9 @@ class _SharedTally:
         with self._lock:
             return self._go_on(self._tally.died(task, exitcode))
 
-    def timed_out(self, first: int, end: int, pid: int) -> bool:
+    def timed_out(self, first: int, end: int, pid: int, job: Job | None = None) -> bool:
         with self._lock:
-            return self._go_on(self._tally.timed_out(first, end, pid))
+            return self._go_on(self._tally.timed_out(first, end, pid, job))
 
     def _go_on(self, go_on: bool) -> bool:
         if go_on is False:

@@ -33,11 +33,10 @@ import numpy as np
 
 from ._protocol import Job, Outcome
 from .errors import describe_oserror
-from .naming import name_maker
+from .naming import job_name_maker, job_path
 
 if TYPE_CHECKING:
     from ._protocol import Task
-    from .request import Request
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -59,10 +58,10 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     with ``unexpected`` set. ``deadline`` (``time.monotonic()``): stop after
     the image that passes it; the Outcome counts the images done.
     """
-    fields = dict(job.fields)
     # This loop is the hot path for tiny images: with a fixed folder, shmsave's
     # own work per image is ~0.4 us (no path arithmetic, a pre-parsed name).
-    name_of = name_maker(os.path.basename(job.template) if job.folder is not None else job.template, fields)
+    name_of = job_name_maker(job)
+    format_of = _format_maker(job)  # None unless the task's images go to several formats
     durable = job.durable
     folders = _Folders(job.folder, job.cwd, durable)
     convert = _RGB_TO_BGR if job.rgb else {}
@@ -83,13 +82,15 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
                     image = image.astype(cast)
                 if convert and image.ndim == 3 and image.shape[2] in convert:
                     image = cv2.cvtColor(image, convert[image.shape[2]])
+                if format_of is not None:
+                    extension, params = format_of(index)
                 ok, data = cv2.imencode(extension, image, params)
                 if not ok:
                     raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
                 total += _write_file(folder, name, data, durable)
                 written += 1
             except (OSError, cv2.error, _EncodeFailed) as error:
-                path = job.template.format(index=index, **fields)
+                path = job_path(job, index)
                 if isinstance(error, OSError):
                     failures.append((index, path, describe_oserror(error), error.errno))
                 else:
@@ -103,6 +104,15 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     finally:
         folders.close()
     return Outcome(written, total, skipped, failures)
+
+
+def _format_maker(job: Job):
+    """``index -> (extension, params)`` for a job whose images go to several formats, else None."""
+    names = job.names
+    if names is None or not names.format_of:
+        return None
+    formats, format_of, first = names.formats, names.format_of, names.first
+    return lambda index: formats[format_of[index - first]]
 
 
 def unexpected_in_task(first_index: int, error: BaseException) -> Outcome:
@@ -153,7 +163,7 @@ class _Folders:
         if fd is None:
             path = os.path.join(self.cwd, folder)
             if self.fixed is None and folder:
-                from .request import make_folders
+                from ._folders import make_folders
 
                 make_folders(path, durable=self.durable)
             fd = self.fds[folder] = os.open(path, _DIR_FLAGS)
@@ -396,11 +406,11 @@ def part_name(name: str, pid: int) -> str:
     return f".shmsave-{digest}.{pid}.part"
 
 
-def remove_partial_files(request: Request, task: Task, pid: int) -> None:
+def remove_partial_files(task: Task, pid: int) -> None:
     """Delete what a dead worker may have left of the files of ``task``: a temporary file, or an
     empty file under the final name (killed between open and write; see ``_write_file``)."""
     for index in range(task.first, task.end):
-        path = request.absolute_path(index)
+        path = os.path.join(task.job.cwd, job_path(task.job, index))
         with contextlib.suppress(OSError):
             os.unlink(temporary_path(path, pid))
         remove_if_empty(path)

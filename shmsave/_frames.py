@@ -17,6 +17,7 @@ resumed run are not read at all.
 
 from __future__ import annotations
 
+import _string
 import dataclasses
 import os
 import sys
@@ -28,6 +29,7 @@ import numpy as np
 
 from ._files import already_written
 from .errors import InvalidRequest, ReadFailed
+from .naming import parse_template
 from .report import Report, check_progress
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 _TIFF_RUN_BYTES = 16 * 2**20  # pages read per imreadmulti call: ~16 MB of them (one page at least)
 _NO_END = sys.maxsize
+Wanted = Callable[[int, "float | None"], bool]  # (frame number, timestamp in ms) -> read its pixels?
 
 
 class Frame(NamedTuple):
@@ -63,9 +66,10 @@ class Video:
         self.dtype = np.dtype(np.uint8)
         self.ended: int | None = None  # the number of the first frame that could not be read
 
-    def frames(self, picked: range, wanted: Callable[[int], bool] | None = None) -> Iterator[Frame]:
-        """The frames of ``picked`` (an ascending range) in order; those ``wanted`` refuses come
-        without pixels. Stops at the end of the video, setting ``ended``."""
+    def frames(self, picked: range, wanted: Wanted | None = None) -> Iterator[Frame]:
+        """The frames of ``picked`` (an ascending range) in order; those ``wanted(number, msec)``
+        refuses come without pixels (decoded, never converted). Stops at the end of the video,
+        setting ``ended``."""
         capture, number = self._capture, 0
         for target in picked:
             while number < target:
@@ -73,15 +77,18 @@ class Video:
                     self.ended = number
                     return
                 number += 1
-            if wanted is not None and not wanted(target):
-                ok, image = capture.grab(), None
-            else:
-                ok, image = capture.read()
-            if not ok:
+            if not capture.grab():
                 self.ended = number
                 return
+            msec = capture.get(cv2.CAP_PROP_POS_MSEC)  # the grabbed frame's timestamp
+            image = None
+            if wanted is None or wanted(target, msec):
+                ok, image = capture.retrieve()
+                if not ok:
+                    self.ended = number
+                    return
             number += 1
-            yield Frame(target, capture.get(cv2.CAP_PROP_POS_MSEC), image)
+            yield Frame(target, msec, image)
 
     def why_ended(self) -> str:
         return f"the video announces {self.count} frames and ends after {self.ended} (truncated or corrupt)"
@@ -106,15 +113,15 @@ class TiffPages:
         self._run = max(1, _TIFF_RUN_BYTES // max(1, first[0].nbytes))
         self.ended: int | None = None
 
-    def frames(self, picked: range, wanted: Callable[[int], bool] | None = None) -> Iterator[Frame]:
-        """The pages of ``picked`` in order; those ``wanted`` refuses come without pixels (never read).
+    def frames(self, picked: range, wanted: Wanted | None = None) -> Iterator[Frame]:
+        """The pages of ``picked`` in order; those ``wanted(number, None)`` refuses come without pixels (never read).
         Stops at the first page that cannot be read, setting ``ended``."""
         numbers = iter(picked)
         for number in numbers:
             if number >= self.count:
                 self.ended = self.count
                 return
-            if wanted is not None and not wanted(number):
+            if wanted is not None and not wanted(number, None):
                 yield Frame(number, None, None)
                 continue
             if picked.step != 1:  # one page per call: reading the pages between would cost more
@@ -123,7 +130,7 @@ class TiffPages:
                 run = [number]
                 while len(run) < self._run and run[-1] + 1 < min(picked.stop, self.count):
                     following = run[-1] + 1
-                    if wanted is not None and not wanted(following):
+                    if wanted is not None and not wanted(following, None):
                         break
                     run.append(following)
                     next(numbers)
@@ -265,29 +272,69 @@ def save_frames(
         frames.close()
 
 
+def uses_msec(template) -> bool:
+    """Whether a template names files by the frame's timestamp, ``{msec}``."""
+    if not isinstance(template, (str, os.PathLike)):
+        return False
+    try:
+        parts = list(_string.formatter_parser(os.fspath(template)))
+    except ValueError:  # malformed: the stream's checks say how
+        return False
+    return any(name is not None and name.split(".")[0].split("[")[0] == "msec" for _, name, _, _ in parts)
+
+
+def _msec_namer(frames, template, start: int, fields: dict, options: dict) -> Callable[[int, float | None], str]:
+    """``{msec}``: the path of a frame from its number and timestamp (each frame then names its own
+    file: ``Stream.write(image, path=...)``); the template checked whole first, with a stand-in."""
+    if frames.kind != "video":
+        raise InvalidRequest(f"{{msec}} is a video frame's timestamp, and {frames.path} is a TIFF: its pages have none")
+    shard_size = options.get("shard_size")
+    parse_template(template, 1, start, {**fields, "msec": 0.0}, shard_size)
+    text = os.path.expanduser(os.fspath(template))
+    shard = shard_size or 1000
+
+    def path_of(number: int, msec: float | None) -> str:
+        return text.format(index=number, msec=msec, shard=number // shard, **fields)
+
+    return path_of
+
+
 def _save(writer, frames, picked: range, template, fields: dict, overwrite: bool, tick, options: dict) -> Report:
-    stream = writer.stream(template, start=picked.start, fields=fields, overwrite=overwrite, progress=tick, **options)
-    path_of = stream._request.absolute_path
-    wanted = None if overwrite else (lambda number: not already_written(path_of(number)))
+    named = _msec_namer(frames, template, picked.start, fields, options) if uses_msec(template) else None
+    if named is None:
+        stream = writer.stream(
+            template, start=picked.start, fields=fields, overwrite=overwrite, progress=tick, **options
+        )
+        path_of = stream._request.absolute_path
+    else:  # every frame names its own file
+        options = {key: value for key, value in options.items() if key != "shard_size"}
+        stream = writer.stream(None, start=picked.start, overwrite=overwrite, progress=tick, **options)
+
+    def wanted(number: int, msec: float | None) -> bool:
+        """overwrite=False: a frame whose file is there is not read again (resume)."""
+        return not already_written(path_of(number) if named is None else os.path.abspath(named(number, msec)))
+
     skipped = 0
+    shown: dict[int, str] = {}  # {msec}: each frame's path as given, for ReadFailed
     with stream:
-        for frame in frames.frames(picked, wanted):
+        for frame in frames.frames(picked, None if overwrite else wanted):
+            if named is not None:
+                shown[frame.number] = named(frame.number, frame.msec)
             if frame.image is None:  # already written (overwrite=False): not converted, copied nor encoded again
                 skipped += 1
                 if tick is not None:
                     tick(1)
                 continue
             stream.skip_to(frame.number)
-            stream.write(frame.image)
+            stream.write(frame.image, shown.get(frame.number))
     report = dataclasses.replace(stream.report, skipped=stream.report.skipped + skipped)
     ended = frames.ended
     if ended is not None and frames.count is not None and ended < min(picked.stop, frames.count):
         failed = {failure.index for failure in report.failed}
         before = range(picked.start, min(ended, picked.stop), picked.step)
         last = next((number for number in reversed(before) if number not in failed), None)
-        error = ReadFailed(
-            frames.path, ended, frames.why_ended(), last, None if last is None else stream._request.path(last)
-        )
+        last_path = None if last is None else shown.get(last) or stream._request.path(last)
+        error = ReadFailed(frames.path, ended, frames.why_ended(), last, last_path)
         error.report = report
         raise error
     return report

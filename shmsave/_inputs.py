@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._images import check_image
 from .errors import InvalidRequest
-from .request import check_image, make_request, make_stream_request
+from .request import make_request, make_stream_request
 
 if TYPE_CHECKING:
     from .writer import Writer
@@ -276,7 +277,7 @@ def number(units: list[Unit], start: int, continue_index: bool) -> None:
             index = unit.start + unit.count
 
 
-def check(units: list[Unit], template: str, options: dict) -> None:
+def check(units: list[Unit], template, options: dict) -> None:
     """Every unit against the library's rules, then path clashes between units; raise UsageError."""
     for unit in units:
         # a zero-stride stand-in of the same shape and dtype: the library checks it without reading
@@ -284,14 +285,24 @@ def check(units: list[Unit], template: str, options: dict) -> None:
         stand_in = np.broadcast_to(np.zeros((), unit.dtype), unit.shape)
         try:
             if unit.picked is None:
-                make_request(stand_in, template, start=unit.start, fields=unit.fields, **options)
+                fields = unit.fields if isinstance(template, str) else None  # a list of paths has no fields
+                make_request(stand_in, template, start=unit.start, fields=fields, **options)
             else:  # a stream's checks, on the first frame's shape and dtype (later ones are checked as they come)
                 span = min(max(1, unit.end - unit.start), _SPAN_CHECKED)
-                request = make_stream_request(template, total=span, start=unit.start, fields=unit.fields, **options)
+                fields = unit.fields
+                from ._frames import is_tiff, uses_msec
+
+                if uses_msec(template):  # each frame's timestamp: a stand-in checks the template
+                    if is_tiff(unit.path):
+                        raise InvalidRequest("{msec} is a video frame's timestamp, and a TIFF's pages have none")
+                    fields, span = {**fields, "msec": 0.0}, 1  # frames differ by their timestamps
+                request = make_stream_request(template, total=span, start=unit.start, fields=fields, **options)
                 first = np.broadcast_to(np.zeros((), unit.dtype), unit.shape[1:])
                 check_image(request.encoding, first, "its first frame")
         except InvalidRequest as error:
             raise UsageError(f"{unit.label}: {error}") from None
+    if len(units) < 2:  # --names: one input
+        return
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     claimed: dict[tuple, list[Unit]] = {}
     for unit in units:
@@ -305,7 +316,7 @@ def check(units: list[Unit], template: str, options: dict) -> None:
 
 
 def _clash(first: Unit, second: Unit, template: str) -> str:
-    example = template.format(index=max(first.start, second.start), **second.fields)
+    example = template.format(index=max(first.start, second.start), **{"shard": 0, "msec": 0.0, **second.fields})
     differ = [
         name
         for name in ("stem", "key")

@@ -30,6 +30,30 @@ class Job(NamedTuple):
     cast: str | None = None  # integer images whose values fit are cast to this dtype before encoding
     durable: bool = False  # fsync each file before it is named, and its folder after the task
     timeout: float | None = None  # a worker tells its progress every quarter of it; silent this long: killed
+    names: Names | None = None  # per-image paths or formats, or the {shard} size; None: ``template`` names all
+
+    def for_images(self, first: int, end: int) -> Job:
+        """This job for images ``first:end`` only: a task carries the names of its own images."""
+        if self.names is None or not self.names.paths:
+            return self
+        return self._replace(names=self.names.slice(first, end))
+
+
+class Names(NamedTuple):
+    """How a job names its images when ``Job.template`` alone does not: a path per image
+    (a list of paths, per-image fields, a stream's ``write(image, path=...)``), a format per
+    image (several extensions in one call), or the size of a ``{shard}`` in the template."""
+
+    first: int  # the index of paths[0]
+    paths: tuple[str, ...] = ()  # one per image from ``first``, all in ``Job.folder`` when set; (): the template
+    shard_size: int = 0  # the template's {shard} is index // shard_size
+    formats: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (extension, params) of each; (): the Job's
+    format_of: tuple[int, ...] = ()  # per image from ``first``: its number in ``formats``
+
+    def slice(self, first: int, end: int) -> Names:
+        """The names of images ``first:end``."""
+        lo, hi = first - self.first, end - self.first
+        return self._replace(first=first, paths=self.paths[lo:hi], format_of=self.format_of[lo:hi])
 
 
 class StackSource(NamedTuple):

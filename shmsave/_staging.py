@@ -130,7 +130,14 @@ class Stager:
             source = self.shared_source(stack)
             if source is not None:
                 for lo, hi in chunks.split(0, request.count):
-                    yield Task(next(self._ids), source, lo, hi, request.start + lo, job)
+                    yield Task(
+                        next(self._ids),
+                        source,
+                        lo,
+                        hi,
+                        request.start + lo,
+                        job.for_images(request.start + lo, request.start + hi),
+                    )
                 return
             yield from self._staged_stack(request, stack, chunks)
             return
@@ -158,7 +165,9 @@ class Stager:
             np.copyto(staged, stack[lo:hi], casting="unsafe")
             source = StackSource(slot.kind, slot.locator, used * image_bytes, staged.shape, staged.strides, dtype.str)
             used += hi - lo
-            yield self._sent_from(number, Task(next(self._ids), source, 0, hi - lo, request.start + lo, job))
+            first = request.start + lo
+            task = Task(next(self._ids), source, 0, hi - lo, first, job.for_images(first, first + hi - lo))
+            yield self._sent_from(number, task)
 
     def _staged_list(self, request: Request, chunks: Chunks) -> Iterator[Task | Wait]:
         images, job, cast = request.listed, request.job(), request.cast
@@ -176,7 +185,10 @@ class Stager:
                 entries.append((offset, image.shape, dtype.str))
             for first, last in chunks.split(0, len(entries)):
                 source = ListSource(slot.kind, slot.locator, tuple(entries[first:last]))
-                task = Task(next(self._ids), source, 0, last - first, request.start + lo + first, job)
+                index = request.start + lo + first
+                task = Task(
+                    next(self._ids), source, 0, last - first, index, job.for_images(index, index + last - first)
+                )
                 yield self._sent_from(number, task)
 
     def _wait_for(self, number: int) -> Iterator[Wait]:

@@ -1,4 +1,4 @@
-"""``shmsave.save`` and ``shmsave.stream``: served by a Writer shared across calls."""
+"""``shmsave.save``, ``shmsave.stream`` and ``shmsave.imwrite``: served by a Writer shared across calls."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def save(
     images: np.ndarray | Sequence[np.ndarray],
-    template: str | os.PathLike[str],
+    template: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     workers: int | None = None,
     quality: int | None = None,
@@ -47,6 +47,7 @@ def save(
     fields: Mapping[str, Any] | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    shard_size: int | None = None,
 ) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
@@ -61,7 +62,10 @@ def save(
     job). ``errors="collect"`` records failures in ``Report.failed`` instead
     of raising WriteFailed, WorkerDied or WorkerFailed. ``progress``: True
     for a tqdm bar, or a callable told ``progress(n)`` as n more images finish.
-    ``fields``: values of the template's other ``{name}`` fields.
+    ``fields``: values of the template's other ``{name}`` fields, one for all images
+    or a list of one per image. ``template`` may also be a list of paths, one per image
+    (taken literally; several extensions in one call: each option goes to the formats
+    that take it). ``{shard}`` in a template is ``index // shard_size`` (1000 by default).
     ``durable=True``: when the call returns, every file written and every
     folder made is on stable storage (``fsync``), as after a power cut.
     ``timeout``: seconds a worker process may make no progress (a hung mount,
@@ -89,6 +93,7 @@ def save(
         fields=fields,
         durable=durable,
         timeout=timeout,
+        shard_size=shard_size,
     )
 
 
@@ -108,6 +113,7 @@ def stream(
     buffer_bytes: int | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    shard_size: int | None = None,
 ) -> Stream:
     """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
 
@@ -140,6 +146,7 @@ def stream(
         buffer_bytes=buffer_bytes,
         durable=durable,
         timeout=timeout,
+        shard_size=shard_size,
     )
 
 
@@ -203,6 +210,21 @@ def save_frames(
         durable=durable,
         timeout=timeout,
     )
+
+
+def imwrite(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] | None = None) -> bool:
+    """``cv2.imwrite(path, image, params)`` on the process-wide Writer: copies the pixels and returns
+    at once (True); see ``Writer.imwrite``. ``shmsave.flush()`` waits for the images and returns their
+    Report; images still pending when the script ends are written before it exits."""
+    return _shared_writer(None).imwrite(path, image, params)
+
+
+def flush() -> Report:
+    """Wait for every image of ``shmsave.imwrite`` since the last flush; return their Report (the first
+    failure raises, with the Report attached)."""
+    with _shared_lock:
+        writer = _shared
+    return writer.flush() if writer is not None else Report(0, 0, 0.0, engine="inline", workers=0)
 
 
 def _shared_writer(workers: int | None) -> Writer:

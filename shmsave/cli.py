@@ -53,13 +53,19 @@ examples:
   shmsave preds.npz --key masks -o "masks/{index:05d}.png" --compression 1
   shmsave big.npy -o "out/{index:06d}.jpg" --no-overwrite    # resume an interrupted run
   shmsave frames.npy -o "out/{index}.png" --json | jq .images_per_second
+  shmsave crops.npy --names paths.txt                       # one output path per line
+  shmsave crops.npy --names stems.txt -o "out/{stem}/{name}.png"
+  shmsave big.npy -o "out/{shard:04d}/{index:09d}.jpg"      # a folder per 1,000 images
 
 An input is a .npy / .npz / .zarr stack, (N, H, W) or (N, H, W, C), C = 1, 3 or 4, BGR(A)
 unless --rgb; a video file OpenCV decodes (.mp4 .avi .mkv .mov .webm ...); or a TIFF.
 The template may use {index} (with a format spec, e.g. {index:06d}), {stem} (the input's
 file name without extension) and, for .npz inputs, {key} (the array's name in the
-archive). A stack's {index} counts from --start; a video's is the frame number and a
-TIFF's the page number, from 0. Its extension picks the format. Missing folders are created.
+archive), {shard} (index // --shard-size, 1000 by default: a folder per 1,000 images) and,
+with --names, {name} (the image's line of that file). A stack's {index} counts from --start;
+a video's is the frame number and a TIFF's the page number, from 0. Its extension picks the
+format. --names FILE alone gives each image of one stack its own path, one per line, in order
+(FILE "-" reads stdin); extensions may differ from line to line. Missing folders are created.
 """
 
 _EPILOG = "exit status: 0 all written, 1 some images failed, 2 usage error, 130 interrupted"
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="shmsave",
-        usage="shmsave INPUT [INPUT ...] -o TEMPLATE [options]",
+        usage=(
+            "shmsave INPUT [INPUT ...] -o TEMPLATE [options]\n       shmsave INPUT --names FILE [-o TEMPLATE] [options]"
+        ),
         description=_DESCRIPTION,
         epilog=_EPILOG,
         allow_abbrev=False,
@@ -105,9 +113,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o",
         "--output",
-        required=True,
         metavar="TEMPLATE",
         help='where image i goes, e.g. "out/{stem}/{index:06d}.png"',
+    )
+    parser.add_argument(
+        "--names",
+        metavar="FILE",
+        help="the output path of each image of one input, one per line ('-': stdin); "
+        "with -o, each line is the {name} field of the template instead",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        metavar="N",
+        help="images per {shard} of the template (default 1000): -o 'out/{shard:04d}/{index:09d}.png'",
     )
     parser.add_argument(
         "--key",
@@ -232,12 +251,15 @@ def _run(args) -> int:
         raise UsageError(f"--step must be 1 or more, got {args.step}")
     if args.stop is not None and args.stop <= start:
         raise UsageError(f"--stop {args.stop} must be greater than --start {start}: no frame would be saved")
+    if args.output is None and args.names is None:
+        raise UsageError("say where the images go: -o TEMPLATE, or --names FILE with one path per line")
     units = open_inputs(args.inputs, args.key, slice(start, args.stop, args.step))
     _check_ranges(units, args)
     on_dask = any(is_zarr(unit.path) for unit in units)
     if args.scheduler and not on_dask:
         raise UsageError("--scheduler runs .zarr inputs on a Dask cluster, and no .zarr input was given")
     number(units, start, args.continue_index)
+    template = _named(units, args) if args.names is not None else args.output
     options = dict(
         quality=args.quality,
         compression=args.compression,
@@ -248,7 +270,11 @@ def _run(args) -> int:
         durable=args.durable,
         timeout=args.timeout,
     )
-    check(units, args.output, options)
+    if args.shard_size is not None:
+        if on_dask:
+            raise UsageError("--shard-size works with .npy and .npz inputs; .zarr stores use {shard} of 1000 images")
+        options["shard_size"] = args.shard_size
+    check(units, template, options)
     # -- nothing was written before this line --
     bar = None
     if not args.quiet and (args.progress or sys.stderr.isatty()):
@@ -257,7 +283,7 @@ def _run(args) -> int:
     began = time.perf_counter()
     try:
         with Writer(args.workers) as writer, _dask_scheduler(args.scheduler, on_dask):
-            failures, stopped = _save_all(units, args.output, options, writer, bar)
+            failures, stopped = _save_all(units, template, options, writer, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -277,7 +303,7 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps(_summary_object(units, failures, seconds)), flush=True)
     elif not args.quiet and stopped is not _Stop.AT_THE_FOLDER:  # its one failure line says it all
-        _say(_summary_line(units, failures, seconds, args.output))
+        _say(_summary_line(units, failures, seconds, template, options.get("shard_size")))
     return EXIT_FAILED if failures or stopped or any(unit.error or unit.read_error for unit in units) else EXIT_OK
 
 
@@ -296,10 +322,48 @@ def _check_ranges(units: list[Unit], args) -> None:
         )
 
 
+def _named(units: list[Unit], args) -> str | list[str]:
+    """``--names``: the list of paths of the one input's images, or (with -o) the template, each
+    line becoming that image's ``{name}`` field; UsageError if the lines do not match the images."""
+    if len(units) != 1:
+        raise UsageError(
+            f"--names gives the images of one input their paths, and {len(units)} inputs were given "
+            f"({', '.join(unit.label for unit in units[:3])}{', ...' if len(units) > 3 else ''}); "
+            "run shmsave once per input, or select one .npz array with --key"
+        )
+    unit = units[0]
+    if is_zarr(unit.path) or unit.picked is not None:
+        raise UsageError(f"--names works with .npy and .npz inputs; name the images of {unit.label} with -o TEMPLATE")
+    try:
+        if args.names == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.names, "rb") as file:
+                data = file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read --names {args.names}: {error.strerror or error}") from None
+    lines = [os.fsdecode(line) for line in data.splitlines()]
+    if len(lines) != unit.count:
+        raise UsageError(
+            f"--names {args.names} has {len(lines)} line(s) for the {unit.count} images of {unit.label}; "
+            "give one path per image, in order"
+        )
+    if args.output is None:
+        return lines
+    if "{name" not in args.output:
+        raise UsageError(
+            f"with -o, each line of --names is the {{name}} field of the template, and {args.output!r} has none; "
+            "add it (e.g. -o 'out/{name}.png'), or leave -o out to use the lines as paths"
+        )
+    unit.fields["name"] = lines
+    return args.output
+
+
 def _as_flags(message: str) -> str:
     """The library's wording of an option, as this command's flag."""
     message = re.sub(r"params=\{cv2\.(\w+): (\d+)\}", r"--param \1=\2", message)
     message = re.sub(r"\b(quality|compression)=", r"--\1 ", message)
+    message = re.sub(r"\bshard_size=", "--shard-size ", message)
     return re.sub(r"(?<![-\w])(quality|compression)\b", r"--\1", message)
 
 
@@ -368,6 +432,7 @@ def _save(unit: Unit, template: str, options: dict, writer: Writer, progress):
         from .dask import save_zarr
 
         return save_zarr(unit.path, template, start=unit.start, fields=unit.fields, progress=progress, **options)
+    fields = unit.fields if isinstance(template, str) else None  # a list of paths has no fields
     if unit.count == 0:
         images = np.empty(unit.shape, unit.dtype)
     elif unit.key is None:
@@ -375,7 +440,7 @@ def _save(unit: Unit, template: str, options: dict, writer: Writer, progress):
     else:
         images = load_member(unit, writer)
     try:
-        return writer.save(images, template, start=unit.start, fields=unit.fields, progress=progress, **options)
+        return writer.save(images, template, start=unit.start, fields=fields, progress=progress, **options)
     finally:
         del images  # a loaded .npz array leaves shared memory before the next is read
 
@@ -413,11 +478,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _say(f"warning: {text.removeprefix('shmsave: ')}")
 
 
-def _summary_line(units: list[Unit], failures: list, seconds: float, template: str) -> str:
+def _summary_line(units: list[Unit], failures: list, seconds: float, template, shard_size: int | None) -> str:
     written = sum(unit.written for unit in units)
     nbytes = sum(unit.bytes for unit in units)
     text = (
-        f"wrote {written} images ({nbytes / 1e6:.1f} MB) to {_where(units, template)} in {seconds:.2f} s, "
+        f"wrote {written} images ({nbytes / 1e6:.1f} MB) to {_where(units, template, shard_size)} in {seconds:.2f} s, "
         f"{written / seconds if seconds > 0 else 0:.0f} images/s"
     )
     skipped = sum(unit.skipped for unit in units)
@@ -454,14 +519,21 @@ def _summary_object(units: list[Unit], failures: list, seconds: float) -> dict:
     }
 
 
-def _where(units: list[Unit], template: str) -> str:
+def _where(units: list[Unit], template, shard_size: int | None) -> str:
     """The folder that holds the outputs (their common folder when they spread out)."""
+    from ._frames import uses_msec
+    from .naming import parse_template
+
     folders = set()
+    timed = uses_msec(template)  # a frame's timestamp names its file, not its folder (a stand-in will do)
     for unit in units:
+        fields = ({**unit.fields, "msec": 0.0} if timed else unit.fields) if isinstance(template, str) else None
+        named = parse_template(template, 1 if timed else max(unit.count, 1), unit.start, fields, shard_size)
         last = unit.start + max(unit.count - 1, 0)
         if unit.picked is not None:  # a video's length may be unknown before it is read: what was saved
             last = unit.start + max(unit.written + unit.skipped + unit.failed - 1, 0) * unit.picked.step
-        for index in {unit.start, last}:
-            folders.add(os.path.dirname(template.format(index=index, **unit.fields)) or ".")
+        indices = range(unit.start, unit.start + unit.count) if named.names and named.names.paths else ()
+        for index in indices or {unit.start, last}:
+            folders.add(os.path.dirname(named.path(index)) or ".")
     where = (os.path.commonpath(sorted(folders)) if len(folders) > 1 else folders.pop()) or "."
     return where.rstrip(os.sep) + os.sep

@@ -206,6 +206,44 @@ def plan_encoding(
     return Encoding(ext, tuple(flat), bool(rgb))
 
 
+def plan_encodings(extensions, *, quality=None, compression=None, params=None, rgb: bool = False) -> dict:
+    """``{extension: Encoding}`` for the formats of one call (``extensions``, lower case, first first).
+
+    One format: ``plan_encoding``. Several: each option goes to the formats that take it (``quality``
+    to the JPEG and the WebP files of a call, not to its PNG files) and is refused only when no format
+    of the call takes it; a raw flag that sets the quality or compression of one of the call's formats
+    goes to that format alone (OpenCV's other encoders would ignore it).
+    """
+    extensions = list(extensions)
+    if len(extensions) == 1:
+        ext = extensions[0]
+        return {ext: plan_encoding(ext, quality=quality, compression=compression, params=params, rgb=rgb)}
+    formats = {ext: format_for(ext) for ext in extensions}
+    if quality is not None and all(f.quality_flag is None for f in formats.values()):
+        plan_encoding(extensions[0], quality=quality)  # raises, saying which formats take it
+    if compression is not None and all(f.compression_flag is None for f in formats.values()):
+        plan_encoding(extensions[0], compression=compression)  # raises
+    raw = _flatten_params(params)
+    owned = {flag for f in formats.values() for flag in (f.quality_flag, f.compression_flag) if flag is not None}
+    encodings = {}
+    for ext, fmt in formats.items():
+        own = (fmt.quality_flag, fmt.compression_flag)
+        kept = [
+            item
+            for code, value in zip(raw[::2], raw[1::2])
+            if code in own or code not in owned
+            for item in (code, value)
+        ]
+        encodings[ext] = plan_encoding(
+            ext,
+            quality=quality if fmt.quality_flag is not None else None,
+            compression=compression if fmt.compression_flag is not None else None,
+            params=kept,
+            rgb=rgb,
+        )
+    return encodings
+
+
 def _refuse_contradictions(fmt: Format, options: list[int], raw: list[int], **keywords) -> None:
     """Refuse a flag set to two values (by a keyword option and ``params``, or twice in ``params``):
     OpenCV would silently use the last one."""

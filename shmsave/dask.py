@@ -167,6 +167,11 @@ def _block_tasks(array, template, *, workers, start, errors, **options) -> _Grap
         )
     if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1):
         raise InvalidRequest(f"workers must be a positive integer or None (sized to each Dask worker), got {workers!r}")
+    if not isinstance(template, (str, os.PathLike)):
+        raise InvalidRequest(
+            "shmsave.dask.save takes a path template such as 'out/{index:06d}.png'; "
+            "a list of paths is for shmsave.save and Writer.save"
+        )
     shape, dtype = tuple(int(n) for n in array.shape), array.dtype
     if len(shape) not in (3, 4):
         raise InvalidRequest(f"the Dask array must be (N, H, W) or (N, H, W, C) images, got shape {shape}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed, WriteTimedOut
+from .naming import job_path
 
 if TYPE_CHECKING:
-    from ._protocol import Outcome, Task
+    from ._protocol import Job, Outcome, Task
     from .request import Request
 
 
@@ -101,6 +103,7 @@ class Tally:
 
     def __init__(self, request: Request, progress: Progress) -> None:
         self.request = request
+        self.path_of: Callable[[int], str] = request.path  # a stream with per-image paths looks them up
         self.count = self.bytes = self.skipped = 0
         self.failed: list[Failure] = []
         self.errors: list[WorkerDied | WorkerFailed | WriteTimedOut] = []  # failures of whole tasks, not of one image
@@ -125,7 +128,7 @@ class Tally:
             error.__cause__ = cause
             self.errors.append(error)
             self.failed.extend(
-                Failure(i, self.request.path(i), f"unexpected error: {description}") for i in range(index, end)
+                Failure(i, self.path_of(i), f"unexpected error: {description}") for i in range(index, end)
             )
             finished += end - index
         if self.tick is not None:
@@ -138,7 +141,7 @@ class Tally:
         count = self.request.count
         message, code = (error.message, error.errno) if isinstance(error, WriteFailed) else (str(error), None)
         first = self.request.start
-        self.failed.extend(Failure(i, self.request.path(i), message, code) for i in range(first, first + count))
+        self.failed.extend(Failure(i, self.path_of(i), message, code) for i in range(first, first + count))
         if self.tick is not None:
             self.tick(count)
 
@@ -146,7 +149,7 @@ class Tally:
         """The images of ``ranges`` (``(first, end)`` pairs) will never be known written: ``error`` says why."""
         self.errors.append(error)
         for first, end in ranges:
-            self.failed.extend(Failure(i, self.request.path(i), error.description) for i in range(first, end))
+            self.failed.extend(Failure(i, self.path_of(i), error.description) for i in range(first, end))
             if self.tick is not None:
                 self.tick(end - first)
 
@@ -155,21 +158,22 @@ class Tally:
         error = WorkerDied(exitcode, task.first, task.end)
         self.errors.append(error)
         self.failed.extend(
-            Failure(index, self.request.path(index), str(error)) for index in range(task.first, task.end)
+            Failure(index, job_path(task.job, index), str(error)) for index in range(task.first, task.end)
         )
         if self.tick is not None:
             self.tick(task.end - task.first)
         return self.request.collect
 
-    def timed_out(self, first: int, end: int, pid: int | None) -> bool:
-        """Count images ``first:end``, left unwritten by a worker killed for making no progress
-        (``timeout``); False means stop."""
-        error = WriteTimedOut(first, end, self.request.path(first), self.request.timeout, pid)
+    def timed_out(self, first: int, end: int, pid: int | None, job: Job | None = None) -> bool:
+        """Count images ``first:end`` (of a task of ``job``), left unwritten by a worker killed for making
+        no progress (``timeout``); False means stop."""
+        path_of = self.path_of if job is None else functools.partial(job_path, job)
+        error = WriteTimedOut(first, end, path_of(first), self.request.timeout, pid)
         self.errors.append(error)
         message = f"no progress for {error.seconds:g} s (timeout); " + (
             f"worker process {pid} was killed and replaced" if pid is not None else "not tried: nothing was written"
         )
-        self.failed.extend(Failure(index, self.request.path(index), message) for index in range(first, end))
+        self.failed.extend(Failure(index, path_of(index), message) for index in range(first, end))
         if self.tick is not None:
             self.tick(end - first)
         return self.request.collect

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import os
+import reprlib
 from typing import NamedTuple
 
 import numpy as np
 
 from . import codec
+from ._images import check_finite, normalize
 from ._protocol import Job
-from .errors import InvalidRequest, WriteFailed, WriteTimedOut, describe_oserror
+from .errors import InvalidRequest
 from .naming import Template, parse_template
 
 
@@ -27,7 +28,7 @@ class Request(NamedTuple):
     nbytes: int
     start: int
     template: Template
-    encoding: codec.Encoding
+    encoding: codec.Encoding  # no extension: a stream without a template (each image brings its path)
     overwrite: bool
     collect: bool
     cast: np.dtype | None  # integers whose values all fit this type the format holds are saved as it
@@ -52,6 +53,7 @@ class Request(NamedTuple):
             None if self.cast is None else self.cast.str,
             self.durable,
             self.timeout,
+            self.template.names,
         )
 
     def path(self, index: int) -> str:
@@ -77,29 +79,44 @@ def make_request(
     fields=None,
     durable=False,
     timeout=None,
+    shard_size=None,
 ) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
     _check_errors_and_start(errors, start)
     _check_durable(durable)
     timeout = _checked_timeout(timeout)
-    stack, listed = _normalize(images)
+    stack, listed = normalize(images)
     count = len(stack) if stack is not None else len(listed)
-    parsed = parse_template(template, max(count, 1), int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    listed_paths = not isinstance(template, (str, os.PathLike))
+    parsed = parse_template(template, count if listed_paths else max(count, 1), int(start), fields, shard_size)
+    names = parsed.names
+    extensions = [ext for ext, _ in names.formats] if names is not None and names.formats else [parsed.extension]
+    if names is not None and names.paths:
+        _check_formats(parsed, extensions)
+    encodings = codec.plan_encodings(extensions, quality=quality, compression=compression, params=params, rgb=rgb)
+    planned = list(encodings.values())
+    encoding = planned[0]
+    if len(planned) > 1:  # one call, several formats: each image is encoded with its own format's params
+        parsed = parsed._replace(names=names._replace(formats=tuple((e.extension, e.params) for e in planned)))
     dtype = stack.dtype if stack is not None else (listed[0].dtype if listed else np.dtype(np.uint8))
-    targets = codec.integer_targets(encoding, dtype)
+    targets = _common_targets(planned, dtype)
     if stack is not None:
         channels = stack.shape[3] if stack.ndim == 4 else 1
-        codec.check_pixels(encoding, stack.dtype, channels, "the image stack", castable=bool(targets))
-        codec.check_size(encoding, stack.shape[1], stack.shape[2], "each image of the stack")
+        for each in planned:
+            codec.check_pixels(each, stack.dtype, channels, "the image stack", castable=bool(targets))
+            codec.check_size(each, stack.shape[1], stack.shape[2], "each image of the stack")
         check_finite(stack, "the image stack")
     else:
+        format_of = names.format_of if len(planned) > 1 else ()
         for i, image in enumerate(listed):
+            each = planned[format_of[i]] if format_of else encoding
             channels = image.shape[2] if image.ndim == 3 else 1
-            codec.check_pixels(encoding, image.dtype, channels, f"image {i}", castable=bool(targets))
-            codec.check_size(encoding, image.shape[0], image.shape[1], f"image {i}")
+            codec.check_pixels(each, image.dtype, channels, f"image {i}", castable=bool(targets))
+            codec.check_size(each, image.shape[0], image.shape[1], f"image {i}")
             check_finite(image, f"image {i}")
     cast = _integer_cast(stack if stack is not None else listed, dtype, targets, encoding) if targets else None
+    for each in planned[1:] if cast is not None else ():
+        codec.check_cast(each, cast)
     itemsize = (cast or dtype).itemsize
     nbytes = (
         sum(image.size for image in (stack if stack is not None else listed)) * itemsize
@@ -122,6 +139,33 @@ def make_request(
         bool(durable),
         timeout,
     )
+
+
+def _check_formats(template: Template, extensions: list[str]) -> None:
+    """Refuse a path whose extension no encoder writes, naming the first image with it."""
+    for number, extension in enumerate(extensions):
+        try:
+            codec.format_for(extension)
+        except InvalidRequest as error:
+            names = template.names
+            at = names.format_of.index(number) if names.format_of else 0
+            raise InvalidRequest(
+                f"image {names.first + at} goes to {template.path(names.first + at)!r}: {error}"
+            ) from None
+
+
+def _common_targets(encodings: list[codec.Encoding], dtype: np.dtype) -> tuple[np.dtype, ...]:
+    """The integer types that images of ``dtype`` may be cast to for every format of the call
+    (``codec.integer_targets``; several formats: the types all of them take), () for no cast."""
+    if len(encodings) == 1:
+        return codec.integer_targets(encodings[0], dtype)
+    each = []
+    for encoding in encodings:
+        targets = codec.integer_targets(encoding, dtype)
+        native = np.dtype(dtype).name in codec.format_for(encoding.extension).dtypes
+        each.append(targets or ((np.dtype(dtype),) if native else ()))
+    common = tuple(t for t in each[0] if all(t in other for other in each[1:]))
+    return () if np.dtype(dtype) in common else common
 
 
 def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encoding: codec.Encoding) -> np.dtype:
@@ -173,17 +217,35 @@ def make_stream_request(
     fields=None,
     durable=False,
     timeout=None,
+    shard_size=None,
 ) -> Request:
     """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
-    ``total`` or unknown); each image is checked as it comes (``check_image``)."""
+    ``total`` or unknown); each image is checked as it comes (``_images.check_image``).
+
+    ``template=None``: every image brings its own path (``Stream.write(image, path=...)``); the
+    request's ``encoding`` then has no extension, and each format is planned when its first image comes.
+    """
     _check_errors_and_start(errors, start)
     _check_durable(durable)
     timeout = _checked_timeout(timeout)
     if total is not None and (not isinstance(total, (int, np.integer)) or isinstance(total, bool) or total < 1):
         raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
     count = int(total) if total is not None else _STREAM_COUNT_CHECKED
-    parsed = parse_template(template, count, int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    for key, value in (fields or {}).items():
+        if isinstance(value, (list, tuple, range)) or getattr(value, "ndim", 0) > 0:
+            raise InvalidRequest(
+                f"fields[{key!r}] is {reprlib.repr(value)}; a stream's fields are one value for all its images "
+                "(a str or a number). To name images one by one, write each with write(image, path=...)"
+            )
+    if template is None:
+        if fields or shard_size is not None:
+            raise InvalidRequest("fields and shard_size fill a path template; this stream has none (template=None)")
+        parsed, encoding = Template("", (), "", None), codec.Encoding("", (), bool(rgb))
+    else:
+        parsed = parse_template(template, count, int(start), fields, shard_size)
+        encoding = codec.plan_encoding(
+            parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb
+        )
     return Request(
         None,
         None,
@@ -200,51 +262,6 @@ def make_stream_request(
         bool(durable),
         timeout,
     )
-
-
-def check_image(encoding: codec.Encoding, image, what: str) -> None:
-    """Refuse one image that is not a 2-D/3-D array ``encoding`` can write unchanged (NaN and
-    infinity aside: ``check_finite``)."""
-    _check_array(image, what)
-    codec.check_pixels(encoding, image.dtype, image.shape[2] if image.ndim == 3 else 1, what)
-    codec.check_size(encoding, image.shape[0], image.shape[1], what)
-
-
-class Layout(NamedTuple):
-    """A shape and dtype of images that passed the checks of one encoding."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    dtype_str: str
-    nbytes: int
-    floating: bool  # NaN and infinity are still checked image by image
-
-
-_LAYOUTS_MAX = 4096  # shapes and dtypes remembered; a stream of ever-new sizes starts over
-
-
-class ImageChecks:
-    """Checks images one at a time (``Stream.write``) for ``encoding``: a shape and dtype seen
-    before cost one dict lookup; floating-point pixels are still checked for NaN and infinity."""
-
-    def __init__(self, encoding: codec.Encoding) -> None:
-        self._encoding = encoding
-        self._seen: dict[tuple, Layout] = {}
-
-    def check(self, image, index: int) -> Layout:
-        """The layout of ``image`` (image ``index``), or InvalidRequest naming it."""
-        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
-            check_image(self._encoding, image, f"image {index}")  # raises, naming the type
-        layout = self._seen.get((image.shape, image.dtype))
-        if layout is None:
-            check_image(self._encoding, image, f"image {index}")
-            if len(self._seen) >= _LAYOUTS_MAX:
-                self._seen.clear()
-            layout = Layout(image.shape, image.dtype, image.dtype.str, image.nbytes, image.dtype.kind == "f")
-            self._seen[(image.shape, image.dtype)] = layout
-        if layout.floating:
-            check_finite(image, f"image {index}")
-        return layout
 
 
 def _check_durable(durable) -> None:
@@ -298,170 +315,3 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _normalize(images):
-    if isinstance(images, np.ndarray):
-        if images.dtype == object:
-            return None, _normalize_list(list(images))
-        if images.ndim not in (3, 4):
-            hint = " For one image, pass [image] or image[None]." if images.ndim == 2 else ""
-            raise InvalidRequest(
-                f"images must be an (N, H, W) or (N, H, W, C) array, got {images.ndim} "
-                f"dimension(s) with shape {images.shape}.{hint}"
-            )
-        if images.ndim == 3 and images.shape[2] in (3, 4):
-            n, h, c = images.shape
-            raise InvalidRequest(
-                f"an array of shape {images.shape} is ambiguous: one {n}x{h} image with {c} color channels, "
-                f"or {n} gray images of {h}x{c} pixels. Say which: images[None] for one color image, "
-                "images[..., None] for gray images"
-            )
-        if len(images) and 0 in images.shape[1:]:
-            raise InvalidRequest(f"images of shape {images.shape[1:]} have no pixels")
-        return images, None
-    if isinstance(images, (list, tuple)):
-        return None, _normalize_list(list(images))
-    raise InvalidRequest(
-        f"images must be a numpy array or a list of arrays, got {_type_name(images)}" + _asarray_hint(images)
-    )
-
-
-def _type_name(value) -> str:
-    kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _asarray_hint(value) -> str:
-    if hasattr(value, "__array__") or hasattr(value, "__array_interface__"):
-        return "; convert it with np.asarray(...) first"
-    return ""
-
-
-def _normalize_list(images: list) -> list:
-    dtype = None
-    for i, image in enumerate(images):
-        _check_array(image, f"image {i}")
-        if dtype is None:
-            dtype = image.dtype
-        elif image.dtype != dtype:
-            raise InvalidRequest(
-                f"image {i} is {image.dtype} but image 0 is {dtype}; "
-                "all images of one call must share a dtype: cast them first"
-            )
-    return images
-
-
-def _check_array(image, what: str) -> None:
-    """Refuse what is not one 2-D/3-D numpy array with pixels (a list's item, a stream's image)."""
-    if not isinstance(image, np.ndarray):
-        raise InvalidRequest(
-            f"{what} is a {_type_name(image)}, not a numpy array"
-            + (_asarray_hint(image) or "; each image must be a numpy array")
-        )
-    if image.ndim not in (2, 3):
-        raise InvalidRequest(f"{what} has shape {image.shape}; each image must be (H, W) or (H, W, C)")
-    if 0 in image.shape:
-        raise InvalidRequest(f"{what} has shape {image.shape} and no pixels")
-
-
-_FINITE_CHUNK_BYTES = 16 * 2**20  # np.isfinite makes a bool array; check a big stack in slices
-
-
-def check_finite(array: np.ndarray, what: str) -> None:
-    """Refuse floating-point pixels with NaN or infinity (checked in slices: np.isfinite makes a copy)."""
-    if array.dtype.kind != "f" or not array.size:
-        return
-    step = max(1, _FINITE_CHUNK_BYTES // max(1, array[:1].nbytes))
-    for lo in range(0, len(array), step):
-        if not np.isfinite(array[lo : lo + step]).all():
-            raise InvalidRequest(
-                f"{what} contains NaN or infinity, which no image format stores faithfully; "
-                "replace them first, e.g. np.nan_to_num(images)"
-            )
-
-
-def prepare_folder(request: Request) -> None:
-    """Create the folder every path shares and check it writable, or raise WriteFailed.
-
-    So a read-only or forbidden folder fails once, before any image, instead of
-    once per image. The check is ``access()`` (one syscall); only when it
-    says no is an empty file created and removed, to report the real error.
-    With a timeout, WriteTimedOut if that takes longer: on a hung mount even
-    ``mkdir`` blocks in the kernel, so it runs on a thread left behind.
-    """
-    if request.template.folder is None:
-        return
-    if request.timeout is None:
-        _prepare_folder(request)
-        return
-    import threading
-
-    done = threading.Event()
-    failed: list[BaseException] = []
-
-    def prepare() -> None:
-        try:
-            _prepare_folder(request)
-        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
-            failed.append(error)
-        finally:
-            done.set()
-
-    threading.Thread(target=prepare, name="shmsave-folder", daemon=True).start()
-    if not done.wait(request.timeout):
-        first = request.start
-        raise WriteTimedOut(first, first + max(request.count, 1), request.path(first), request.timeout, None)
-    if failed:
-        raise failed[0]
-
-
-def _prepare_folder(request: Request) -> None:
-    shown = request.template.folder
-    folder = os.path.join(request.cwd, shown)
-    doing = f"cannot create folder {shown!r}"
-    try:
-        if not os.path.isdir(folder):
-            make_folders(folder, durable=request.durable)
-        doing = f"cannot write in folder {shown or '.'!r}"
-        if os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
-            return
-        probe = os.path.join(folder, f".shmsave-probe-{os.getpid()}")
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
-    except OSError as error:
-        raise WriteFailed(
-            request.start, request.path(request.start), f"{doing}: {describe_oserror(error)}", error.errno
-        ) from error
-
-
-def make_folders(folder: str, *, durable: bool = False) -> None:
-    """``os.makedirs(folder, exist_ok=True)``, but a part of the path that is a file is named as such.
-
-    ``durable``: the folder each new one was made in is synced, so the new entries last.
-    """
-    made = []
-    part = os.path.abspath(folder)
-    while durable and not os.path.isdir(part):
-        made.append(part)
-        part = os.path.dirname(part)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        for new in made:
-            sync_folder(os.path.dirname(new))
-    except (FileExistsError, NotADirectoryError):
-        part = folder
-        while part and not os.path.lexists(part):
-            part = os.path.dirname(part)
-        if part and not os.path.isdir(part):
-            raise NotADirectoryError(errno.ENOTDIR, f"{part!r} is a file, not a folder") from None
-        raise
-
-
-def sync_folder(folder: str) -> None:
-    """``fsync`` a folder, so that the names made in it last."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,55 +14,44 @@ their own marked ``here``: a thread of this process (``Hub.send_here``) encodes
 it where ``write`` copied it (the ring is mapped here too) with ``run_here`` and
 answers through ``task_done`` like a worker's Result, so a batch's way through
 the ring, the Tally and the errors is the same either way.
+
+This module is the caller's side (``write``, ``close``); the batches and the hub's side
+(``take_task`` and the answers) are ``_stream_tasks.StreamTasks``, which ``Stream`` extends.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._files import remove_partial_files, unexpected_in_task, write_images
+from ._images import ImageChecks
 from ._plan import TASK_BYTES, TASK_IMAGES
-from ._protocol import ListSource, StackSource, Task
+from ._protocol import Task
 from ._ring import aligned
-from .errors import InvalidRequest, ShmsaveError, StreamClosed, WorkerFailed
+from ._stream_names import NoTemplate, StreamNames
+from ._stream_tasks import CLOSED, CLOSING, OPEN, STOPPED, Batch, StreamTasks
+from .errors import InvalidRequest, ShmsaveError, StreamClosed
 from .report import Progress, Report, Tally
-from .request import ImageChecks
 
 if TYPE_CHECKING:
-    from ._hub import Hub
-    from ._protocol import Outcome
-    from ._ring import Ring, RingStore
-    from .request import Layout, Request
-    from .segment import Segment
+    from collections.abc import Mapping, Sequence
 
-_OPEN, _CLOSING, _STOPPED, _CLOSED = "open", "closing", "stopped", "closed"
+    from ._hub import Hub
+    from ._images import Layout
+    from ._ring import Ring, RingStore
+    from .request import Request
+
 _TASKS_IN_RING_PER_WORKER = 2  # each worker's running and queued task (pool._DEPTH) fit in the ring at once
 
 
-@dataclass
-class _Batch:
-    """Images sent (or to be sent) as one task: ring entries, or one image in a segment of its own."""
-
-    entries: list
-    first: int
-    end: int  # the ring position after its last image (0 for a segment of its own)
-    block: Segment | None = None
-    here: bool = False  # encoded by a thread of this process (a big image), not by a worker process
-    layout: Layout | None = None  # the one layout of images placed one after another: sent as a stack
-    done: bool = False
-
-
-class Stream:
+class Stream(StreamTasks):
     """Saves images one at a time as a loop produces them; made by ``Writer.stream``.
 
     ``write(image)`` checks one image, copies it into this stream's shared-memory
@@ -84,6 +73,7 @@ class Stream:
         threads_from: int | None,
         tiny_on_threads: float = 0,
         writer: object = None,
+        options: dict | None = None,
     ) -> None:
         self._writer = writer  # a stream keeps its Writer (its workers and threads) alive until it is gone
         self._request = request
@@ -98,8 +88,10 @@ class Stream:
         self._tally = Tally(request, progress)
         self._lock = threading.Lock()  # write() takes it directly: Condition.__enter__ is a Python call
         self._cond = threading.Condition(self._lock)
-        self._state = _OPEN
-        self._checks = ImageChecks(request.encoding)
+        self._state = OPEN
+        self._checks = ImageChecks(request.encoding) if request.encoding.extension else NoTemplate()
+        self._names = StreamNames(request, options or {"rgb": request.encoding.rgb})
+        self._tally.path_of = self._path_of  # the paths of named images are in their batches
         self._bytes = memoryview(ring.block.array((ring.size,), np.uint8))  # write() copies into it
         self._next = request.start
         self._end = request.start + request.count if request.count else None  # from total=
@@ -107,9 +99,12 @@ class Stream:
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
         self._pending_first = self._pending_end = self._pending_bytes = 0
         self._pending_layout: Layout | None = None  # while the pending images form one strided stack
-        self._ready: collections.deque[_Batch] = collections.deque()  # sealed, not sent yet
-        self._in_flight: dict[int, tuple[Task, _Batch]] = {}  # task id -> the task and its batch
-        self._in_ring: collections.deque[_Batch] = collections.deque()  # sent ring batches, in ring order
+        # once a pending image has its own path: (path, format number, key in _busy or None) of each
+        self._pending_names: list[tuple] | None = None
+        self._busy = self._names.busy  # paths of named images accepted and not yet written
+        self._ready: collections.deque[Batch] = collections.deque()  # sealed, not sent yet
+        self._in_flight: dict[int, tuple[Task, Batch]] = {}  # task id -> the task and its batch
+        self._in_ring: collections.deque[Batch] = collections.deque()  # sent ring batches, in ring order
         self._own_segment_busy = False  # an image bigger than the ring is in a segment of its own
         self._moving = False  # from the private ring to a shared one (``_move_to_a_shared_ring``)
         self._report: Report | None = None
@@ -125,19 +120,38 @@ class Stream:
         """The Report once the stream is closed; None before."""
         return self._report
 
-    def write(self, image: np.ndarray) -> None:
+    def write(
+        self,
+        image: np.ndarray,
+        path: str | os.PathLike[str] | None = None,
+        params: Sequence[int] | Mapping[int | str, int] | None = None,
+    ) -> None:
         """Copy ``image`` (a 2-D or 3-D array) to be saved as the next index, and return.
 
+        ``path``: this image's own path instead of the template's (the stream's options that
+        its format takes apply; a relative path follows the caller's folder now); ``params``:
+        with ``path``, this image's OpenCV flags instead of the stream's options, as
+        ``cv2.imwrite``'s third argument. An image on the path of one not written yet waits for it.
         Bad input raises InvalidRequest before anything of it is copied; the
         stream stays usable. With ``errors="raise"``, an image that failed
         earlier raises here (``WriteFailed``, ``WorkerDied`` or ``WorkerFailed``
         with the stream's ``report``), and the stream is then closed.
         """
-        if self._state is not _OPEN:
+        if self._state is not OPEN:
             self._raise_for_state()
         index = self._next
         tiny_here = start_processes = False
-        layout = self._checks.check(image, index)
+        if path is None:
+            if params is not None:
+                raise InvalidRequest(f"image {index}: params= goes with path= (the stream's options apply otherwise)")
+            layout = self._checks.check(image, index)
+            name = key = None
+            number = 0
+        else:
+            name, key, number, checks = self._names.resolve(path, params, index)
+            layout = checks.check(image, index)
+            if key in self._busy:
+                self._wait_for_path(key)
         if self._end is not None and index >= self._end:
             raise InvalidRequest(
                 f"image {index} is one more than the total={self._request.count} announced "
@@ -145,7 +159,7 @@ class Stream:
             )
         size = aligned(layout.nbytes)
         if size > self._ring.size:
-            self._write_own_segment(image, layout, index)
+            self._write_own_segment(image, layout, index, None if name is None else (name, number, key))
             return
         with self._lock:
             place = self._ring.reserve(size)
@@ -165,13 +179,22 @@ class Stream:
             if here:
                 if self._pending:
                     self._seal()
-                self._ready.append(_Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True))
+                batch = Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True)
+                if name is not None:
+                    batch.names = [(name, number, key)]
+                    self._busy.add(key)
+                self._ready.append(batch)
             else:
                 if not self._pending:
                     self._pending_first, self._pending_layout = index, layout
                 elif self._pending_layout is not layout or offset != self._pending[0][0] + len(self._pending) * size:
                     self._pending_layout = None  # not one strided stack (another shape, or the ring wrapped)
                 self._pending.append((offset, layout.shape, layout.dtype_str))
+                if name is not None and self._pending_names is not None:
+                    self._pending_names.append((name, number, key))
+                    self._busy.add(key)
+                elif name is not None or self._pending_names is not None:
+                    self._name_pending(index, name, number, key)
                 self._pending_end = end
                 self._pending_bytes += size
                 if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
@@ -211,18 +234,18 @@ class Stream:
         """
         if self._report is not None:
             return self._report
-        if self._state is _CLOSED:  # inherited from the parent process by fork
+        if self._state is CLOSED:  # inherited from the parent process by fork
             return Report(0, 0, 0.0, engine="process", workers=0)
         with self._cond:
-            if self._state is _OPEN:
-                self._state = _CLOSING
+            if self._state is OPEN:
+                self._state = CLOSING
             if self._pending:
                 self._seal()
         self._hub.poke(always=True)
         self._hub.send_here(self)  # a batch of tiny images for the threads may wait for a free one
         try:
             with self._cond:
-                while self._in_flight or (self._ready and self._state is not _STOPPED):
+                while self._in_flight or (self._ready and self._state is not STOPPED):
                     self._cond.wait()
         except BaseException:
             self._abort()
@@ -255,28 +278,64 @@ class Stream:
             if self._ready and not self._ready[0].here:  # a task for threads: a thread that finishes sends it
                 self._hub.poke()
             self._cond.wait()
-            if self._state is not _OPEN:
+            if self._state is not OPEN:
                 return None
             place = self._ring.reserve(size)
             if place is not None:
                 return place
 
-    def _write_own_segment(self, image: np.ndarray, layout: Layout, index: int) -> None:
-        """An image bigger than the ring: its own segment, one such image at a time."""
+    def _name_pending(self, index: int, name: str | None, number: int, key: str | None) -> None:
+        """Record the path of a pending image (holding the lock); the first named image of a batch
+        gives the template's images before it their paths too."""
+        if self._pending_names is None:
+            path = self._request.path
+            self._pending_names = [(path(i), 0, None) for i in range(self._pending_first, index)]
+        if name is None:
+            name, number, key = self._request.path(index), 0, None
+        else:
+            self._busy.add(key)
+        self._pending_names.append((name, number, key))
+
+    def _wait_for_path(self, key: str) -> None:
+        """An image goes to the path of one not written yet: wait until that one is (the file then
+        holds the later image, as after two cv2.imwrite calls)."""
+        with self._cond:
+            while key in self._busy and self._state is OPEN:
+                if self._pending:
+                    self._seal()
+                self._hub.poke(always=True)
+                self._cond.wait(0.05)  # a thread's task may wait for this caller's send_here
+                if key in self._busy:
+                    self._cond.release()
+                    try:
+                        self._hub.send_here(self)
+                    finally:
+                        self._cond.acquire()
+            stopped = self._state is not OPEN
+        if stopped:
+            self._raise_for_state()
+
+    def _write_own_segment(self, image: np.ndarray, layout: Layout, index: int, named: tuple | None) -> None:
+        """An image bigger than the ring: its own segment, one such image at a time (``named``:
+        its path, format number and key, when it has its own)."""
         with self._cond:
             if self._pending:
                 self._seal()
             self._hub.poke()
-            while self._own_segment_busy and self._state is _OPEN:
+            while self._own_segment_busy and self._state is OPEN:
                 self._cond.wait()
-            if self._state is not _OPEN:
+            if self._state is not OPEN:
                 return self._raise_for_state()
             self._own_segment_busy = True
         here = self._runs_here(layout) or self._tiny_on_threads > 0
         block = self._store.lend_segment(layout.nbytes, shared=not here)
         block.array(layout.shape, layout.dtype)[...] = image
         with self._cond:
-            self._ready.append(_Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here))
+            batch = Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here)
+            if named is not None:
+                batch.names = [named]
+                self._busy.add(named[2])
+            self._ready.append(batch)
             self._next = index + 1
         if here:
             self._hub.send_here(self)
@@ -294,12 +353,12 @@ class Stream:
             with self._cond:
                 if self._pending:
                     self._seal(here=True)  # in the private ring: for the threads
-                moved = self._state is _OPEN and not (self._ready or self._in_flight)
+                moved = self._state is OPEN and not (self._ready or self._in_flight)
                 if moved:  # nothing reads the private ring now: the next image goes to the shared one
                     private, self._ring = self._ring, shared
                     self._bytes = memoryview(shared.block.array((shared.size,), np.uint8))
                     self._tiny_on_threads = 0
-                if moved or self._state is not _OPEN:
+                if moved or self._state is not OPEN:
                     break
                 unsent = bool(self._ready)
             if unsent:
@@ -317,29 +376,15 @@ class Stream:
         """Whether images of ``layout`` are encoded by this process's threads (else by the workers)."""
         return self._threads_from is not None and layout.nbytes >= self._threads_from
 
-    def _seal(self, here: bool | None = None) -> None:
-        """The pending batch is complete: queue it for the hub (holding the condition); ``here``:
-        for the threads (default: while tiny images go to them)."""
-        self._ready.append(
-            _Batch(
-                self._pending,
-                self._pending_first,
-                self._pending_end,
-                here=self._tiny_on_threads > 0 if here is None else here,
-                layout=self._pending_layout,
-            )
-        )
-        self._pending, self._pending_bytes = [], 0
-
     def _raise_for_state(self) -> None:
-        if self._state is _STOPPED and self._report is None:
+        if self._state is STOPPED and self._report is None:
             self.close()  # raises the failure that stopped the stream
         if self._broken is not None:
             description, cause = self._broken
             raise StreamClosed(
                 f"this stream stopped ({description}); its Report is in .report, open a new one with Writer.stream()"
             ) from cause
-        if self._state is _CLOSED and self._report is None:
+        if self._state is CLOSED and self._report is None:
             raise StreamClosed(
                 "this stream belongs to the process that opened it (this one is a fork of it); "
                 "open a new one here with Writer.stream()"
@@ -351,7 +396,7 @@ class Stream:
         with self._cond:
             if self._report is not None:
                 return
-            self._state = _STOPPED
+            self._state = STOPPED
             self._drop_unsent()
         try:
             with self._cond:
@@ -369,144 +414,10 @@ class Stream:
         self._tally.close()
         engine = "hybrid" if len(self._ran) == 2 else "thread" if True in self._ran else "process"
         report = self._tally.report(time.perf_counter() - self._began, engine, self._workers)
-        self._report, self._state = report, _CLOSED
+        self._report, self._state = report, CLOSED
         if raise_error:
             self._tally.raise_first_error(report)
         return report
-
-    # -- the hub's side (its thread) ------------------------------------------
-
-    @property
-    def has_ready(self) -> bool:
-        """Whether images wait to be sent (a hint: read without the lock)."""
-        return bool(self._ready or self._pending)
-
-    def take_task(self, ids, here_free: bool, workers_free: bool) -> tuple[Task, bool] | None:
-        """The next task and whether it runs here (``run_here`` on a thread), or None; ``ids``
-        numbers tasks across streams. None too while the next one's kind has no free encoder."""
-        with self._cond:
-            if self._state is _STOPPED or self._state is _CLOSED:
-                return None
-            if not self._ready and self._pending:
-                self._seal()
-            if not self._ready or not (here_free if self._ready[0].here else workers_free):
-                return None
-            batch = self._ready.popleft()
-            block = batch.block or self._ring.block
-            source = _source(block, batch)
-            task = Task(next(ids), source, 0, len(batch.entries), batch.first, self._job)
-            self._in_flight[task.id] = (task, batch)
-            if batch.block is None:
-                self._in_ring.append(batch)
-            self._ran.add(batch.here)
-            return task, batch.here
-
-    def run_here(self, task: Task) -> None:
-        """Encode and write a ``here`` task's images where ``write`` put them (on a thread of this process)."""
-        with self._cond:
-            taken = self._in_flight.get(task.id)
-        if taken is None:  # the hub failed meanwhile (``fail``) and counted it
-            return
-        try:
-            block = taken[1].block or self._ring.block
-            images = [block.array(shape, dtype, offset) for offset, shape, dtype in taken[1].entries]
-            outcome = write_images(images, task.first, self._job)
-        except Exception as error:  # noqa: BLE001 - counted as the task's failure, as a worker's would be
-            outcome = unexpected_in_task(task.first, error)
-        self.task_done(task, outcome)
-
-    def task_done(self, task: Task, outcome: Outcome) -> None:
-        with self._cond:
-            if task.id not in self._in_flight:  # a thread's answer after the hub failed (``fail``) counted it
-                return
-            self._answered(task)
-            if self._tally.add(outcome, task.end) is False:
-                self._stop()
-            self._cond.notify_all()
-
-    def task_died(self, task: Task, exitcode: int | None, pid: int) -> None:
-        with self._cond:
-            self._answered(task)
-            remove_partial_files(self._request, task, pid)
-            if self._tally.died(task, exitcode) is False:
-                self._stop()
-            self._cond.notify_all()
-
-    def task_partial(self, task: Task, outcome: Outcome) -> None:
-        """Images of a task in flight were finished (a task with a timeout tells as it goes)."""
-        with self._cond:
-            if task.id in self._in_flight and self._tally.add(outcome, task.end) is False:
-                self._stop()
-                self._cond.notify_all()
-
-    def task_timed_out(self, task: Task, first_unwritten: int, pid: int) -> None:
-        from .pool import after_exit  # loaded already: only worker processes time out
-
-        with self._cond:
-            self._answered(task)
-            after_exit(pid, functools.partial(remove_partial_files, self._request, task, pid))
-            if self._tally.timed_out(first_unwritten, task.end, pid) is False:
-                self._stop()
-            self._cond.notify_all()
-
-    def task_abandoned(self, task: Task, pid: int) -> None:
-        self.task_died(task, None, pid)
-
-    def fail(self, cause: BaseException) -> None:
-        """The hub stopped: nothing more will be sent or answered. The images in flight or not
-        sent yet count as failed; ``write`` raises from now on, whatever ``errors`` says."""
-        description = f"the stream dispatcher stopped: {type(cause).__name__}: {cause}"
-        with self._cond:
-            lost = [(task.first, task.end) for task, _ in self._in_flight.values()]
-            lost += [(batch.first, batch.first + len(batch.entries)) for batch in self._ready]
-            if self._pending:
-                lost.append((self._pending_first, self._pending_first + len(self._pending)))
-            for task, _ in list(self._in_flight.values()):
-                self._answered(task)
-            if lost:
-                error = WorkerFailed(min(lost)[0], max(end for _, end in lost), description)
-                error.__cause__ = cause
-                self._tally.lost(lost, error)
-            self._broken = (description, cause)
-            self._reusable_ring = False  # a thread may still read its task's images
-            self._stop()
-            self._cond.notify_all()
-
-    def _answered(self, task: Task) -> None:
-        batch = self._in_flight.pop(task.id)[1]
-        if batch.block is not None:
-            self._store.release_segment(batch.block)
-            self._own_segment_busy = False
-            return
-        batch.done = True
-        while self._in_ring and self._in_ring[0].done:
-            self._ring.free_to(self._in_ring.popleft().end)
-
-    def _stop(self) -> None:
-        """``errors="raise"`` and an image failed: send nothing more; ``write`` or ``close`` raises."""
-        if self._state is not _CLOSED:
-            self._state = _STOPPED
-        self._drop_unsent()
-
-    def _drop_unsent(self) -> None:
-        for batch in self._ready:
-            if batch.block is not None:
-                self._store.release_segment(batch.block)
-                self._own_segment_busy = False
-        self._ready.clear()
-        self._pending, self._pending_bytes = [], 0
-
-
-def _source(block, batch: _Batch) -> ListSource | StackSource:
-    """The source of a batch's task: images of one layout placed one after another as one strided
-    stack (a worker makes one view instead of one per image: ~0.6 us per tiny image), else a list."""
-    layout = batch.layout
-    if layout is None or len(batch.entries) < 2:
-        return ListSource(block.kind, block.locator, tuple(batch.entries))
-    offset = batch.entries[0][0]
-    strides = (aligned(layout.nbytes), *block.array(layout.shape, layout.dtype, offset).strides)
-    shape = (len(batch.entries), *layout.shape)
-    return StackSource(block.kind, block.locator, offset, shape, strides, layout.dtype_str)
 
 
 _streams: weakref.WeakSet[Stream] = weakref.WeakSet()
@@ -517,7 +428,7 @@ def _after_fork_in_child() -> None:
     for stream in list(_streams):
         stream._lock = threading.Lock()
         stream._cond = threading.Condition(stream._lock)
-        stream._state = _CLOSED
+        stream._state = CLOSED
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

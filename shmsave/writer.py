@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _engines
+from ._folders import prepare_folder
 from ._plan import ENGINES, THREADS_FROM_IMAGE_BYTES, Choice, Chunks, choose_engine, usable_cpus
 from ._processes import Processes
-from .errors import InvalidRequest, WriteFailed, WriterClosed, WriteTimedOut
+from .errors import InvalidRequest, ShmsaveError, WriteFailed, WriterClosed, WriteTimedOut
 from .report import Progress, Report, Tally, check_progress
-from .request import Request, make_request, make_stream_request, prepare_folder
+from .request import Request, make_request, make_stream_request
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -77,6 +78,8 @@ class Writer:
         self._submitter: Threads | None = None
         self._closed = False
         self._small_calls = 0  # calls too small to start the workers for
+        self._imwriting: Stream | None = None  # the stream imwrite() adds to, until flush()
+        self._imwrite_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._processes.close)
         _writers.add(self)
 
@@ -85,7 +88,7 @@ class Writer:
     def save(
         self,
         images: np.ndarray | Sequence[np.ndarray],
-        template: str | os.PathLike[str],
+        template: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         quality: int | None = None,
         compression: int | None = None,
@@ -98,12 +101,14 @@ class Writer:
         fields: Mapping[str, Any] | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        shard_size: int | None = None,
     ) -> Report:
         """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``.
 
         ``progress``: True for a tqdm bar, or a callable ``progress(n)`` told
         each time ``n`` more images are finished (written, skipped or failed).
-        ``fields``: values of further ``{name}`` fields of the template.
+        ``fields``: values of further ``{name}`` fields of the template (one for all, or a list of one
+        per image); ``template`` may be a list of paths, one per image; ``shard_size``: images per ``{shard}``.
         ``durable=True``: every file and new folder is synced to stable storage before the call returns.
         ``timeout``: seconds a worker process may make no progress before it is killed (WriteTimedOut).
         """
@@ -121,13 +126,14 @@ class Writer:
             fields=fields,
             durable=durable,
             timeout=timeout,
+            shard_size=shard_size,
         )
         return self._run(request, progress)
 
     def submit(
         self,
         images: np.ndarray | Sequence[np.ndarray],
-        template: str | os.PathLike[str],
+        template: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         quality: int | None = None,
         compression: int | None = None,
@@ -140,6 +146,7 @@ class Writer:
         fields: Mapping[str, Any] | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        shard_size: int | None = None,
         copy: bool = True,
     ) -> concurrent.futures.Future[Report]:
         """Like ``save`` but return at once with a Future of the Report.
@@ -168,6 +175,7 @@ class Writer:
             fields=fields,
             durable=durable,
             timeout=timeout,
+            shard_size=shard_size,
         )
         if copy:
             request = self._snapshot(request)
@@ -180,7 +188,7 @@ class Writer:
 
     def stream(
         self,
-        template: str | os.PathLike[str],
+        template: str | os.PathLike[str] | None,
         *,
         quality: int | None = None,
         compression: int | None = None,
@@ -195,6 +203,7 @@ class Writer:
         buffer_bytes: int | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        shard_size: int | None = None,
     ) -> Stream:
         """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
 
@@ -219,6 +228,7 @@ class Writer:
             fields=fields,
             durable=durable,
             timeout=timeout,
+            shard_size=shard_size,
         )
         self._check_timeout(request)
         from ._ring import ring_bytes
@@ -242,7 +252,8 @@ class Writer:
             if request.timeout is not None:  # only processes can be stopped: every image goes to them
                 threads_from, tiny = None, 0
             ring = rings.lend_ring(nbytes, shared=not tiny)  # while only threads read it: private memory
-            stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from, tiny, self)
+            options = dict(quality=quality, compression=compression, params=params, rgb=rgb)
+            stream = Stream(request, ring, rings, hub, progress, self.workers, threads_from, tiny, self, options)
             hub.open(stream, self._thread_pool(), processes=not tiny)
         return stream
 
@@ -290,6 +301,35 @@ class Writer:
             timeout=timeout,
         )
 
+    def imwrite(self, path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] | None = None) -> bool:
+        """``cv2.imwrite(path, image, params)`` that copies the pixels and returns at once (True).
+
+        The file is written by the Writer's workers, byte-identical to what ``cv2.imwrite`` writes
+        and only once complete; the extension picks the format, ``params`` are OpenCV's flags
+        (``[cv2.IMWRITE_JPEG_QUALITY, 90]``); a relative path follows the caller's folder now, and
+        missing folders are created. Bad input raises InvalidRequest here. Memory is bounded: while
+        the buffer (a stream's ring) is full, this waits for the workers. A failed image raises
+        (``WriteFailed`` naming its path, ``WorkerDied``, ...) from a later ``imwrite`` (that call's
+        image is then not taken) or from ``flush()`` or ``close()``. A second image on the path of
+        one not yet written waits for it, so the file holds the last, as with ``cv2.imwrite``.
+        Returns True, as ``cv2.imwrite`` does, so a loop that checks its result works unchanged.
+        """
+        with self._imwrite_lock:
+            stream = self._imwriting
+            if stream is None or stream._report is not None:  # a stream stopped by a failure raises it first
+                stream = self._imwriting = self.stream(None)
+            stream.write(image, path, params)
+        return True
+
+    def flush(self) -> Report:
+        """Wait for every image given to ``imwrite`` since the last flush and return their Report;
+        the first failure raises (with the Report attached), as ``save`` does."""
+        with self._imwrite_lock:
+            stream, self._imwriting = self._imwriting, None
+        if stream is None:
+            return Report(0, 0, 0.0, engine="inline", workers=0)
+        return stream.close()
+
     def start(self) -> Writer:
         """Start the worker processes now and wait until they are ready (~0.2 s).
 
@@ -314,9 +354,15 @@ class Writer:
         return self._processes.stager().empty(shape, dtype)
 
     def close(self) -> None:
-        """Finish submitted saves and open streams (their errors stay in their reports), stop the
-        workers and free the shared memory; safe to call twice."""
+        """Finish ``imwrite`` images, submitted saves and open streams (their errors stay in their
+        reports), stop the workers and free the shared memory; safe to call twice. A failed
+        ``imwrite`` image raises here, once everything is closed."""
+        failure = None
         try:
+            try:
+                self.flush()
+            except ShmsaveError as error:
+                failure = error
             self._processes.close_streams()
             if self._submitter is not None:
                 self._submitter.shutdown(wait=True)  # outside the lock: each pending save needs it
@@ -326,11 +372,18 @@ class Writer:
                     self._threads.shutdown(wait=True)
         finally:
             self._finalizer()  # interrupted (Ctrl-C) or not, the workers stop and the memory goes
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> Writer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
+        if kind is not None:  # as a stream's: the loop's error propagates, not an imwrite failure
+            with self._imwrite_lock:
+                stream, self._imwriting = self._imwriting, None
+            if stream is not None:
+                stream.__exit__(kind, error, traceback)  # Ctrl-C: drop what was not sent
         self.close()
 
     @property
@@ -454,6 +507,8 @@ class Writer:
         self._threads = self._submitter = None
         self._processes.drop_inherited()
         self._small_calls = 0
+        self._imwriting = None
+        self._imwrite_lock = threading.Lock()
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()

@@ -316,7 +316,7 @@ USAGE_ERRORS = [
     (["good.npy", "--start", "-1"], "--start must be 0 or more"),
     (["good.npy", "--errors", "ignore"], "invalid choice: 'ignore'"),
     (["good.npy", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-    (["good.npy", "NO -o"], "the following arguments are required: -o/--output"),
+    (["good.npy", "NO -o"], "say where the images go: -o TEMPLATE, or --names FILE"),
 ]
 
 

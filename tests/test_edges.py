@@ -320,15 +320,19 @@ def test_resume_writes_again_a_file_that_a_killed_loop_left_truncated(extension,
     assert (tmp_path / f"2{extension}").stat().st_mtime_ns == kept
 
 
-def test_a_field_of_one_value_per_image_is_refused(tmp_path):
-    """Until names may differ per image, a list would be formatted whole into one folder name."""
+def test_a_field_is_one_value_for_all_images_or_one_per_image(tmp_path):
+    """A list is never formatted whole into one folder name: of the images' length it is one value per
+    image (issue 20), of another length, or unordered, it is refused."""
     images = np.zeros((12, 8, 8), np.uint8)
-    for value in (["a"] * 12, ("a", "b"), np.array(["a"] * 12)):
-        with pytest.raises(shmsave.InvalidRequest, match="fields\\['split'\\].*one value for every image"):
+    for value in (["a"] * 11, ("a", "b"), np.array(["a"] * 13), {"a", "b"}):
+        with pytest.raises(shmsave.InvalidRequest, match="fields\\['split'\\]"):
             shmsave.save(images, str(tmp_path / "{split}" / "{index}.png"), fields={"split": value})
     assert not os.listdir(tmp_path)
     assert shmsave.save(images, str(tmp_path / "{split}" / "{index}.png"), fields={"split": np.str_("a")})
     assert len(os.listdir(tmp_path / "a")) == 12
+    split = np.array(["train", "test"])[np.arange(12) % 2]
+    assert shmsave.save(images, str(tmp_path / "{split}" / "{index}.png"), fields={"split": split}).count == 12
+    assert sorted(os.listdir(tmp_path / "train")) == sorted(f"{i}.png" for i in range(0, 12, 2))
 
 
 @pytest.mark.parametrize("scale", [1.0, 255.0])

@@ -151,6 +151,48 @@ def test_progress_counts_every_frame_and_resume_skips_the_written_ones(small_avi
         assert (tmp_path / "out" / f"{i:03d}.png").read_bytes() == encoded(frame, ".png"), f"frame {i}"
 
 
+def _timestamps(path: Path) -> list[float]:
+    """Each frame's CAP_PROP_POS_MSEC, as the plain loop reads it after each read."""
+    capture, stamps = cv2.VideoCapture(str(path)), []
+    while capture.read()[0]:
+        stamps.append(capture.get(cv2.CAP_PROP_POS_MSEC))
+    capture.release()
+    return stamps
+
+
+def test_frames_named_by_their_timestamps_resume_and_are_the_loops_bytes(small_avi, tmp_path):
+    frames, stamps = decoded(small_avi), _timestamps(small_avi)
+    template = tmp_path / "out" / "{stem}_{msec:06.0f}.jpg"
+    with shmsave.Writer(workers=2) as writer:
+        report = writer.save_frames(small_avi, template, quality=90, step=2)
+        assert report.count == 20 and not report.failed
+        names = {f"small_{stamps[i]:06.0f}.jpg": i for i in range(0, 40, 2)}
+        assert sorted(os.listdir(tmp_path / "out")) == sorted(names)
+        for name, i in names.items():
+            expected = encoded(frames[i], ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))
+            assert (tmp_path / "out" / name).read_bytes() == expected, f"frame {i}"
+        os.unlink(tmp_path / "out" / f"small_{stamps[6]:06.0f}.jpg")
+        again = writer.save_frames(small_avi, template, quality=90, step=2, overwrite=False)
+    assert (again.count, again.skipped) == (1, 19)
+
+
+def test_a_timestamp_template_is_checked_whole_and_refused_for_a_tiff(small_avi, tmp_path):
+    pages = [np.zeros((8, 8), np.uint8)] * 3
+    assert cv2.imwritemulti(str(tmp_path / "scan.tif"), pages)
+    with pytest.raises(shmsave.InvalidRequest, match=re.escape("a TIFF: its pages have none")):
+        shmsave.save_frames(tmp_path / "scan.tif", tmp_path / "out" / "{msec}.png")
+    with pytest.raises(shmsave.InvalidRequest, match="unknown"):
+        shmsave.save_frames(small_avi, tmp_path / "out" / "{msec}_{nothing}.png")
+    command = shmsave_cli(tmp_path / "scan.tif", "-o", tmp_path / "out" / "{msec}.png")
+    assert command.returncode == 2 and "pages have none" in command.stderr
+    assert not (tmp_path / "out").exists()
+    named = shmsave_cli(small_avi, "-o", tmp_path / "cli" / "{msec:.0f}.png", "--step", "10")
+    assert named.returncode == 0, named.stderr
+    assert sorted(os.listdir(tmp_path / "cli")) == sorted(
+        f"{_timestamps(small_avi)[i]:.0f}.png" for i in (0, 10, 20, 30)
+    )
+
+
 def test_bad_ranges_and_sources_are_refused_before_anything_is_written(small_avi, tmp_path):
     out = tmp_path / "out"
     (tmp_path / "notes.txt").write_text("hello\nworld\n" * 50)

@@ -48,7 +48,7 @@ import psutil
 import pytest
 
 import shmsave
-from shmsave import InvalidRequest, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, streaming
+from shmsave import InvalidRequest, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, _stream_tasks, streaming
 
 from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
 
@@ -299,13 +299,13 @@ def test_save_while_a_stream_is_open_uses_threads(writer, tmp_path):
 def encoded_here(monkeypatch):
     """The indices of the images this process encodes (the rest go to the worker processes)."""
     indices: list[int] = []
-    write_images = streaming.write_images
+    write_images = _stream_tasks.write_images
 
     def spy(images, first_index, job):
         indices.extend(range(first_index, first_index + len(images)))
         return write_images(images, first_index, job)
 
-    monkeypatch.setattr(streaming, "write_images", spy)
+    monkeypatch.setattr(_stream_tasks, "write_images", spy)
     return indices
 
 

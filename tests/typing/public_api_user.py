@@ -46,8 +46,16 @@ def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
     with shmsave.Writer() as writer, writer.stream(str(folder / "d{index}.png"), compression=1) as depth:
         opened: shmsave.Stream = depth
         opened.write(frames[0])
+        opened.write(frames[1], path=folder / "own.png", params=[1, 2])
         finished: shmsave.Report = opened.close()
         reports.append(finished)
+        accepted: bool = writer.imwrite(folder / "w.jpg", frames[0], [1, 90])
+        assert accepted
+        reports.append(writer.flush())
+    reports.append(shmsave.save(frames, [folder / f"l{i}.png" for i in range(len(frames))]))
+    reports.append(shmsave.save(frames, str(folder / "{shard}/{name}.png"), fields={"name": ["a"] * len(frames)}))
+    assert shmsave.imwrite(str(folder / "i.png"), frames[0])
+    reports.append(shmsave.flush())
     assert streamed is not None
     try:
         reports.append(shmsave.save_frames(folder / "clip.mp4", folder / "f{index:06d}.jpg", step=10, workers=2))

@@ -1,0 +1,215 @@
+"""Your own names (issue 20): per-image paths against templates, and ``Writer.imwrite`` against the loops
+a user would write with ``cv2.imwrite``.
+
+    python -m benchmarks.names              # 10,000 tiny, 200 x 1080p; 3 repetitions -> results/names.md
+    python -m benchmarks.names --quick      # 2,000 tiny, 40 x 1080p -> results/names-quick.md
+    python -m benchmarks.names --repeat 5
+
+Two races, each interleaved in a fresh random order per repetition, medians, on a private tmpfs
+(the disk when none can be mounted), with a started Writer (an untimed run of every method first):
+
+1. ``save`` of a 10,000-image stack of tiny images (50x50 gray -> .jpg q95): a list of 10,000 paths
+   against the same call with a ``{index:06d}`` template (goal: the list >= 0.95x the template).
+2. A loop that makes one image per turn and names it from a list of paths (tiny: 10,000 x 50x50;
+   video: 200 x 1080p from one reused buffer, both -> .jpg q95):
+
+       loop              cv2.imwrite(paths[i], image, params)
+       executor          ThreadPoolExecutor(cores).submit(cv2.imwrite, paths[i], image.copy(), params)
+       queue + threads   a bounded queue (4 x cores) feeding one cv2.imwrite thread per core
+       shmsave stream    Writer.stream(template).write(image): the same work, named by a template
+       shmsave imwrite   Writer.imwrite(paths[i], image, params), then Writer.flush()
+
+   Goals: imwrite >= 0.95x the stream, and at least as fast as the best of the other three.
+   The caller's CPU time per ``imwrite`` of a 50x50 image (``time.thread_time`` around the loop of
+   tiny images, the only work in it) has the goal <= 4 us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import random
+import shutil
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.streaming import Workload, _workloads
+from benchmarks.targets import disk_target, tmpfs_target
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_LIST_OVER_TEMPLATE = 0.95
+GOAL_IMWRITE_OVER_STREAM = 0.95
+GOAL_IMWRITE_US = 4.0
+PEERS = ("loop", "executor", "queue + threads")
+STREAM, IMWRITE = "shmsave stream", "shmsave imwrite"
+
+
+def _loop_methods(writer, cores: int, cpu_us: dict):
+    def loop(w: Workload, paths: list[str], template: str):
+        for path, image in zip(paths, w.images()):
+            cv2.imwrite(path, image, w.params)
+
+    def executor(w: Workload, paths: list[str], template: str):
+        with ThreadPoolExecutor(cores) as pool:
+            futures = [pool.submit(cv2.imwrite, path, image.copy(), w.params) for path, image in zip(paths, w.images())]
+            wait(futures)
+
+    def queue_threads(w: Workload, paths: list[str], template: str):
+        jobs: queue.Queue = queue.Queue(maxsize=4 * cores)
+
+        def drain():
+            while (job := jobs.get()) is not None:
+                cv2.imwrite(job[0], job[1], w.params)
+
+        threads = [threading.Thread(target=drain) for _ in range(cores)]
+        for thread in threads:
+            thread.start()
+        for path, image in zip(paths, w.images()):
+            jobs.put((path, image.copy()))
+        for _ in threads:
+            jobs.put(None)
+        for thread in threads:
+            thread.join()
+
+    def stream(w: Workload, paths: list[str], template: str):
+        with writer.stream(template, quality=w.params[1]) as s:
+            for image in w.images():
+                s.write(image)
+
+    def imwrite(w: Workload, paths: list[str], template: str):
+        params = w.params
+        cpu = time.thread_time()
+        for path, image in zip(paths, w.images()):
+            writer.imwrite(path, image, params)
+        cpu_us.setdefault(w.name, []).append((time.thread_time() - cpu) / w.count * 1e6)
+        writer.flush()
+
+    return {"loop": loop, "executor": executor, "queue + threads": queue_threads, STREAM: stream, IMWRITE: imwrite}
+
+
+def _fresh(root: Path, ext: str, count: int) -> tuple[list[str], str]:
+    folder = root / "run"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    template = str(folder / f"{{index:06d}}{ext}")
+    return [template.format(index=i) for i in range(count)], template
+
+
+def _race(methods: dict, workload: Workload, root: Path, repeat: int) -> dict[str, list[float]]:
+    timings: dict[str, list[float]] = {name: [] for name in methods}
+    for rep in range(repeat):
+        order = list(methods)
+        random.shuffle(order)
+        for name in order:
+            paths, template = _fresh(root, workload.ext, workload.count)
+            began = time.perf_counter()
+            methods[name](workload, paths, template)
+            timings[name].append(time.perf_counter() - began)
+            assert len(list(Path(template).parent.iterdir())) == workload.count, name
+            print(f"{workload.name} rep {rep + 1} {name}: {timings[name][-1]:.3f} s", file=sys.stderr)
+    return timings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workloads")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    import shmsave
+
+    cores = machine.usable_cores()
+    print("generating workloads ...", file=sys.stderr)
+    workloads = [w for w in _workloads(args.quick) if w.name in ("tiny", "video")]
+    tiny = workloads[0]
+    stack = np.stack(list(tiny.images()))
+    cpu_us: dict[str, list[float]] = {}
+    with tmpfs_target() as tmpfs, disk_target() as disk, shmsave.Writer() as writer:
+        target = tmpfs if not isinstance(tmpfs, str) else disk
+        writer.start()
+        saves = {
+            "template": lambda w, paths, template: writer.save(stack, template, quality=95),
+            "list of paths": lambda w, paths, template: writer.save(stack, paths, quality=95),
+        }
+        loops = _loop_methods(writer, cores, cpu_us)
+        for run in [*saves.values(), *loops.values()]:  # warm-up: imports, threads, the workers, the rings
+            run(tiny, *_fresh(target.root, tiny.ext, tiny.count))
+        cpu_us.clear()
+        save_results = _race(saves, tiny, target.root, args.repeat)
+        loop_results = {w.name: _race(loops, w, target.root, args.repeat) for w in workloads}
+        where = f"{target.name} ({target.filesystem})"
+    text = _markdown(args, cores, where, tiny, workloads, save_results, loop_results, cpu_us)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"names{'-quick' if args.quick else ''}.md").write_text(text)
+    return 0
+
+
+def _cell(values: list[float], base: float) -> str:
+    median = statistics.median(values)
+    return f"{median:.3f} s ({min(values):.3f}-{max(values):.3f}) **{base / median:.2f}x**"
+
+
+def _markdown(args, cores, where, tiny, workloads, save_results, loop_results, cpu_us) -> str:
+    lines = [
+        "# Your own names: per-image paths and Writer.imwrite against the loops a user would write",
+        "",
+        f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
+        f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
+        f"Medians of {args.repeat} interleaved repetitions (spread: min-max).",
+        "",
+        f"## save: {tiny.count:,} paths from a list against a template ({tiny.summary}, a warm Writer)",
+        "",
+        "| template | list of paths |",
+        "|---|---|",
+    ]
+    base = statistics.median(save_results["template"])
+    ratio = base / statistics.median(save_results["list of paths"])
+    lines += [
+        f"| {_cell(save_results['template'], base)} | {_cell(save_results['list of paths'], base)} |",
+        "",
+        f"The list is {ratio:.2f}x the template (goal {GOAL_LIST_OVER_TEMPLATE}x: "
+        f"{'met' if ratio >= GOAL_LIST_OVER_TEMPLATE else 'not met'}).",
+        "",
+        "## A loop naming each image from a list: speed-up over the cv2.imwrite loop",
+        "",
+    ]
+    names = list(next(iter(loop_results.values())))
+    lines += ["| workload | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    checks = []
+    for w in workloads:
+        results = loop_results[w.name]
+        medians = {name: statistics.median(values) for name, values in results.items()}
+        loop = medians["loop"]
+        lines.append(f"| {w.summary} | " + " | ".join(_cell(results[name], loop) for name in names) + " |")
+        over_stream = medians[STREAM] / medians[IMWRITE]
+        best = min(PEERS, key=medians.get)
+        checks.append(
+            f"| {w.name} | imwrite {over_stream:.2f}x the stream (goal {GOAL_IMWRITE_OVER_STREAM}x: "
+            f"{'met' if over_stream >= GOAL_IMWRITE_OVER_STREAM else 'not met'}); best of the others: {best} "
+            f"{loop / medians[best]:.2f}x the loop, imwrite {loop / medians[IMWRITE]:.2f}x: "
+            f"{'met' if medians[IMWRITE] <= medians[best] else 'not met'} |"
+        )
+    lines += ["", "| workload | goals |", "|---|---|", *checks]
+    runs = cpu_us.get("tiny", [])
+    if runs:
+        median = statistics.median(runs)
+        lines += [
+            "",
+            f"`imwrite` per 50x50 image: the caller's CPU time, median {median:.2f} us (runs: "
+            f"{', '.join(f'{us:.2f}' for us in runs)}; goal {GOAL_IMWRITE_US} us: "
+            f"{'met' if median <= GOAL_IMWRITE_US else 'not met'}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
