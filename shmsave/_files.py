@@ -26,6 +26,7 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import cv2
@@ -66,7 +67,8 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     durable = job.durable
     folders = _Folders(job.folder, job.cwd, durable)
     convert = _RGB_TO_BGR if job.rgb else {}
-    extension, params, overwrite, cast = job.extension, job.params, job.overwrite, job.cast
+    encode = _encoder(job)
+    overwrite, cast = job.overwrite, job.cast
     written = total = skipped = 0
     failures: list = []
     index = first_index
@@ -83,10 +85,7 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
                     image = image.astype(cast)
                 if convert and image.ndim == 3 and image.shape[2] in convert:
                     image = cv2.cvtColor(image, convert[image.shape[2]])
-                ok, data = cv2.imencode(extension, image, params)
-                if not ok:
-                    raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
-                total += _write_file(folder, name, data, durable)
+                total += _write_file(folder, name, encode(image), durable)
                 written += 1
             except (OSError, cv2.error, _EncodeFailed) as error:
                 path = job.template.format(index=index, **fields)
@@ -103,6 +102,24 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     finally:
         folders.close()
     return Outcome(written, total, skipped, failures)
+
+
+def _encoder(job: Job) -> Callable[[np.ndarray], np.ndarray]:
+    """What turns one (cast, BGR) image into its file's bytes, chosen once per task: ``cv2.imencode``,
+    or the fast encoder of ``job.encoder == "fast"`` (whose packages are imported only then)."""
+    if job.encoder == "fast":
+        from ._fast import encoder_for
+
+        return encoder_for(job.extension, job.params)
+    extension, params = job.extension, job.params
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        ok, data = cv2.imencode(extension, image, params)
+        if not ok:
+            raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
+        return data
+
+    return encode
 
 
 def unexpected_in_task(first_index: int, error: BaseException) -> Outcome:

@@ -30,6 +30,7 @@ class Job(NamedTuple):
     cast: str | None = None  # integer images whose values fit are cast to this dtype before encoding
     durable: bool = False  # fsync each file before it is named, and its folder after the task
     timeout: float | None = None  # a worker tells its progress every quarter of it; silent this long: killed
+    encoder: str = "opencv"  # what makes each file's bytes: "opencv" (cv2.imencode) or "fast" (_fast.py)
 
 
 class StackSource(NamedTuple):

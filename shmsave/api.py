@@ -47,6 +47,7 @@ def save(
     fields: Mapping[str, Any] | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    encoder: str = "opencv",
 ) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
@@ -89,6 +90,7 @@ def save(
         fields=fields,
         durable=durable,
         timeout=timeout,
+        encoder=encoder,
     )
 
 
@@ -108,6 +110,7 @@ def stream(
     buffer_bytes: int | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    encoder: str = "opencv",
 ) -> Stream:
     """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
 
@@ -140,6 +143,7 @@ def stream(
         buffer_bytes=buffer_bytes,
         durable=durable,
         timeout=timeout,
+        encoder=encoder,
     )
 
 

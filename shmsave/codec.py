@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _fast
 from ._opencv import import_cv2
 from .errors import InvalidRequest
 
@@ -158,6 +159,7 @@ class Encoding(NamedTuple):
     extension: str
     params: tuple[int, ...]
     rgb: bool
+    encoder: str = "opencv"  # what writes the files: "opencv" or "fast" (``_fast.py``), fallback resolved
 
 
 def plan_encoding(
@@ -167,14 +169,18 @@ def plan_encoding(
     compression: int | None = None,
     params=None,
     rgb: bool = False,
+    encoder: str = "opencv",
 ) -> Encoding:
     """Check the options for ``extension`` and return the OpenCV parameters.
 
     ``quality`` and ``compression`` map to the format's own flag; ``params``
     adds raw OpenCV flags, as a ``{flag: value}`` mapping or a flat
     ``[flag, value, ...]`` sequence, where a flag is an int or a name such as
-    ``"IMWRITE_PNG_STRATEGY"``.
+    ``"IMWRITE_PNG_STRATEGY"``. ``encoder="fast"``: a faster lossless encoder
+    where the format and options have one (``_fast.py``), else OpenCV.
     """
+    if encoder not in _fast.ENCODERS:
+        raise InvalidRequest(f"encoder must be 'opencv' or 'fast', got {encoder!r}")
     ext = extension.lower()
     fmt = format_for(ext)
     flat: list[int] = []
@@ -203,7 +209,9 @@ def plan_encoding(
         _check_raw_param(fmt, ext, code, value)
     _refuse_contradictions(fmt, flat, raw, quality=quality, compression=compression)
     flat += raw
-    return Encoding(ext, tuple(flat), bool(rgb))
+    if encoder == "fast":
+        encoder = _fast.plan(ext, dict(zip(flat[::2], flat[1::2])), raw, cv2)
+    return Encoding(ext, tuple(flat), bool(rgb), encoder)
 
 
 def _refuse_contradictions(fmt: Format, options: list[int], raw: list[int], **keywords) -> None:

@@ -52,6 +52,7 @@ class Request(NamedTuple):
             None if self.cast is None else self.cast.str,
             self.durable,
             self.timeout,
+            self.encoding.encoder,
         )
 
     def path(self, index: int) -> str:
@@ -77,6 +78,7 @@ def make_request(
     fields=None,
     durable=False,
     timeout=None,
+    encoder="opencv",
 ) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
     _check_errors_and_start(errors, start)
@@ -85,7 +87,9 @@ def make_request(
     stack, listed = _normalize(images)
     count = len(stack) if stack is not None else len(listed)
     parsed = parse_template(template, max(count, 1), int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    encoding = codec.plan_encoding(
+        parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb, encoder=encoder
+    )
     dtype = stack.dtype if stack is not None else (listed[0].dtype if listed else np.dtype(np.uint8))
     targets = codec.integer_targets(encoding, dtype)
     if stack is not None:
@@ -173,6 +177,7 @@ def make_stream_request(
     fields=None,
     durable=False,
     timeout=None,
+    encoder="opencv",
 ) -> Request:
     """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
     ``total`` or unknown); each image is checked as it comes (``check_image``)."""
@@ -183,7 +188,9 @@ def make_stream_request(
         raise InvalidRequest(f"total must be a positive integer (the number of images to come) or None, got {total!r}")
     count = int(total) if total is not None else _STREAM_COUNT_CHECKED
     parsed = parse_template(template, count, int(start), fields)
-    encoding = codec.plan_encoding(parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb)
+    encoding = codec.plan_encoding(
+        parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb, encoder=encoder
+    )
     return Request(
         None,
         None,

@@ -98,6 +98,7 @@ class Writer:
         fields: Mapping[str, Any] | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        encoder: str = "opencv",
     ) -> Report:
         """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``.
 
@@ -121,6 +122,7 @@ class Writer:
             fields=fields,
             durable=durable,
             timeout=timeout,
+            encoder=encoder,
         )
         return self._run(request, progress)
 
@@ -140,6 +142,7 @@ class Writer:
         fields: Mapping[str, Any] | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        encoder: str = "opencv",
         copy: bool = True,
     ) -> concurrent.futures.Future[Report]:
         """Like ``save`` but return at once with a Future of the Report.
@@ -168,6 +171,7 @@ class Writer:
             fields=fields,
             durable=durable,
             timeout=timeout,
+            encoder=encoder,
         )
         if copy:
             request = self._snapshot(request)
@@ -195,6 +199,7 @@ class Writer:
         buffer_bytes: int | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        encoder: str = "opencv",
     ) -> Stream:
         """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
 
@@ -219,6 +224,7 @@ class Writer:
             fields=fields,
             durable=durable,
             timeout=timeout,
+            encoder=encoder,
         )
         self._check_timeout(request)
         from ._ring import ring_bytes

@@ -1,0 +1,152 @@
+"""``encoder="fast"``: lossless encoders several times faster than OpenCV's, same pixels on decode.
+
+For a lossless format the pixels a reader gets back do not depend on which encoder wrote the file,
+so for these formats shmsave may write with a faster one (measured single-core on the development
+machine, ``python -m benchmarks.encoders``):
+
+- PNG (uint8, uint16; 1, 3, 4 channels): the "up" filter (one numpy subtraction) and ISA-L's
+  deflate at level 1 (``isal``), in a PNG written here; files about the size of OpenCV's. OpenCV
+  writes PNG through libpng + zlib (its default: level 1, the "sub" filter, RLE strategy).
+- lossless WebP (OpenCV's default for ``.webp``, or ``quality=101``): libwebp through
+  ``imagecodecs`` at method 0, where OpenCV's simple libwebp call has no speed setting. It keeps
+  the colour of fully transparent pixels (libwebp's ``exact``), which OpenCV's file loses.
+
+Every other format and lossy WebP fall back to OpenCV: the Request's Encoding says so, and the
+Report (``Report.encoder``). Rejected after measuring: fpng (10x OpenCV on RGB uint8 but it
+holds the GIL for the whole encode and takes no gray or 16-bit images), imagecodecs' libpng
+and libspng (no faster than OpenCV's libpng at the same settings), TIFF with zstd (OpenCV's
+libtiff cannot read it).
+
+Nothing here imports ``isal`` or ``imagecodecs`` until a task builds a fast encoder
+(``encoder_for``), so neither the parent's checks nor a worker's start-up load them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import InvalidRequest
+
+ENCODERS = ("opencv", "fast")
+_PACKAGES = ("isal", "imagecodecs")
+INSTALL = 'pip install "shmsave[fast]"'
+
+# OpenCV's IMWRITE_PNG_COMPRESSION (0-9) -> ISA-L level (0-3). None: level 1, whose PNG files
+# came out the size of OpenCV's default ones (dataset 1.00x, microscopy 0.99x the bytes).
+_PNG_LEVELS = (0, 1, 1, 1, 2, 2, 2, 3, 3, 3)
+_PNG_DEFAULT_LEVEL = 1
+_WEBP_LOSSLESS = 101  # OpenCV's WebP quality above 100 means lossless
+_WEBP_METHOD = 0  # libwebp's fastest lossless effort: 12-30x OpenCV's default, files ~1.1x its bytes
+
+
+def missing_packages() -> list[str]:
+    """The packages of the ``fast`` extra this environment lacks (found without importing them)."""
+    return [name for name in _PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def plan(extension: str, flags: dict[int, int], raw: list[int], cv2) -> str:
+    """The encoder that writes ``extension`` with these OpenCV ``flags`` when ``fast`` is asked:
+    ``"fast"`` or ``"opencv"`` (no faster lossless encoder for it). ``raw``: the caller's own
+    ``params``, which no fast encoder takes. InvalidRequest if the extra is missing."""
+    missing = missing_packages()
+    if missing:
+        raise InvalidRequest(
+            f"encoder='fast' needs the fast extra ({', '.join(missing)} not installed): {INSTALL}, "
+            "or use encoder='opencv'"
+        )
+    if not _covers(extension, flags, cv2):
+        return "opencv"
+    if raw:
+        raise InvalidRequest(
+            f"params are OpenCV's flags, and encoder='fast' writes {extension} without OpenCV: "
+            "drop params (PNG takes compression=0..9), or use encoder='opencv'"
+        )
+    return "fast"
+
+
+def _covers(extension: str, flags: dict[int, int], cv2) -> bool:
+    if extension == ".png":
+        return True
+    if extension == ".webp":
+        return flags.get(cv2.IMWRITE_WEBP_QUALITY, _WEBP_LOSSLESS) > 100
+    return False
+
+
+def encoder_for(extension: str, params: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """The fast encoder of a planned request: an OpenCV-ordered (BGR(A)) image in, the file's bytes
+    as a uint8 array out. Imports the extra's packages (a task that uses them pays it once)."""
+    import cv2
+
+    flags = dict(zip(params[::2], params[1::2]))
+    if extension == ".png":
+        compression = flags.get(cv2.IMWRITE_PNG_COMPRESSION)
+        level = _PNG_DEFAULT_LEVEL if compression is None else _PNG_LEVELS[compression]
+        return _png_encoder(level)
+    if extension == ".webp":
+        return _webp_encoder()
+    raise ValueError(f"no fast encoder for {extension}")  # plan() never chooses one
+
+
+# -- PNG ---------------------------------------------------------------------
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # gray, RGB, RGBA
+_IDAT_MAX = 1 << 30  # a chunk's length must stay below 2**31
+
+
+def _png_encoder(level: int) -> Callable[[np.ndarray], np.ndarray]:
+    import cv2
+    from isal import isal_zlib
+
+    to_rgb = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        """PNG of ``image``: each row "up"-filtered (type 2; the first row's "up" is the row
+        itself), deflated by ISA-L. Every step but the header releases the GIL."""
+        height, width = image.shape[:2]
+        channels = image.shape[2] if image.ndim == 3 else 1
+        if channels in to_rgb:
+            image = cv2.cvtColor(image, to_rgb[channels])
+        if image.dtype == np.uint16:
+            image = image.astype(">u2")  # PNG samples are big-endian
+        rows = np.ascontiguousarray(image).view(np.uint8).reshape(height, -1)
+        filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+        filtered[:, 0] = 2
+        filtered[0, 1:] = rows[0]
+        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+        data = isal_zlib.compress(filtered, level)
+        header = struct.pack(">IIBBBBB", width, height, image.dtype.itemsize * 8, _COLOR_TYPES[channels], 0, 0, 0)
+        parts = [_SIGNATURE, *_chunk(b"IHDR", header)]
+        for start in range(0, len(data), _IDAT_MAX):
+            parts += _chunk(b"IDAT", memoryview(data)[start : start + _IDAT_MAX])
+        parts += _chunk(b"IEND", b"")
+        return np.frombuffer(b"".join(parts), np.uint8)
+
+    return encode
+
+
+def _chunk(kind: bytes, data) -> list:
+    return [struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))]
+
+
+# -- WebP --------------------------------------------------------------------
+
+
+def _webp_encoder() -> Callable[[np.ndarray], np.ndarray]:
+    import cv2
+    import imagecodecs
+
+    # WebP holds no gray: OpenCV writes gray as BGR, and a reader gets 3 equal channels back.
+    to_rgb = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        channels = image.shape[2] if image.ndim == 3 else 1
+        rgb = cv2.cvtColor(image, to_rgb[channels])
+        return np.frombuffer(imagecodecs.webp_encode(rgb, 0, lossless=True, method=_WEBP_METHOD), np.uint8)
+
+    return encode
