@@ -7,6 +7,9 @@ machine, ``python -m benchmarks.encoders``):
 - PNG (uint8, uint16; 1, 3, 4 channels): the "up" filter (one numpy subtraction) and ISA-L's
   deflate at level 1 (``isal``), in a PNG written here; files about the size of OpenCV's. OpenCV
   writes PNG through libpng + zlib (its default: level 1, the "sub" filter, RLE strategy).
+- TIFF (every dtype shmsave writes as TIFF; 1, 3, 4 channels): one strip, deflated by ISA-L at
+  level 1 with the horizontal predictor for integers (OpenCV: LZW with it), uncompressed for
+  floats (as OpenCV), in a TIFF written here.
 - lossless WebP (OpenCV's default for ``.webp``, or ``quality=101``): libwebp through
   ``imagecodecs`` at method 0, where OpenCV's simple libwebp call has no speed setting. It keeps
   the colour of fully transparent pixels (libwebp's ``exact``), which OpenCV's file loses.
@@ -74,6 +77,8 @@ def _covers(extension: str, flags: dict[int, int], cv2) -> bool:
         return True
     if extension == ".webp":
         return flags.get(cv2.IMWRITE_WEBP_QUALITY, _WEBP_LOSSLESS) > 100
+    if extension in (".tif", ".tiff"):
+        return flags.get(cv2.IMWRITE_TIFF_COMPRESSION) in _TIFF_CODES
     return False
 
 
@@ -89,6 +94,8 @@ def encoder_for(extension: str, params: tuple[int, ...]) -> Callable[[np.ndarray
         return _png_encoder(level)
     if extension == ".webp":
         return _webp_encoder()
+    if extension in (".tif", ".tiff"):
+        return _tiff_encoder(_TIFF_CODES[flags.get(cv2.IMWRITE_TIFF_COMPRESSION)])
     raise ValueError(f"no fast encoder for {extension}")  # plan() never chooses one
 
 
@@ -132,6 +139,87 @@ def _png_encoder(level: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def _chunk(kind: bytes, data) -> list:
     return [struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))]
+
+
+# -- TIFF ---------------------------------------------------------------------
+
+# OpenCV's IMWRITE_TIFF_COMPRESSION -> what the fast TIFF does: None (OpenCV's default, LZW for
+# integers) -> deflate; 1 (none) -> none; 8 and 32946 (deflate) -> deflate. Other codes (LZW,
+# PackBits, ...) name an encoding the fast TIFF does not write: OpenCV writes them.
+_TIFF_NONE, _TIFF_DEFLATE = 1, 8
+_TIFF_CODES = {None: _TIFF_DEFLATE, 1: _TIFF_NONE, 8: _TIFF_DEFLATE, 32946: _TIFF_DEFLATE}
+_TIFF_LEVEL = 1
+_SAMPLE_FORMATS = {"u": 1, "i": 2, "f": 3}
+_SHORT, _LONG = 3, 4
+
+
+def _tiff_encoder(compression: int) -> Callable[[np.ndarray], np.ndarray]:
+    from isal import isal_zlib
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        """A little-endian TIFF of ``image`` in one strip; integers get the horizontal predictor
+        (each sample minus the one to its left, wrapping) before deflate, as OpenCV's LZW does."""
+        height, width = image.shape[:2]
+        channels = image.shape[2] if image.ndim == 3 else 1
+        if channels >= 3:  # TIFF holds RGB(A); readers (OpenCV too) give BGR(A) back
+            image = image[..., [2, 1, 0, 3][:channels]]
+        image = np.ascontiguousarray(image, image.dtype.newbyteorder("<")).reshape(height, width, channels)
+        sample_format, bits = _SAMPLE_FORMATS[image.dtype.kind], image.dtype.itemsize * 8
+        predictor = compression == _TIFF_DEFLATE and image.dtype.kind in "iu"
+        if predictor:
+            samples = image.view(f"<u{image.dtype.itemsize}")  # differences wrap as unsigned ones
+            image = np.empty_like(samples)
+            image[:, 0] = samples[:, 0]
+            np.subtract(samples[:, 1:], samples[:, :-1], out=image[:, 1:])
+        data = (
+            isal_zlib.compress(image, _TIFF_LEVEL) if compression == _TIFF_DEFLATE else image.reshape(-1).view(np.uint8)
+        )
+        header, tail = _tiff_header(len(data), width, height, channels, bits, sample_format, compression, predictor)
+        return np.frombuffer(b"".join([header, data, tail]), np.uint8)
+
+    return encode
+
+
+def _tiff_header(
+    size: int, width: int, height: int, channels: int, bits: int, sample_format: int, compression: int, predictor: bool
+) -> tuple[bytes, bytes]:
+    """The 8-byte TIFF header, and what follows ``size`` bytes of strip data at offset 8: the
+    arrays that do not fit an entry, then the one IFD (classic TIFF: a file below 4 GiB)."""
+    if size + 1024 >= 2**32:
+        raise ValueError("the fast TIFF encoder writes classic TIFF, below 4 GiB a file: use encoder='opencv'")
+    after = 8 + size + (size & 1)  # the IFD and its arrays start on a word boundary
+    arrays = b""
+    entries = []
+
+    def shorts(tag: int, values: list[int]) -> None:
+        nonlocal arrays
+        packed = struct.pack(f"<{len(values)}H", *values)
+        if len(packed) <= 4:
+            entries.append(struct.pack("<HHI", tag, _SHORT, len(values)) + packed.ljust(4, b"\0"))
+        else:
+            entries.append(struct.pack("<HHII", tag, _SHORT, len(values), after + len(arrays)))
+            arrays += packed
+
+    def long(tag: int, value: int) -> None:
+        entries.append(struct.pack("<HHII", tag, _LONG, 1, value))
+
+    long(256, width)
+    long(257, height)
+    shorts(258, [bits] * channels)
+    shorts(259, [compression])
+    shorts(262, [2 if channels >= 3 else 1])  # RGB, or min-is-black
+    long(273, 8)  # the strip's offset
+    shorts(277, [channels])
+    long(278, height)  # one strip
+    long(279, size)
+    shorts(284, [1])  # samples interleaved
+    if predictor:
+        shorts(317, [2])  # horizontal differencing
+    # No ExtraSamples for a fourth sample, as OpenCV writes it: marked as alpha, OpenCV's reader of
+    # 8-bit images would premultiply the colours by it.
+    shorts(339, [sample_format] * channels)
+    tail = [b"\0" * (size & 1), arrays, struct.pack("<H", len(entries)), *entries, struct.pack("<I", 0)]
+    return struct.pack("<2sHI", b"II", 42, after + len(arrays)), b"".join(tail)
 
 
 # -- WebP --------------------------------------------------------------------
