@@ -3,6 +3,7 @@
     python -m benchmarks.encoders                 # 3 repetitions, results/encoders.md
     python -m benchmarks.encoders --repeat 5
     python -m benchmarks.encoders --quick         # a tenth of the images, 1 repetition
+    python -m benchmarks.encoders --workers 1     # one core each: results/encoders-1-worker.md
 
     dataset     2,000 x 256x256x3 uint8 photos -> .png (OpenCV's default compression)
     microscopy  200 x 512x512 uint16 (12-bit) -> .png
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
         workers = writer.workers
     text = _render(args, repeat, stacks, times, sizes, workers, target.filesystem)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / ("encoders-quick.md" if args.quick else "encoders.md")).write_text(text)
+    name = "encoders" + ("-quick" if args.quick else "") + (f"-{args.workers}-worker" if args.workers else "")
+    (args.out / f"{name}.md").write_text(text)
     print(text)
     return 0
 
@@ -135,6 +137,7 @@ def main(argv=None) -> int:
 def _render(args, repeat, stacks, times, sizes, workers, filesystem) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m benchmarks.encoders" + (" --quick" if args.quick else "") + f" --repeat {repeat}"
+    command += f" --workers {args.workers}" if args.workers else ""
     lines = [
         "# encoder='fast' against OpenCV's encoders",
         "",

@@ -49,7 +49,14 @@ _WEBP_METHOD = 0  # libwebp's fastest lossless effort: 12-30x OpenCV's default, 
 
 def missing_packages() -> list[str]:
     """The packages of the ``fast`` extra this environment lacks (found without importing them)."""
-    return [name for name in _PACKAGES if importlib.util.find_spec(name) is None]
+    return [name for name in _PACKAGES if not _installed(name)]
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package that fails, a module without a spec
+        return False
 
 
 def plan(extension: str, flags: dict[int, int], raw: list[int], cv2) -> str:
@@ -67,7 +74,7 @@ def plan(extension: str, flags: dict[int, int], raw: list[int], cv2) -> str:
     if raw:
         raise InvalidRequest(
             f"params are OpenCV's flags, and encoder='fast' writes {extension} without OpenCV: "
-            "drop params (PNG takes compression=0..9), or use encoder='opencv'"
+            "drop params (quality= and compression= map to the fast encoder's settings), or use encoder='opencv'"
         )
     return "fast"
 

@@ -289,3 +289,17 @@ print(sorted(name for name in ("isal", "imagecodecs") if name in sys.modules))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@needs_fast
+def test_dask_save_takes_encoder_fast(tmp_path):
+    da = pytest.importorskip("dask.array", reason="the dask extra is not installed")
+    import shmsave.dask
+
+    images = _images("uint16", 0, count=6)
+    report = shmsave.dask.save(da.from_array(images, chunks=3), str(tmp_path / "{index}.png"), encoder="fast")
+    assert report.encoder == "fast" and report.count == len(images)
+    encode = encoder_for(".png", ())
+    for i, image in enumerate(images):
+        with open(tmp_path / f"{i}.png", "rb") as file:
+            assert file.read() == encode(image).tobytes()
