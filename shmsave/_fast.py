@@ -1,8 +1,8 @@
 """``encoder="fast"``: lossless encoders several times faster than OpenCV's, same pixels on decode.
 
 For a lossless format the pixels a reader gets back do not depend on which encoder wrote the file,
-so for these formats shmsave may write with a faster one (measured single-core on the development
-machine, ``python -m benchmarks.encoders``):
+so for these formats shmsave may write with a faster one (measured one core each on the
+development machine: ``python -m benchmarks.encoders --workers 1``):
 
 - PNG (uint8, uint16; 1, 3, 4 channels): the "up" filter (one numpy subtraction) and ISA-L's
   deflate at level 1 (``isal``), in a PNG written here; files about the size of OpenCV's. OpenCV
@@ -15,8 +15,8 @@ machine, ``python -m benchmarks.encoders``):
   the colour of fully transparent pixels (libwebp's ``exact``), which OpenCV's file loses.
 
 Every other format and lossy WebP fall back to OpenCV: the Request's Encoding says so, and the
-Report (``Report.encoder``). Rejected after measuring: fpng (10x OpenCV on RGB uint8 but it
-holds the GIL for the whole encode and takes no gray or 16-bit images), imagecodecs' libpng
+Report (``Report.encoder``). Rejected after measuring: fpng (several times faster still on RGB
+uint8, but it holds the GIL for the whole encode and takes no gray or 16-bit images), imagecodecs' libpng
 and libspng (no faster than OpenCV's libpng at the same settings), TIFF with zstd (OpenCV's
 libtiff cannot read it).
 
@@ -26,6 +26,7 @@ Nothing here imports ``isal`` or ``imagecodecs`` until a task builds a fast enco
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import struct
 import zlib
@@ -40,11 +41,14 @@ _PACKAGES = ("isal", "imagecodecs")
 INSTALL = 'pip install "shmsave[fast]"'
 
 # OpenCV's IMWRITE_PNG_COMPRESSION (0-9) -> ISA-L level (0-3). None: level 1, whose PNG files
-# came out the size of OpenCV's default ones (dataset 1.00x, microscopy 0.99x the bytes).
+# came out the size of OpenCV's default ones (dataset 1.00x, microscopy 0.99x the bytes, 3.2-3.9x
+# its speed per core: benchmarks/results/encoders-1-worker.md); level 0 made 1.6x the bytes.
 _PNG_LEVELS = (0, 1, 1, 1, 2, 2, 2, 3, 3, 3)
 _PNG_DEFAULT_LEVEL = 1
 _WEBP_LOSSLESS = 101  # OpenCV's WebP quality above 100 means lossless
-_WEBP_METHOD = 0  # libwebp's fastest lossless effort: 12-30x OpenCV's default, files ~1.1x its bytes
+# libwebp's fastest lossless effort: 32x OpenCV's default per core, files 1.11x its bytes
+# (benchmarks/results/encoders-1-worker.md); at method 0 the quality setting changed neither.
+_WEBP_METHOD = 0
 
 
 def missing_packages() -> list[str]:
@@ -155,7 +159,7 @@ def _chunk(kind: bytes, data) -> list:
 # PackBits, ...) name an encoding the fast TIFF does not write: OpenCV writes them.
 _TIFF_NONE, _TIFF_DEFLATE = 1, 8
 _TIFF_CODES = {None: _TIFF_DEFLATE, 1: _TIFF_NONE, 8: _TIFF_DEFLATE, 32946: _TIFF_DEFLATE}
-_TIFF_LEVEL = 1
+_TIFF_LEVEL = 1  # as PNG's default: 16-bit TIFF 2.5x OpenCV's speed per core, 0.85x its bytes
 _SAMPLE_FORMATS = {"u": 1, "i": 2, "f": 3}
 _SHORT, _LONG = 3, 4
 
@@ -193,7 +197,8 @@ def _tiff_header(
     """The 8-byte TIFF header, and what follows ``size`` bytes of strip data at offset 8: the
     arrays that do not fit an entry, then the one IFD (classic TIFF: a file below 4 GiB)."""
     if size + 1024 >= 2**32:
-        raise ValueError("the fast TIFF encoder writes classic TIFF, below 4 GiB a file: use encoder='opencv'")
+        # an OSError: one image fails (written as all others are), not the task
+        raise OSError(errno.EFBIG, "the fast TIFF encoder writes classic TIFF, below 4 GiB: use encoder='opencv'")
     after = 8 + size + (size & 1)  # the IFD and its arrays start on a word boundary
     arrays = b""
     entries = []

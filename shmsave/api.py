@@ -68,10 +68,13 @@ def save(
     ``timeout``: seconds a worker process may make no progress (a hung mount,
     a stuck encoder) before it is killed and replaced and the images it held
     fail with WriteTimedOut; such a call runs on the worker processes.
+    ``encoder="fast"`` (``pip install "shmsave[fast]"``): PNG, TIFF and lossless
+    WebP through faster lossless encoders, files that decode to the same
+    pixels (other formats: OpenCV; ``Report.encoder`` says which).
 
     Bad input raises InvalidRequest before anything is written. Each file is
-    byte-identical to what ``cv2.imwrite`` writes, and appears under its name
-    only once complete. Worker processes start on the first call that needs
+    byte-identical to what ``cv2.imwrite`` writes (``encoder="opencv"``, the
+    default), and appears under its name only once complete. Worker processes start on the first call that needs
     them and are reused by later calls (until exit); ``workers`` defaults to
     the CPUs this process may use.
     """

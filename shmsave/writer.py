@@ -324,7 +324,7 @@ class Writer:
                 raise WriterClosed()
             began = time.perf_counter()
             if request.count == 0:
-                return Report(0, 0, 0.0, engine="inline", workers=0)
+                return Report(0, 0, 0.0, engine="inline", workers=0, encoder=request.encoding.encoder)
             if request.timeout is not None:
                 self._processes.settle_streams()  # a stream just closed: its hub lets the workers go first
             streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads

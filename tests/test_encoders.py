@@ -303,3 +303,10 @@ def test_dask_save_takes_encoder_fast(tmp_path):
     for i, image in enumerate(images):
         with open(tmp_path / f"{i}.png", "rb") as file:
             assert file.read() == encode(image).tobytes()
+
+
+@needs_fast
+def test_an_empty_request_reports_the_encoder_it_would_have_used(tmp_path):
+    empty = np.zeros((0, 8, 8), np.uint8)
+    assert shmsave.save(empty, str(tmp_path / "{index}.png"), encoder="fast").encoder == "fast"
+    assert shmsave.save(empty, str(tmp_path / "{index}.jpg"), encoder="fast").encoder == "opencv"
