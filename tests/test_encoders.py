@@ -68,9 +68,19 @@ def _opencv_decode(image: np.ndarray, ext: str, options: dict) -> np.ndarray:
     return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
 
 
+def _decoded(image: np.ndarray, ext: str) -> np.ndarray:
+    """What a lossless file of ``image`` decodes to: the image (gray as 2-D), but WebP holds no gray
+    (3 equal channels come back, from OpenCV's file too)."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if ext == ".webp" and image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image
+
+
 @needs_fast
 @pytest.mark.parametrize(("ext", "options", "dtype", "channels"), _CLAIMED, ids=str)
-def test_fast_files_decode_to_the_pixels_of_opencvs(tmp_path, ext, options, dtype, channels):
+def test_fast_files_decode_to_the_input_pixels(tmp_path, ext, options, dtype, channels):
     images = _images(dtype, channels)
     with shmsave.Writer(workers=2, engine="thread") as writer:
         report = writer.save(images, str(tmp_path / f"{{index}}{ext}"), encoder="fast", **options)
@@ -80,13 +90,9 @@ def test_fast_files_decode_to_the_pixels_of_opencvs(tmp_path, ext, options, dtyp
         path = str(tmp_path / f"{i}{ext}")
         with open(path, "rb") as file:  # written by the fast encoder
             assert file.read() == encode(image).tobytes()
-        back, expected = _read(path), _opencv_decode(image, ext, options)
-        if ext == ".webp" and channels == 4:
-            expected = image  # OpenCV's WebP loses the colour under alpha 0 (see the next test); fast keeps it
+        back, expected = _read(path), _decoded(image, ext)
         assert back.dtype == expected.dtype and back.shape == expected.shape
-        assert np.array_equal(back, expected)
-        if expected.size == image.size:  # the format holds these channels: the input itself comes back
-            assert np.array_equal(back.reshape(image.shape), image)
+        assert np.array_equal(back, expected)  # OpenCV's own file does not always (4-channel WebP, see below)
 
 
 @needs_fast
