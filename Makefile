@@ -19,7 +19,7 @@ SUITE_ARGS ?= -m "not packaging"
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,bench,opencv,dev,dask]"
+	$(PY) -m pip install --quiet -e ".[test,bench,opencv,dev,dask,fast]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -26,6 +26,7 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import cv2
@@ -61,11 +62,11 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     # This loop is the hot path for tiny images: with a fixed folder, shmsave's
     # own work per image is ~0.4 us (no path arithmetic, a pre-parsed name).
     name_of = job_name_maker(job)
-    format_of = _format_maker(job)  # None unless the task's images go to several formats
     durable = job.durable
     folders = _Folders(job.folder, job.cwd, durable)
     convert = _RGB_TO_BGR if job.rgb else {}
-    extension, params, overwrite, cast = job.extension, job.params, job.overwrite, job.cast
+    encode_for = _encoders(job)  # one encoder per format of the task
+    overwrite, cast = job.overwrite, job.cast
     written = total = skipped = 0
     failures: list = []
     index = first_index
@@ -82,12 +83,7 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
                     image = image.astype(cast)
                 if convert and image.ndim == 3 and image.shape[2] in convert:
                     image = cv2.cvtColor(image, convert[image.shape[2]])
-                if format_of is not None:
-                    extension, params = format_of(index)
-                ok, data = cv2.imencode(extension, image, params)
-                if not ok:
-                    raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
-                total += _write_file(folder, name, data, durable)
+                total += _write_file(folder, name, encode_for(index)(image), durable)
                 written += 1
             except (OSError, cv2.error, _EncodeFailed) as error:
                 path = job_path(job, index)
@@ -106,13 +102,34 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     return Outcome(written, total, skipped, failures)
 
 
-def _format_maker(job: Job):
-    """``index -> (extension, params)`` for a job whose images go to several formats, else None."""
+def _encoders(job: Job) -> Callable[[int], Callable[[np.ndarray], np.ndarray]]:
+    """``index -> encode``: what turns image ``index`` (cast, BGR) into its file's bytes, made once
+    per task for each format of the job (one, or several: ``Job.names.formats``)."""
     names = job.names
     if names is None or not names.format_of:
-        return None
-    formats, format_of, first = names.formats, names.format_of, names.first
-    return lambda index: formats[format_of[index - first]]
+        one = _encoder(job.encoder, job.extension, job.params)
+        return lambda index: one
+    made = [_encoder(job.encoder, extension, params) for extension, params in names.formats]
+    format_of, first = names.format_of, names.first
+    return lambda index: made[format_of[index - first]]
+
+
+def _encoder(encoder: str, extension: str, params: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """``cv2.imencode``, or the fast encoder where ``encoder == "fast"`` and it covers this format
+    and these flags (its packages are imported only then)."""
+    if encoder == "fast":
+        from ._fast import covers, encoder_for
+
+        if covers(extension, params):
+            return encoder_for(extension, params)
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        ok, data = cv2.imencode(extension, image, params)
+        if not ok:
+            raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
+        return data
+
+    return encode
 
 
 def unexpected_in_task(first_index: int, error: BaseException) -> Outcome:

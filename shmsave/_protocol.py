@@ -31,6 +31,7 @@ class Job(NamedTuple):
     durable: bool = False  # fsync each file before it is named, and its folder after the task
     timeout: float | None = None  # a worker tells its progress every quarter of it; silent this long: killed
     names: Names | None = None  # per-image paths or formats, or the {shard} size; None: ``template`` names all
+    encoder: str = "opencv"  # what makes each file's bytes: "opencv" (cv2.imencode) or "fast" (_fast.py)
 
     def for_images(self, first: int, end: int) -> Job:
         """This job for images ``first:end`` only: a task carries the names of its own images."""

@@ -48,6 +48,7 @@ def save(
     durable: bool = False,
     timeout: float | None = None,
     shard_size: int | None = None,
+    encoder: str = "opencv",
 ) -> Report:
     """Write ``images[i]`` to ``template.format(index=start + i)`` for every i; return a Report.
 
@@ -71,10 +72,13 @@ def save(
     ``timeout``: seconds a worker process may make no progress (a hung mount,
     a stuck encoder) before it is killed and replaced and the images it held
     fail with WriteTimedOut; such a call runs on the worker processes.
+    ``encoder="fast"`` (``pip install "shmsave[fast]"``): PNG, TIFF and lossless
+    WebP through faster lossless encoders, files that decode to the same
+    pixels (other formats: OpenCV; ``Report.encoder`` says which).
 
     Bad input raises InvalidRequest before anything is written. Each file is
-    byte-identical to what ``cv2.imwrite`` writes, and appears under its name
-    only once complete. Worker processes start on the first call that needs
+    byte-identical to what ``cv2.imwrite`` writes (``encoder="opencv"``, the
+    default), and appears under its name only once complete. Worker processes start on the first call that needs
     them and are reused by later calls (until exit); ``workers`` defaults to
     the CPUs this process may use.
     """
@@ -94,6 +98,7 @@ def save(
         durable=durable,
         timeout=timeout,
         shard_size=shard_size,
+        encoder=encoder,
     )
 
 
@@ -114,6 +119,7 @@ def stream(
     durable: bool = False,
     timeout: float | None = None,
     shard_size: int | None = None,
+    encoder: str = "opencv",
 ) -> Stream:
     """A stream that saves images one at a time as a loop makes them, on the process-wide Writer.
 
@@ -147,6 +153,7 @@ def stream(
         durable=durable,
         timeout=timeout,
         shard_size=shard_size,
+        encoder=encoder,
     )
 
 
@@ -169,6 +176,8 @@ def save_frames(
     buffer_bytes: int | None = None,
     durable: bool = False,
     timeout: float | None = None,
+    shard_size: int | None = None,
+    encoder: str = "opencv",
 ) -> Report:
     """Save frames of a video file (anything OpenCV's ``VideoCapture`` opens), or pages of a
     multi-page TIFF, one file each; return the Report.
@@ -209,6 +218,8 @@ def save_frames(
         buffer_bytes=buffer_bytes,
         durable=durable,
         timeout=timeout,
+        shard_size=shard_size,
+        encoder=encoder,
     )
 
 

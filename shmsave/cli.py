@@ -164,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FLAG=VALUE",
         help="a raw OpenCV flag, e.g. IMWRITE_PNG_STRATEGY=1 (repeatable)",
     )
+    parser.add_argument(
+        "--encoder",
+        choices=("opencv", "fast"),
+        default="opencv",
+        help="opencv: files byte-identical to cv2.imwrite (default); fast: a faster lossless encoder where "
+        "the format has one (PNG, lossless WebP), the same pixels on decode. Needs pip install 'shmsave[fast]'",
+    )
     parser.add_argument("--rgb", action="store_true", help="the pixels are RGB(A), not OpenCV's BGR(A)")
     parser.add_argument(
         "--no-overwrite", action="store_true", help="leave existing files alone (resume an interrupted run)"
@@ -269,6 +276,7 @@ def _run(args) -> int:
         errors=args.errors,
         durable=args.durable,
         timeout=args.timeout,
+        encoder=args.encoder,
     )
     if args.shard_size is not None:
         if on_dask:
@@ -364,6 +372,7 @@ def _as_flags(message: str) -> str:
     message = re.sub(r"params=\{cv2\.(\w+): (\d+)\}", r"--param \1=\2", message)
     message = re.sub(r"\b(quality|compression)=", r"--\1 ", message)
     message = re.sub(r"\bshard_size=", "--shard-size ", message)
+    message = re.sub(r"\bencoder='(\w+)'", r"--encoder \1", message)
     return re.sub(r"(?<![-\w])(quality|compression)\b", r"--\1", message)
 
 

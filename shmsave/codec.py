@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _fast
 from ._opencv import import_cv2
 from .errors import InvalidRequest
 
@@ -158,6 +159,7 @@ class Encoding(NamedTuple):
     extension: str
     params: tuple[int, ...]
     rgb: bool
+    encoder: str = "opencv"  # what writes the files: "opencv" or "fast" (``_fast.py``), fallback resolved
 
 
 def plan_encoding(
@@ -167,14 +169,18 @@ def plan_encoding(
     compression: int | None = None,
     params=None,
     rgb: bool = False,
+    encoder: str = "opencv",
 ) -> Encoding:
     """Check the options for ``extension`` and return the OpenCV parameters.
 
     ``quality`` and ``compression`` map to the format's own flag; ``params``
     adds raw OpenCV flags, as a ``{flag: value}`` mapping or a flat
     ``[flag, value, ...]`` sequence, where a flag is an int or a name such as
-    ``"IMWRITE_PNG_STRATEGY"``.
+    ``"IMWRITE_PNG_STRATEGY"``. ``encoder="fast"``: a faster lossless encoder
+    where the format and options have one (``_fast.py``), else OpenCV.
     """
+    if encoder not in _fast.ENCODERS:
+        raise InvalidRequest(f"encoder must be 'opencv' or 'fast', got {encoder!r}")
     ext = extension.lower()
     fmt = format_for(ext)
     flat: list[int] = []
@@ -203,10 +209,14 @@ def plan_encoding(
         _check_raw_param(fmt, ext, code, value)
     _refuse_contradictions(fmt, flat, raw, quality=quality, compression=compression)
     flat += raw
-    return Encoding(ext, tuple(flat), bool(rgb))
+    if encoder == "fast":
+        encoder = _fast.plan(ext, dict(zip(flat[::2], flat[1::2])), raw, cv2)
+    return Encoding(ext, tuple(flat), bool(rgb), encoder)
 
 
-def plan_encodings(extensions, *, quality=None, compression=None, params=None, rgb: bool = False) -> dict:
+def plan_encodings(
+    extensions, *, quality=None, compression=None, params=None, rgb: bool = False, encoder: str = "opencv"
+) -> dict:
     """``{extension: Encoding}`` for the formats of one call (``extensions``, lower case, first first).
 
     One format: ``plan_encoding``. Several: each option goes to the formats that take it (``quality``
@@ -217,7 +227,9 @@ def plan_encodings(extensions, *, quality=None, compression=None, params=None, r
     extensions = list(extensions)
     if len(extensions) == 1:
         ext = extensions[0]
-        return {ext: plan_encoding(ext, quality=quality, compression=compression, params=params, rgb=rgb)}
+        return {
+            ext: plan_encoding(ext, quality=quality, compression=compression, params=params, rgb=rgb, encoder=encoder)
+        }
     formats = {ext: format_for(ext) for ext in extensions}
     if quality is not None and all(f.quality_flag is None for f in formats.values()):
         plan_encoding(extensions[0], quality=quality)  # raises, saying which formats take it
@@ -240,6 +252,7 @@ def plan_encodings(extensions, *, quality=None, compression=None, params=None, r
             compression=compression if fmt.compression_flag is not None else None,
             params=kept,
             rgb=rgb,
+            encoder=encoder,
         )
     return encodings
 

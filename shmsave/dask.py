@@ -72,6 +72,7 @@ def save(
     progress=False,
     durable: bool = False,
     timeout: float | None = None,
+    encoder: str = "opencv",
 ):
     """Write ``array[i]`` to ``template.format(index=start + i)`` on the Dask workers; return a Report.
 
@@ -110,6 +111,7 @@ def save(
         errors=errors,
         durable=durable,
         timeout=timeout,
+        encoder=encoder,
     )
     if not compute:
         if progress:
@@ -294,9 +296,11 @@ def _merge_parts(results: list, errors: str, seconds: float | None) -> Report:
     failed: list[Failure] = []
     sizes: dict[tuple, int] = {}
     began, ended = math.inf, -math.inf
+    encoders = set()
     for result in results:
         if isinstance(result, Block):
             report = result.report
+            encoders.add(report.encoder)
             count, nbytes, skipped = count + report.count, nbytes + report.bytes, skipped + report.skipped
             failed += report.failed
             sizes[result.process] = max(sizes.get(result.process, 0), report.workers)
@@ -313,8 +317,16 @@ def _merge_parts(results: list, errors: str, seconds: float | None) -> Report:
             ]
     if seconds is None:
         seconds = max(0.0, ended - began) if results else 0.0
+    encoder = encoders.pop() if len(encoders) == 1 else "opencv"  # every block plans the same request
     report = Report(
-        count, nbytes, seconds, tuple(sorted(failed, key=lambda f: f.index)), skipped, "dask", sum(sizes.values())
+        count,
+        nbytes,
+        seconds,
+        tuple(sorted(failed, key=lambda f: f.index)),
+        skipped,
+        "dask",
+        sum(sizes.values()),
+        encoder,
     )
     if errors == "raise" and report.failed:
         first = report.failed[0]

@@ -31,7 +31,8 @@ class Report:
     """The outcome of one save: images written, bytes, wall seconds, and failures.
 
     ``skipped`` counts existing files left alone (``overwrite=False``);
-    ``engine`` and ``workers`` say how the images were written.
+    ``engine`` and ``workers`` say how the images were written, ``encoder``
+    what made their bytes: ``"opencv"`` (``cv2.imencode``) or ``"fast"``.
     """
 
     count: int
@@ -41,6 +42,7 @@ class Report:
     skipped: int = 0
     engine: str = "inline"
     workers: int = 1
+    encoder: str = "opencv"
 
     @property
     def images_per_second(self) -> float:
@@ -54,7 +56,9 @@ class Report:
     def __str__(self) -> str:
         text = (
             f"{self.count} images, {self.bytes / 1e6:.1f} MB in {self.seconds:.2f} s "
-            f"({self.images_per_second:.0f} images/s, {self.engine} x{self.workers})"
+            f"({self.images_per_second:.0f} images/s, {self.engine} x{self.workers}"
+            + ("" if self.encoder == "opencv" else f", {self.encoder} encoder")
+            + ")"
         )
         if self.skipped:
             text += f", {self.skipped} skipped (already there)"
@@ -184,7 +188,9 @@ class Tally:
 
     def report(self, seconds: float, engine: str, workers: int) -> Report:
         failed = tuple(sorted(self.failed, key=lambda f: f.index))
-        return Report(self.count, self.bytes, seconds, failed, self.skipped, engine, workers)
+        return Report(
+            self.count, self.bytes, seconds, failed, self.skipped, engine, workers, self.request.encoding.encoder
+        )
 
     def raise_first_error(self, report: Report) -> None:
         """Under ``errors="raise"``, raise the first failure (by index) with ``report`` attached."""

@@ -54,6 +54,7 @@ class Request(NamedTuple):
             self.durable,
             self.timeout,
             self.template.names,
+            self.encoding.encoder,
         )
 
     def path(self, index: int) -> str:
@@ -80,6 +81,7 @@ def make_request(
     durable=False,
     timeout=None,
     shard_size=None,
+    encoder="opencv",
 ) -> Request:
     """Check every argument of ``save`` and return a Request, or raise InvalidRequest."""
     _check_errors_and_start(errors, start)
@@ -93,11 +95,15 @@ def make_request(
     extensions = [ext for ext, _ in names.formats] if names is not None and names.formats else [parsed.extension]
     if names is not None and names.paths:
         _check_formats(parsed, extensions)
-    encodings = codec.plan_encodings(extensions, quality=quality, compression=compression, params=params, rgb=rgb)
+    encodings = codec.plan_encodings(
+        extensions, quality=quality, compression=compression, params=params, rgb=rgb, encoder=encoder
+    )
     planned = list(encodings.values())
     encoding = planned[0]
     if len(planned) > 1:  # one call, several formats: each image is encoded with its own format's params
         parsed = parsed._replace(names=names._replace(formats=tuple((e.extension, e.params) for e in planned)))
+        if any(each.encoder == "fast" for each in planned):  # the workers pick the encoder per format
+            encoding = encoding._replace(encoder="fast")
     dtype = stack.dtype if stack is not None else (listed[0].dtype if listed else np.dtype(np.uint8))
     targets = _common_targets(planned, dtype)
     if stack is not None:
@@ -218,6 +224,7 @@ def make_stream_request(
     durable=False,
     timeout=None,
     shard_size=None,
+    encoder="opencv",
 ) -> Request:
     """Check the arguments of ``Writer.stream`` (those of ``save`` but the images, whose number is
     ``total`` or unknown); each image is checked as it comes (``_images.check_image``).
@@ -240,11 +247,16 @@ def make_stream_request(
     if template is None:
         if fields or shard_size is not None:
             raise InvalidRequest("fields and shard_size fill a path template; this stream has none (template=None)")
+        if encoder != "opencv":
+            raise InvalidRequest(
+                f"encoder={encoder!r} goes with a path template; images that bring their own paths "
+                "(write(image, path=...), imwrite) are encoded by OpenCV"
+            )
         parsed, encoding = Template("", (), "", None), codec.Encoding("", (), bool(rgb))
     else:
         parsed = parse_template(template, count, int(start), fields, shard_size)
         encoding = codec.plan_encoding(
-            parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb
+            parsed.extension, quality=quality, compression=compression, params=params, rgb=rgb, encoder=encoder
         )
     return Request(
         None,

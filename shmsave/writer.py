@@ -102,6 +102,7 @@ class Writer:
         durable: bool = False,
         timeout: float | None = None,
         shard_size: int | None = None,
+        encoder: str = "opencv",
     ) -> Report:
         """Write each image of ``images`` to ``template.format(index=start + i)``; see ``shmsave.save``.
 
@@ -127,6 +128,7 @@ class Writer:
             durable=durable,
             timeout=timeout,
             shard_size=shard_size,
+            encoder=encoder,
         )
         return self._run(request, progress)
 
@@ -147,6 +149,7 @@ class Writer:
         durable: bool = False,
         timeout: float | None = None,
         shard_size: int | None = None,
+        encoder: str = "opencv",
         copy: bool = True,
     ) -> concurrent.futures.Future[Report]:
         """Like ``save`` but return at once with a Future of the Report.
@@ -176,6 +179,7 @@ class Writer:
             durable=durable,
             timeout=timeout,
             shard_size=shard_size,
+            encoder=encoder,
         )
         if copy:
             request = self._snapshot(request)
@@ -204,6 +208,7 @@ class Writer:
         durable: bool = False,
         timeout: float | None = None,
         shard_size: int | None = None,
+        encoder: str = "opencv",
     ) -> Stream:
         """A ``Stream``: ``write`` images one at a time as a loop makes them; see ``shmsave.stream``.
 
@@ -229,6 +234,7 @@ class Writer:
             durable=durable,
             timeout=timeout,
             shard_size=shard_size,
+            encoder=encoder,
         )
         self._check_timeout(request)
         from ._ring import ring_bytes
@@ -276,6 +282,8 @@ class Writer:
         buffer_bytes: int | None = None,
         durable: bool = False,
         timeout: float | None = None,
+        shard_size: int | None = None,
+        encoder: str = "opencv",
     ) -> Report:
         """Save frames ``start:stop:step`` of a video file, or pages of a multi-page TIFF; see
         ``shmsave.save_frames``. Decoding runs in the calling thread, encoding on this Writer."""
@@ -299,6 +307,8 @@ class Writer:
             buffer_bytes=buffer_bytes,
             durable=durable,
             timeout=timeout,
+            shard_size=shard_size,
+            encoder=encoder,
         )
 
     def imwrite(self, path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] | None = None) -> bool:
@@ -415,7 +425,7 @@ class Writer:
                 raise WriterClosed()
             began = time.perf_counter()
             if request.count == 0:
-                return Report(0, 0, 0.0, engine="inline", workers=0)
+                return Report(0, 0, 0.0, engine="inline", workers=0, encoder=request.encoding.encoder)
             if request.timeout is not None:
                 self._processes.settle_streams()  # a stream just closed: its hub lets the workers go first
             streaming = self._processes.streaming()  # the hub owns the workers until its streams close: threads

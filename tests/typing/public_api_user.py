@@ -14,7 +14,9 @@ import shmsave
 
 def every_public_name(frames: np.ndarray, folder: Path) -> list[shmsave.Report]:
     reports: list[shmsave.Report] = []
-    reports.append(shmsave.save(frames, folder / "{index:06d}.jpg", quality=90, workers=2, start=10))
+    reports.append(shmsave.save(frames, folder / "{index:06d}.jpg", quality=90, workers=2, start=10, encoder="opencv"))
+    encoder: str = reports[-1].encoder
+    assert encoder == "opencv"
     reports.append(
         shmsave.save(
             [frames[0], frames[1]],
