@@ -16,6 +16,12 @@ One rule for every file, whatever its size:
 - ``durable``: a file's bytes (and mode) are synced before it gets its name, so
   no small file is created under its name first, and each folder written is
   synced once the task's files are in it (new folders: into their parents).
+
+A task encodes a group of images, then writes the group's new files with one
+call of the compiled helper ``_fastfiles`` where it was built (one release of
+the GIL for the group, where Python's own calls release it at every open,
+write and close); whatever that helper does not do (an existing name, no
+O_TMPFILE, an error to report) is written here, file by file, as above.
 """
 
 from __future__ import annotations
@@ -49,6 +55,24 @@ _NO_TMPFILE = {_errno.EOPNOTSUPP, _errno.EISDIR, _errno.EINVAL, _errno.ENOENT}
 _tmpfile_works = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 _RGB_TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
+# A group: encoded files written together (one GIL release with the compiled helper). Bounded
+# in images and in encoded bytes, so a group holds little memory whatever the images' size.
+GROUP_IMAGES = 32
+GROUP_BYTES = 1 << 20
+
+
+def _compiled_helper():
+    """``shmsave._fastfiles`` where it was built, and not turned off by ``SHMSAVE_PURE_PYTHON=1``."""
+    if os.environ.get("SHMSAVE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _fastfiles
+    except ImportError:
+        return None
+    return _fastfiles
+
+
+_fast = _compiled_helper()
 
 
 def write_images(images, first_index: int, job: Job, deadline: float | None = None) -> Outcome:
@@ -67,8 +91,8 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     folders = _Folders(job.folder, job.cwd, durable)
     convert = _RGB_TO_BGR if job.rgb else {}
     extension, params, overwrite, cast = job.extension, job.params, job.overwrite, job.cast
-    written = total = skipped = 0
-    failures: list = []
+    skipped = 0
+    group = _Group(job, fields, durable)
     index = first_index
     try:
         for index, image in enumerate(images, first_index):
@@ -86,23 +110,94 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
                 ok, data = cv2.imencode(extension, image, params)
                 if not ok:
                     raise _EncodeFailed(f"OpenCV could not encode this image as {extension}")
-                total += _write_file(folder, name, data, durable)
-                written += 1
             except (OSError, cv2.error, _EncodeFailed) as error:
-                path = job.template.format(index=index, **fields)
-                if isinstance(error, OSError):
-                    failures.append((index, path, describe_oserror(error), error.errno))
-                else:
-                    failures.append((index, path, str(error).strip(), None))
-                if job.stop_on_error:
+                if not group.write() or not group.failed(index, error):  # the images before it first
                     break
-        if durable and written:
+                continue
+            if not group.add(index, folder, name, data):
+                break
+        group.write()
+        if durable and group.written:
             folders.sync()
     except Exception as error:  # noqa: BLE001 - reported to the caller as WorkerFailed, never lost
-        return Outcome(written, total, skipped, failures, (index, _describe(error), error))
+        index = group.first_unwritten(index)
+        return Outcome(group.written, group.total, skipped, group.failures, (index, _describe(error), error))
     finally:
         folders.close()
-    return Outcome(written, total, skipped, failures)
+    return Outcome(group.written, group.total, skipped, group.failures)
+
+
+class _Group:
+    """The encoded files of a task not yet written, written together (``write``), in order.
+
+    ``add`` and ``write`` return False once the task must stop (``errors="raise"``
+    and a failure); ``written``, ``total`` and ``failures`` count the task so far.
+    """
+
+    def __init__(self, job: Job, fields: dict, durable: bool) -> None:
+        self.job, self.fields, self.durable = job, fields, durable
+        self.indexes: list[int] = []
+        self.folders: list[int] = []
+        self.names: list[str] = []
+        self.buffers: list[np.ndarray] = []
+        self.nbytes = 0
+        self.written = self.total = 0
+        self.failures: list = []
+
+    def add(self, index: int, folder: int, name: str, data: np.ndarray) -> bool:
+        self.indexes.append(index)
+        self.folders.append(folder)
+        self.names.append(name)
+        self.buffers.append(data)
+        self.nbytes += data.nbytes
+        if len(self.indexes) < GROUP_IMAGES and self.nbytes < GROUP_BYTES:
+            return True
+        return self.write()
+
+    def write(self) -> bool:
+        """Write the files held; False if one failed and the task stops there."""
+        done = 0
+        try:
+            while done < len(self.indexes):
+                if _fast is not None:  # as many as it can, with one release of the GIL
+                    count, _ = _fast.write_files(
+                        self.folders[done:] if done else self.folders,
+                        self.names[done:] if done else self.names,
+                        self.buffers[done:] if done else self.buffers,
+                        self.durable,
+                        _tmpfile_works,
+                        _PAGE,
+                    )
+                    self.written += count
+                    self.total += sum(buffer.nbytes for buffer in self.buffers[done : done + count])
+                    done += count
+                    if done == len(self.indexes):
+                        break
+                try:  # the next one by Python's rules: a name that exists, no O_TMPFILE, an error
+                    self.total += _write_file(self.folders[done], self.names[done], self.buffers[done], self.durable)
+                    self.written += 1
+                except OSError as error:
+                    if not self.failed(self.indexes[done], error):
+                        done = len(self.indexes)  # the rest is not written: the task stops
+                        return False
+                done += 1
+            return True
+        finally:
+            del self.indexes[:done], self.folders[:done], self.names[:done], self.buffers[:done]
+            self.nbytes = sum(buffer.nbytes for buffer in self.buffers)
+
+    def failed(self, index: int, error: Exception) -> bool:
+        """Count image ``index`` as failed with ``error``; False if the task stops there."""
+        path = self.job.template.format(index=index, **self.fields)
+        if isinstance(error, OSError):
+            self.failures.append((index, path, describe_oserror(error), error.errno))
+        else:
+            self.failures.append((index, path, str(error).strip(), None))
+        return not self.job.stop_on_error
+
+    def first_unwritten(self, index: int) -> int:
+        """The first image not written, ``index`` being the one being encoded."""
+        return self.indexes[0] if self.indexes else index
 
 
 def unexpected_in_task(first_index: int, error: BaseException) -> Outcome:
