@@ -77,7 +77,9 @@ def test_the_helper_stops_at_what_python_must_write(tmp_path):
         small, big = np.frombuffer(b"small", np.uint8), np.zeros(3 * mmap.PAGESIZE, np.uint8)
         (tmp_path / "c").write_bytes(b"old")
         names = ["a", "b", "c", "d"]
-        assert _files._fast.write_files([folder] * 4, names, [small, big, small, small], False, True, mmap.PAGESIZE) == (
+        assert _files._fast.write_files(
+            [folder] * 4, names, [small, big, small, small], False, True, mmap.PAGESIZE
+        ) == (
             2,
             errno.EEXIST,
         )
