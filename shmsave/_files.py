@@ -142,6 +142,7 @@ class _Group:
         self.folders: list[int] = []
         self.names: list[str] = []
         self.buffers: list[np.ndarray] = []
+        self.sizes: list[int] = []
         self.nbytes = 0
         self.written = self.total = 0
         self.failures: list = []
@@ -151,6 +152,7 @@ class _Group:
         self.folders.append(folder)
         self.names.append(name)
         self.buffers.append(data)
+        self.sizes.append(data.nbytes)
         self.nbytes += data.nbytes
         if len(self.indexes) < GROUP_IMAGES and self.nbytes < GROUP_BYTES:
             return True
@@ -171,7 +173,7 @@ class _Group:
                         _PAGE,
                     )
                     self.written += count
-                    self.total += sum(buffer.nbytes for buffer in self.buffers[done : done + count])
+                    self.total += sum(self.sizes[done : done + count])
                     done += count
                     if done == len(self.indexes):
                         break
@@ -185,8 +187,8 @@ class _Group:
                 done += 1
             return True
         finally:
-            del self.indexes[:done], self.folders[:done], self.names[:done], self.buffers[:done]
-            self.nbytes = sum(buffer.nbytes for buffer in self.buffers)
+            del self.indexes[:done], self.folders[:done], self.names[:done], self.buffers[:done], self.sizes[:done]
+            self.nbytes = sum(self.sizes)
 
     def failed(self, index: int, error: Exception) -> bool:
         """Count image ``index`` as failed with ``error``; False if the task stops there."""
