@@ -118,6 +118,10 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
                 if not group.write() or not group.failed(index, error):  # the images before it first
                     break
                 continue
+            except Exception:
+                if not group.write():  # the images before it are written, as one by one they were
+                    break  # one of them failed and stops the task there, before this image
+                raise
             if not group.add(index, folder, name, data):
                 break
         group.write()
