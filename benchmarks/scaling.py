@@ -183,6 +183,10 @@ def _markdown(models: dict[str, dict[str, float]], args: argparse.Namespace) -> 
         "path, w = a worker's CPU, s = the start of 2 workers. Threads top out at 1/g images/s,",
         "processes at 1/p.",
         "",
+        f"Load average of this machine at the end of the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        "(1, 5, 15 min). The model leaves out the wait for the GIL at each hand-off and what other",
+        "processes take: where the measured 2-worker point falls below the projection, those are why.",
+        "",
         "| workload | t µs | r µs | g µs | p µs | w µs | s (1, 2 workers) | threads ceiling 1/g "
         "| processes ceiling 1/p |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|",
