@@ -93,12 +93,12 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     folders = _Folders(job.folder, job.cwd, durable)
     convert = _RGB_TO_BGR if job.rgb else {}
     extension, params, overwrite, cast = job.extension, job.params, job.overwrite, job.cast
-    if cast is not None and isinstance(images, np.ndarray) and images.dtype != cast:
-        images = images.astype(cast)  # the task at once: numpy lets go of the GIL once, not per image
     skipped = 0
     group = _Group(job, fields, durable)
     index = first_index
     try:
+        if cast is not None and isinstance(images, np.ndarray) and images.dtype != cast:
+            images = images.astype(cast)  # the task at once: numpy lets go of the GIL once, not per image
         for index, image in enumerate(images, first_index):
             if deadline is not None and index > first_index and time.monotonic() > deadline:
                 break
