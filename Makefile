@@ -16,7 +16,7 @@ SUITE_ARGS ?= -m "not packaging"
 
 .PHONY: demo test lint bench bench-quick dist-check test-matrix test-oldest test-opencv4 clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py shmsave/_fastfiles.c  # an editable install builds the helper in place
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,bench,opencv,dev,dask,fast]"

@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scaling",
         type=_worker_list,
         metavar="N,N,...",
-        help="run the whole study once per worker count; also write scaling.md/png",
+        help="run the whole study once per worker count; also write scaling-measured.md/png",
     )
     parser.add_argument(
         "--repeat",
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_outputs(args: argparse.Namespace, study: Study, description: dict[str, str], notes: list[str]) -> None:
     """Print each table to stdout and write <name>.md/.json/.png (per worker count) and, with
-    --scaling, scaling.md/.png into args.out."""
+    --scaling, scaling-measured.md/.png into args.out (scaling.md/.png are the model's:
+    ``python -m benchmarks.scaling``)."""
     args.out.mkdir(parents=True, exist_ok=True)
     command = machine.command_line()
     rows_by_workers = {n: summarize(study, n) for n in args.worker_counts}
@@ -266,9 +267,9 @@ def _write_outputs(args: argparse.Namespace, study: Study, description: dict[str
         )
         table = report.scaling_table(rows_by_workers)
         print(f"\n## scaling\n\n{table}")
-        (args.out / "scaling.md").write_text(
+        (args.out / "scaling-measured.md").write_text(
             f"{head}\n## Scaling (median s and speed-up over the loop)\n\n{table}\n{report.LEGEND}"
         )
-        charts.scaling_chart(rows_by_workers, args.out / "scaling.png", "Speed-up over the loop vs workers")
-        written += [args.out / "scaling.md", args.out / "scaling.png"]
+        charts.scaling_chart(rows_by_workers, args.out / "scaling-measured.png", "Speed-up over the loop vs workers")
+        written += [args.out / "scaling-measured.md", args.out / "scaling-measured.png"]
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -24,8 +24,14 @@ timed inside it, imports of the method's modules included), per workload and tar
   run's own loop that the same row had in the committed baseline (``results/warm-baseline.csv``,
   taken from ``full.md`` before issue 12), on workloads of the same size; the loop of the same run
   is the yardstick, so a faster or slower host does not decide the verdict;
-- the command (``python -m benchmarks.command``): ``shmsave`` on a .npy at least as fast, as a whole
-  process, as an ``np.load(mmap_mode="r")`` + chunked ThreadPoolExecutor script.
+- the command (``python -m benchmarks.command``): ``shmsave`` on a .npy at least 0.95x as fast, as a
+  whole process, as an ``np.load(mmap_mode="r")`` + chunked ThreadPoolExecutor script, on every
+  single-stack workload (issue 21: the script reads its stack where it is mapped and has no
+  guarantee to keep; issue 12 asked for 1.0x).
+
+Issue 21 keeps these goals and makes them the question's: the one-shot save at least the fresh
+chunked ThreadPoolExecutor on question10000 (the question's own int64 arrays), tiny10000,
+tiny50000 and every big-image workload; at least 0.9x the fresh loop at 1,000 tiny images.
 
 Verdicts: "met"; "level" when a median loses but the two methods' interquartile ranges
 overlap (this run cannot tell them apart); "bound by files" when writing the already
@@ -210,6 +216,7 @@ OVER_THREADS_WORKLOADS = ("tiny10000", "question10000", "tiny50000", "video", "d
 WARM_METHODS = (WARM, "shmsave-zero-copy")
 COMMAND = "shmsave-command"
 MMAP_THREADS_SCRIPT = "mmap-threads-script"
+COMMAND_SHARE = 0.95  # of the mmap + threads script's speed (issue 21)
 
 
 @dataclass(frozen=True)
@@ -329,19 +336,20 @@ def check_warm_baseline(
 
 
 def check_command_goals(rows: list[Row]) -> list[Check]:
-    """The command against the np.load(mmap_mode="r") + chunked threads script, as whole processes."""
+    """The command against the np.load(mmap_mode="r") + chunked threads script, as whole processes:
+    at least ``COMMAND_SHARE`` of its speed."""
     checks = []
     for (workload, target), by_method in _timed(rows).items():
         command, script = by_method.get(COMMAND), by_method.get(MMAP_THREADS_SCRIPT)
         if command is not None and script is not None:
             checks.append(
                 Check(
-                    "command ≥ mmap+threads script",
+                    f"command ≥ {COMMAND_SHARE}× mmap+threads script",
                     workload,
                     target,
                     f"command {_ms(command.median)}, script {_ms(script.median)}: "
                     f"{times(script.median / command.median)}",
-                    _ratio_verdict(command, script, 1.0),
+                    _ratio_verdict(command, script, COMMAND_SHARE),
                 )
             )
     return checks

@@ -2,11 +2,12 @@
 
 Run the loop under py-spy, then summarize the samples taken inside ``write_images``:
 
-    py-spy record --native -r 1000 -f raw -o spy.txt -- python -m benchmarks.spy_tiny run FOLDER
+    py-spy record --native -r 1000 -f raw -o spy.txt -- python -m benchmarks.spy_tiny run FOLDER [THREADS]
     python -m benchmarks.spy_tiny summarize spy.txt
 
 ``run`` saves 2,000 images of 50x50x1 uint8 as JPEG q95, 40 times, into FOLDER
-(use a tmpfs to see the CPU cost rather than the disk's). ``summarize`` sorts
+(use a tmpfs to see the CPU cost rather than the disk's); with THREADS, on a
+Writer's THREADS threads (where the GIL is shared). ``summarize`` sorts
 the samples by their innermost frame: the encoder (cv2's symbols are
 stripped, so its frames are bare addresses), the three file syscalls, numpy's
 result array, and the rest, which is the interpreter running shmsave's loop.
@@ -28,23 +29,33 @@ _SYSCALLS = {
     "close": "close (kernel)",
     "__close": "close (kernel)",
     "__libc_close": "close (kernel)",
+    "create_small": "the compiled helper: create and write the group's files (kernel)",
+    "create_unnamed": "the compiled helper: create and write the group's files (kernel)",
+    "pthread_cond_timedwait": "waiting for the GIL",
+    "take_gil": "waiting for the GIL",
 }
 _NUMPY = {"PyArray_NewFromDescr_int", "array_dealloc", "_buffer_info_free", "PyDataMem_GetHandler"}
 
 
-def run(folder: str, rounds: int = 40, count: int = 2000) -> None:
+def run(folder: str, threads: int = 1, rounds: int = 40, count: int = 2000) -> None:
     import numpy as np
 
+    import shmsave
     from benchmarks.workloads import tiny
     from shmsave._files import write_images
     from shmsave.request import make_request
 
     images = tiny(np.random.default_rng(0), count)
-    job = make_request(images, os.path.join(folder, "{index:06d}.jpg"), quality=95).job()
-    for _ in range(rounds):
-        shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder)
-        write_images(images, 0, job)
+    template = os.path.join(folder, "{index:06d}.jpg")
+    job = make_request(images, template, quality=95).job()
+    with shmsave.Writer(threads, engine="thread") as writer:
+        for _ in range(rounds):
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+            if threads > 1:
+                writer.save(images, template, quality=95)
+            else:
+                write_images(images, 0, job)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -61,6 +72,8 @@ def summarize(path: str) -> dict[str, float]:
             leaf = frames[-1]
             if leaf in _SYSCALLS:
                 where = _SYSCALLS[leaf]
+            elif any(frame in _SYSCALLS for frame in inner):  # e.g. a wait below a call that let the GIL go
+                where = _SYSCALLS[next(frame for frame in reversed(inner) if frame in _SYSCALLS)]
             elif any(frame.startswith("0x") for frame in inner):
                 where = "cv2.imencode (encoder)"
             elif leaf in _NUMPY or leaf in ("malloc", "free"):
@@ -73,8 +86,8 @@ def summarize(path: str) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "run":
-        run(argv[1])
+    if len(argv) in (2, 3) and argv[0] == "run":
+        run(argv[1], int(argv[2]) if len(argv) == 3 else 1)
     elif len(argv) == 2 and argv[0] == "summarize":
         print("| where | share of samples |\n|---|---:|")
         for where, share in summarize(argv[1]).items():

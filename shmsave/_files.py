@@ -16,6 +16,12 @@ One rule for every file, whatever its size:
 - ``durable``: a file's bytes (and mode) are synced before it gets its name, so
   no small file is created under its name first, and each folder written is
   synced once the task's files are in it (new folders: into their parents).
+
+A task encodes a group of images, then writes the group's new files with one
+call of the compiled helper ``_fastfiles`` where it was built (one release of
+the GIL for the group, where Python's own calls release it at every open,
+write and close); whatever that helper does not do (an existing name, no
+O_TMPFILE, an error to report) is written here, file by file, as above.
 """
 
 from __future__ import annotations
@@ -49,6 +55,26 @@ _NO_TMPFILE = {_errno.EOPNOTSUPP, _errno.EISDIR, _errno.EINVAL, _errno.ENOENT}
 _tmpfile_works = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 _RGB_TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
+# A group: encoded files written together (one GIL release with the compiled helper). Bounded
+# in images and in encoded bytes, so a group holds little memory whatever the images' size.
+# CPU of 10,000 tiny JPEGs on 2 threads (median of 9, a loaded 2-core VM): groups of 1: 465 ms,
+# 8: 382, 32: 368, 128: 364; Python's calls alone: 393. Past 32 little is left to win.
+GROUP_IMAGES = 32
+GROUP_BYTES = 1 << 20
+
+
+def _compiled_helper():
+    """``shmsave._fastfiles`` where it was built, and not turned off by ``SHMSAVE_PURE_PYTHON=1``."""
+    if os.environ.get("SHMSAVE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _fastfiles
+    except ImportError:
+        return None
+    return _fastfiles
+
+
+_fast = _compiled_helper()
 
 
 def write_images(images, first_index: int, job: Job, deadline: float | None = None) -> Outcome:
@@ -67,10 +93,12 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     convert = _RGB_TO_BGR if job.rgb else {}
     encode_for = _encoders(job)  # one encoder per format of the task
     overwrite, cast = job.overwrite, job.cast
-    written = total = skipped = 0
-    failures: list = []
+    skipped = 0
+    group = _Group(job, durable)
     index = first_index
     try:
+        if cast is not None and isinstance(images, np.ndarray) and images.dtype != cast:
+            images = images.astype(cast)  # the task at once: numpy lets go of the GIL once, not per image
         for index, image in enumerate(images, first_index):
             if deadline is not None and index > first_index and time.monotonic() > deadline:
                 break
@@ -83,23 +111,101 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
                     image = image.astype(cast)
                 if convert and image.ndim == 3 and image.shape[2] in convert:
                     image = cv2.cvtColor(image, convert[image.shape[2]])
-                total += _write_file(folder, name, encode_for(index)(image), durable)
-                written += 1
+                data = encode_for(index)(image)
             except (OSError, cv2.error, _EncodeFailed) as error:
-                path = job_path(job, index)
-                if isinstance(error, OSError):
-                    failures.append((index, path, describe_oserror(error), error.errno))
-                else:
-                    failures.append((index, path, str(error).strip(), None))
-                if job.stop_on_error:
+                if not group.write() or not group.failed(index, error):  # the images before it first
                     break
-        if durable and written:
+                continue
+            except Exception:
+                if not group.write():  # the images before it are written, as one by one they were
+                    break  # one of them failed and stops the task there, before this image
+                raise
+            if not group.add(index, folder, name, data):
+                break
+        group.write()
+        if durable and group.written:
             folders.sync()
     except Exception as error:  # noqa: BLE001 - reported to the caller as WorkerFailed, never lost
-        return Outcome(written, total, skipped, failures, (index, _describe(error), error))
+        index = group.first_unwritten(index)
+        return Outcome(group.written, group.total, skipped, group.failures, (index, _describe(error), error))
     finally:
         folders.close()
-    return Outcome(written, total, skipped, failures)
+    return Outcome(group.written, group.total, skipped, group.failures)
+
+
+class _Group:
+    """The encoded files of a task not yet written, written together (``write``), in order.
+
+    ``add`` and ``write`` return False once the task must stop (``errors="raise"``
+    and a failure); ``written``, ``total`` and ``failures`` count the task so far.
+    """
+
+    def __init__(self, job: Job, durable: bool) -> None:
+        self.job, self.durable = job, durable
+        self.indexes: list[int] = []
+        self.folders: list[int] = []
+        self.names: list[str] = []
+        self.buffers: list[np.ndarray] = []
+        self.sizes: list[int] = []
+        self.nbytes = 0
+        self.written = self.total = 0
+        self.failures: list = []
+
+    def add(self, index: int, folder: int, name: str, data: np.ndarray) -> bool:
+        self.indexes.append(index)
+        self.folders.append(folder)
+        self.names.append(name)
+        self.buffers.append(data)
+        self.sizes.append(data.nbytes)
+        self.nbytes += data.nbytes
+        if len(self.indexes) < GROUP_IMAGES and self.nbytes < GROUP_BYTES:
+            return True
+        return self.write()
+
+    def write(self) -> bool:
+        """Write the files held; False if one failed and the task stops there."""
+        done = 0
+        try:
+            while done < len(self.indexes):
+                if _fast is not None:  # as many as it can, with one release of the GIL
+                    count, _ = _fast.write_files(
+                        self.folders[done:] if done else self.folders,
+                        self.names[done:] if done else self.names,
+                        self.buffers[done:] if done else self.buffers,
+                        self.durable,
+                        _tmpfile_works,
+                        _PAGE,
+                    )
+                    self.written += count
+                    self.total += sum(self.sizes[done : done + count])
+                    done += count
+                    if done == len(self.indexes):
+                        break
+                try:  # the next one by Python's rules: a name that exists, no O_TMPFILE, an error
+                    self.total += _write_file(self.folders[done], self.names[done], self.buffers[done], self.durable)
+                    self.written += 1
+                except OSError as error:
+                    if not self.failed(self.indexes[done], error):
+                        done = len(self.indexes)  # the rest is not written: the task stops
+                        return False
+                done += 1
+            return True
+        finally:
+            del self.indexes[:done], self.folders[:done], self.names[:done], self.buffers[:done], self.sizes[:done]
+            self.nbytes = sum(self.sizes)
+
+    def failed(self, index: int, error: Exception) -> bool:
+        """Count image ``index`` as failed with ``error``; False if the task stops there."""
+        path = job_path(self.job, index)
+        if isinstance(error, OSError):
+            self.failures.append((index, path, describe_oserror(error), error.errno))
+        else:
+            self.failures.append((index, path, str(error).strip(), None))
+        return not self.job.stop_on_error
+
+    def first_unwritten(self, index: int) -> int:
+        """The first image not written, ``index`` being the one being encoded."""
+        return self.indexes[0] if self.indexes else index
 
 
 def _encoders(job: Job) -> Callable[[int], Callable[[np.ndarray], np.ndarray]]:

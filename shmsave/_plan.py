@@ -32,6 +32,8 @@ _POOL_START_S = 0.4
 # processes: with four GIL hand-offs per image (encode, open, write, close),
 # two threads ran at 0.5-0.7x the loop on one host and swung between 0.8x and
 # 1.5x within minutes on another (10,000 images), where processes held 1.9x.
+# (Measured before the compiled helper made it one hand-off per image and one
+# per group of files: _files.py; the thresholds here are unchanged since.)
 THREADS_FROM_IMAGE_BYTES = 64 * 1024
 # Tiny images on threads: the GIL serializes shmsave's Python work per image (16 % of
 # it, benchmarks/results/profile_tiny.md) and the hand-offs around each encode and

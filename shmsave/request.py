@@ -181,6 +181,11 @@ def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encodi
     OpenCV would saturate such values silently; a cast of values that fit is exact, so the files
     are what ``cv2.imwrite(path, image.astype(target))`` writes.
     """
+    if isinstance(images, np.ndarray) and images.size:
+        fits = _unsigned_fit(images, targets)
+        if fits is not None:
+            codec.check_cast(encoding, fits)
+            return fits
     if isinstance(images, np.ndarray):
         axes = tuple(range(1, images.ndim))
         lows, highs = images.min(axis=axes), images.max(axis=axes)
@@ -202,6 +207,19 @@ def _integer_cast(images, dtype: np.dtype, targets: tuple[np.dtype, ...], encodi
         f"image {i} is {dtype.name} with values from {lo} to {hi}, which {fmt.name} "
         f"({encoding.extension}) cannot hold; {codec.dtype_advice(dtype.name, fmt)}"
     )
+
+
+def _unsigned_fit(stack: np.ndarray, targets: tuple[np.dtype, ...]) -> np.dtype | None:
+    """The first of ``targets`` that holds every value of ``stack`` when none is negative; else None.
+
+    One pass over the stack (the maximum of its bits read as unsigned: a negative value reads
+    as 2**63 or more, more than any target holds), where the exact check takes two, per image
+    (question10000's int64 stack, 200 MB: 19-23 ms against 40 ms for ``min`` and ``max``).
+    """
+    if stack.dtype.kind not in "iu":
+        return None
+    most = int(stack.view(stack.dtype.str.replace("i", "u")).max())  # the same byte order
+    return next((target for target in targets if most <= np.iinfo(target).max), None)
 
 
 # A stream's image count is unknown unless given: the check that no two images get one path

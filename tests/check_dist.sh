@@ -24,6 +24,19 @@ if missing or not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
     sys.exit(f"check_dist: {sys.argv[1]} lacks {missing or 'the LICENSE file'}")
 print(f"check_dist: {sys.argv[1]} holds shmsave/py.typed and LICENSE")
 PY
+# The compiled helper is optional (setup.py: optional=True): the sdist carries its source; a wheel
+# built where a C compiler is holds it, and is then specific to this Python and platform
+# (cpXY-cpXY-linux_*: PyPI takes such wheels only as manylinux, built by cibuildwheel/auditwheel).
+"$python" - "$wheel" "$sdist" <<'PY'
+import shutil, sys, tarfile, zipfile
+wheel, sdist = sys.argv[1], sys.argv[2]
+if not any(n.endswith("/shmsave/_fastfiles.c") for n in tarfile.open(sdist).getnames()):
+    sys.exit(f"check_dist: {sdist} lacks shmsave/_fastfiles.c")
+compiled = [n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("shmsave/_fastfiles.")]
+if shutil.which("cc") and not any(n.endswith(".so") for n in compiled):
+    sys.exit(f"check_dist: a C compiler is here but {wheel} lacks the compiled shmsave/_fastfiles")
+print(f"check_dist: the sdist holds _fastfiles.c; the wheel holds {compiled or 'no compiled helper (no compiler)'}")
+PY
 unpacked=$(mktemp -d)
 trap 'rm -rf "$unpacked"' EXIT
 tar -xzf "$sdist" -C "$unpacked"

@@ -91,10 +91,26 @@ def photos(rng):
 
 
 ENGINES = ["inline", "thread", "process", "hybrid"]
+# Who creates the files: the compiled helper (shmsave._fastfiles) where it is built, or Python.
+FILE_WRITERS = ["compiled", "python"]
+
+
+@pytest.fixture(params=FILE_WRITERS)
+def files_by(request, monkeypatch):
+    """Run the test with files written by the compiled helper, then by Python alone (this process
+    and the worker processes it starts: SHMSAVE_PURE_PYTHON=1)."""
+    from shmsave import _files
+
+    if request.param == "python":
+        monkeypatch.setattr(_files, "_fast", None)
+        monkeypatch.setenv("SHMSAVE_PURE_PYTHON", "1")
+    elif _files._fast is None:
+        pytest.skip("the compiled helper shmsave._fastfiles is not built here (no C compiler at install)")
+    return request.param
 
 
 @pytest.fixture(params=ENGINES)
-def writer(request):
+def writer(request, files_by):
     with shmsave.Writer(workers=2, engine=request.param) as w:
         yield w
 

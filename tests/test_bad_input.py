@@ -288,3 +288,26 @@ def test_a_good_request_after_bad_ones_works(tmp_path):
 
 def test_more_than_25_cases():
     assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize(
+    "dtype, low, high, ext, narrowest",
+    [
+        ("int64", 0, 255, ".jpg", "uint8"),
+        ("int64", 0, 256, ".png", "uint16"),
+        ("int16", 0, 255, ".png", "uint8"),
+        ("uint64", 0, 65535, ".png", "uint16"),
+        ("int8", -1, 5, ".tiff", "int8"),
+        ("int64", -300, 5, ".tiff", "int16"),
+        ("int64", 0, 2**31 - 1, ".tiff", "int32"),
+    ],
+)
+def test_integer_stacks_are_cast_to_the_narrowest_type_that_holds_them(dtype, low, high, ext, narrowest, tmp_path):
+    """The one-pass check of non-negative stacks and the exact check of the others choose alike."""
+    images = np.zeros((3, 4, 5), dtype)
+    images[1, 0, 0], images[2, 3, 4] = low, high
+    with shmsave.Writer(2, engine="thread") as writer:
+        writer.save(images, str(tmp_path / "{index}" / f"a{ext}"))
+    for index, image in enumerate(images):
+        cv2.imwrite(str(tmp_path / f"{index}{ext}"), image.astype(narrowest))
+        assert (tmp_path / str(index) / f"a{ext}").read_bytes() == (tmp_path / f"{index}{ext}").read_bytes()

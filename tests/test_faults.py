@@ -241,7 +241,7 @@ def test_worker_killed_mid_batch(sig, errors, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_batch_of_small_files(tmp_path):
+def test_worker_killed_mid_batch_of_small_files(tmp_path, files_by):
     """Small files are created under their final name; a worker killed between open() and
     write() leaves an empty file there, which the parent must remove. A kill lands in that
     window about one time in five, so the test kills five times."""
@@ -448,7 +448,7 @@ def test_ctrl_c_mid_batch(engine, files, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_ctrl_c_mid_batch_of_small_files(engine, tmp_path):
+def test_ctrl_c_mid_batch_of_small_files(engine, tmp_path, files_by):
     """Small files are opened under their final name: an interrupt between open() and write()
     must not leave an empty file. Three Ctrl-Cs, as each lands in that window only sometimes."""
     for round in range(3):
@@ -501,7 +501,7 @@ def write_path(request, monkeypatch):
 
 
 @pytest.mark.parametrize("write_path", WRITE_PATHS, indirect=True)
-def test_disk_full(write_path, tmp_path):
+def test_disk_full(write_path, tmp_path, files_by):
     stack = _frames(12)  # ~0.6 MB per PNG: about three fit in 2 MB
     with _tmpfs(tmp_path / "small", "size=2m") as small, shmsave.Writer(2, engine=write_path) as writer:
         template = str(small / "{index}.png")
@@ -533,7 +533,7 @@ def test_disk_full(write_path, tmp_path):
 
 
 @pytest.mark.parametrize("write_path", WRITE_PATHS, indirect=True)
-def test_out_of_inodes(write_path, tmp_path):
+def test_out_of_inodes(write_path, tmp_path, files_by):
     """The disk has bytes left but no inode: creating the file fails, with ENOSPC named."""
     stack = _frames(8)
     with _tmpfs(tmp_path / "few", "size=8m", "nr_inodes=4") as few, shmsave.Writer(2, engine=write_path) as writer:
@@ -547,7 +547,7 @@ def test_out_of_inodes(write_path, tmp_path):
 
 
 @pytest.mark.parametrize("folder_part", ["{index}.png", "{index}/image.png"], ids=["fixed-folder", "index-folder"])
-def test_read_only_folder(folder_part, tmp_path):
+def test_read_only_folder(folder_part, tmp_path, files_by):
     with _tmpfs(tmp_path / "ro", "size=1m", "ro") as ro, shmsave.Writer(2, engine="process") as writer:
         template = str(ro / folder_part)
         with pytest.raises(shmsave.WriteFailed) as info:
@@ -561,7 +561,7 @@ def test_read_only_folder(folder_part, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_target_is_a_folder(engine, tmp_path):
+def test_target_is_a_folder(engine, tmp_path, files_by):
     stack = _frames(8)
     (tmp_path / "out" / "3.png").mkdir(parents=True)
     template = str(tmp_path / "out" / "{index}.png")

@@ -312,7 +312,7 @@ def test_unwritable_folder_fails_before_any_image(where, how, user, place):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", ["read-only-file", "read-only-subfolder"])
-def test_one_forbidden_target_fails_alone(case, engine, user, place):
+def test_one_forbidden_target_fails_alone(case, engine, user, place, files_by):
     out = _folder(place / "out", user)
     if case == "read-only-file":  # the user's own earlier result, write-protected (chmod a-w 1.png)
         kept = _file(out / "1.png", user, b"keep me", 0o444)
@@ -335,7 +335,7 @@ def test_one_forbidden_target_fails_alone(case, engine, user, place):
 
 
 @pytest.mark.parametrize("through", ["O_TMPFILE", "temporary file"])
-def test_a_big_image_does_not_replace_a_read_only_file(through, user, place):
+def test_a_big_image_does_not_replace_a_read_only_file(through, user, place, files_by):
     """Files over a page are linked or renamed into place, which ignores the old file's mode;
     a read-only file must still be refused, as open() refuses it for a small one."""
     assert all(cv2.imencode(".png", image)[1].nbytes > mmap.PAGESIZE for image in _noisy(3))

@@ -206,7 +206,7 @@ def test_relative_paths_follow_the_callers_folder(engine, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("size", [SMALL, BIG])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_files_get_the_callers_umask(engine, size, tmp_path):
+def test_files_get_the_callers_umask(engine, size, tmp_path, files_by):
     with shmsave.Writer(2, engine=engine) as writer:
         writer.start() if engine == "process" else None  # workers started under the default umask
         old = os.umask(0o077)
@@ -305,7 +305,7 @@ def test_segment_lock_ends_with_its_owner(tmp_path):
 
 @pytest.mark.parametrize("size", [SMALL, BIG])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_existing_targets_are_written_through_symlinks(engine, size, tmp_path):
+def test_existing_targets_are_written_through_symlinks(engine, size, tmp_path, files_by):
     images = _images(size)
     (tmp_path / "real").mkdir()
     (tmp_path / "out").mkdir()
@@ -325,7 +325,7 @@ def test_existing_targets_are_written_through_symlinks(engine, size, tmp_path):
 
 @pytest.mark.parametrize("size", [SMALL, BIG])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_existing_targets_keep_their_permission_bits(engine, size, tmp_path):
+def test_existing_targets_keep_their_permission_bits(engine, size, tmp_path, files_by):
     for i, mode in enumerate([0o600, 0o640, 0o644, 0o664]):
         (tmp_path / f"{i}.png").write_bytes(b"old")
         os.chmod(tmp_path / f"{i}.png", mode)

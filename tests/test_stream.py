@@ -499,9 +499,13 @@ def test_a_dispatcher_failure_is_raised_and_its_images_reported(writer, tmp_path
     assert again.report.count == 1 and os.listdir(tmp_path) == ["again"]
 
 
+_KILLED_STREAM = 240  # images: enough tasks that the killed worker still has some in flight
+
+
 def _kill_once_writing(pids: list[int], folder) -> None:
-    """SIGKILL ``pids`` as the first file appears: the stream's tasks (one or two per worker: they are
-    sealed by bytes, ~70 of these images each) are then in flight, and not before."""
+    """SIGKILL ``pids`` as the first file appears: the stream's tasks (two to four per worker: they are
+    sealed by bytes, ~70 of these images each) are then in flight, and not before. A task writes its
+    files a group at a time (``_files.GROUP_IMAGES``): the first appears some 32 images into it."""
     assert wait_until(lambda: folder.exists() and any(folder.iterdir()), 10, 0.001), "nothing was written"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -513,16 +517,16 @@ def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
     writer.start()
     before = set(writer.pids)
     with writer.stream(tmp_path / "{index:04d}.png", compression=9, errors="collect") as stream:
-        for i in range(120):
+        for i in range(_KILLED_STREAM):
             stream.write(frames[i % 4])
         _kill_once_writing(writer.pids[:1], tmp_path)
     report = stream.report
     assert wait_until(lambda: len(set(writer.pids) - before) == 1, 10), "the killed worker was not replaced"
     died = [f for f in report.failed if "worker process" in f.message]
     assert died and len(died) == len(report.failed), report.failed
-    assert report.count + len(report.failed) == 120
+    assert report.count + len(report.failed) == _KILLED_STREAM
     failed = {f.index for f in report.failed}
-    for i in range(120):
+    for i in range(_KILLED_STREAM):
         path = tmp_path / f"{i:04d}.png"
         if i not in failed or path.exists():
             assert path.read_bytes() == _encoded(frames[i % 4], ".png", (cv2.IMWRITE_PNG_COMPRESSION, 9))
@@ -531,7 +535,7 @@ def test_worker_killed_mid_stream_is_reported_and_replaced(writer, tmp_path):
     writer.start()
     with pytest.raises(WorkerDied):
         with writer.stream(tmp_path / "r" / "{index:04d}.png", compression=9) as stream:
-            for i in range(120):
+            for i in range(_KILLED_STREAM):
                 stream.write(frames[i % 4])
             _kill_once_writing(writer.pids, tmp_path / "r")
     with writer.stream(tmp_path / "after" / "{index:04d}.png") as stream:  # the Writer works on

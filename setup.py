@@ -1,0 +1,16 @@
+"""The optional compiled part of shmsave; everything else is in pyproject.toml.
+
+``shmsave._fastfiles`` writes a group of encoded files with one release of the GIL
+(shmsave/_fastfiles.c). It is optional: where it cannot be built (no compiler, not
+Linux) the install goes on without it and shmsave writes its files from Python.
+"""
+
+import sys
+
+from setuptools import Extension, setup
+
+extensions = []
+if sys.platform.startswith("linux"):  # O_TMPFILE, /proc/self/fd: the Linux rules of _files.py
+    extensions.append(Extension("shmsave._fastfiles", ["shmsave/_fastfiles.c"], optional=True))
+
+setup(ext_modules=extensions)

@@ -1,0 +1,170 @@
+/* shmsave._fastfiles: write a group of already encoded files with one release of the GIL.
+ *
+ * A thread that writes tiny images hands the GIL over at every system call
+ * Python makes (open, write, close) and at every encode: four hand-offs per
+ * image, and with two or more threads each hand-off waits for the GIL (the
+ * convoy effect). This module does the file system work of a whole group of
+ * images in one call that releases the GIL once.
+ *
+ * It follows the rules of _files.py for new files only:
+ *   - up to one page, not durable: open(O_CREAT | O_EXCL), one write, close;
+ *     an error removes the file;
+ *   - bigger or durable: an unnamed file (O_TMPFILE), written (and synced when
+ *     durable), then linked in through /proc/self/fd.
+ * It stops at the first file it cannot create this way and returns how many it
+ * wrote and why it stopped (an errno); _files.py writes that one as it always
+ * does (an existing name is replaced, no O_TMPFILE falls back to a named
+ * temporary file, a real error is reported with its index and path), then
+ * hands the rest of the group back here.
+ *
+ * Signals: a Ctrl-C during the call is acted on once it returns, with every
+ * file of the group complete (interrupted system calls are restarted).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    int folder;
+    const char *name;
+    const char *data;
+    Py_ssize_t size;
+} item_t;
+
+/* Write all of data at fd's start; 0 or an errno. */
+static int write_all(int fd, const char *data, Py_ssize_t size) {
+    Py_ssize_t done = 0;
+    while (done < size) {
+        ssize_t n = pwrite(fd, data + done, (size_t)(size - done), (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+static int open_retrying(int folder, const char *name, int flags) {
+    int fd;
+    do {
+        fd = openat(folder, name, flags, 0666);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+/* A new file of up to one page: created, written with one write(), closed; removed on error. */
+static int create_small(const item_t *item) {
+    int fd = open_retrying(item->folder, item->name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int error = write_all(fd, item->data, item->size);
+    if (close(fd) != 0 && error == 0 && errno != EINTR) error = errno;
+    if (error != 0) unlinkat(item->folder, item->name, 0);
+    return error;
+}
+
+/* An unnamed file, written (synced when durable), then linked in as the name. */
+static int create_unnamed(const item_t *item, int durable) {
+#ifdef O_TMPFILE
+    int fd = open_retrying(item->folder, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int error = write_all(fd, item->data, item->size);
+    if (error == 0 && durable && fsync(fd) != 0) error = errno;
+    if (error == 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        if (linkat(AT_FDCWD, path, item->folder, item->name, AT_SYMLINK_FOLLOW) != 0) error = errno;
+    }
+    close(fd);
+    return error;
+#else
+    (void)item;
+    (void)durable;
+    return EOPNOTSUPP;
+#endif
+}
+
+PyDoc_STRVAR(write_files_doc,
+"write_files(folders, names, buffers, durable, tmpfile, page) -> (written, errno)\n\n"
+"Create each ``names[k]`` in the folder descriptor ``folders[k]`` holding the bytes of\n"
+"``buffers[k]``, in order, with one release of the GIL; a new name appears only complete.\n"
+"Stops at the first file it cannot create so: ``written`` is how many it wrote, ``errno``\n"
+"why it stopped (0 when it wrote them all; EEXIST for an existing name; EOPNOTSUPP and the\n"
+"like where ``tmpfile`` is false or the file system lacks O_TMPFILE).");
+
+static PyObject *write_files(PyObject *self, PyObject *args) {
+    PyObject *folders, *names, *buffers;
+    int durable, tmpfile;
+    Py_ssize_t page;
+    if (!PyArg_ParseTuple(args, "O!O!O!ppn", &PyList_Type, &folders, &PyList_Type, &names, &PyList_Type, &buffers,
+                          &durable, &tmpfile, &page))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(names);
+    if (PyList_GET_SIZE(folders) != count || PyList_GET_SIZE(buffers) != count) {
+        PyErr_SetString(PyExc_ValueError, "write_files: folders, names and buffers differ in length");
+        return NULL;
+    }
+    item_t *items = PyMem_Calloc((size_t)(count ? count : 1), sizeof(item_t));
+    Py_buffer *views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
+    PyObject **encoded = PyMem_Calloc((size_t)(count ? count : 1), sizeof(PyObject *));
+    PyObject *result = NULL;
+    Py_ssize_t held = 0, k;
+    if (items == NULL || views == NULL || encoded == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (held = 0; held < count; held++) {
+        long folder = PyLong_AsLong(PyList_GET_ITEM(folders, held));
+        if (folder == -1 && PyErr_Occurred()) goto done;
+        if (!PyUnicode_FSConverter(PyList_GET_ITEM(names, held), &encoded[held])) goto done;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(buffers, held), &views[held], PyBUF_SIMPLE) != 0) {
+            Py_CLEAR(encoded[held]);
+            goto done;
+        }
+        items[held].folder = (int)folder;
+        items[held].name = PyBytes_AS_STRING(encoded[held]);
+        items[held].data = views[held].buf;
+        items[held].size = views[held].len;
+    }
+    Py_ssize_t written = 0;
+    int error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; written < count; written++) {
+        const item_t *item = &items[written];
+        if (item->size <= page && !durable)
+            error = create_small(item);
+        else if (tmpfile)
+            error = create_unnamed(item, durable);
+        else
+            error = EOPNOTSUPP;
+        if (error != 0) break;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("ni", written, error);
+done:
+    for (k = 0; k < held; k++) {
+        PyBuffer_Release(&views[k]);
+        Py_XDECREF(encoded[k]);
+    }
+    PyMem_Free(items);
+    PyMem_Free(views);
+    PyMem_Free(encoded);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"write_files", write_files, METH_VARARGS, write_files_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "shmsave._fastfiles",
+    "Writing a group of encoded files with one release of the GIL (see _fastfiles.c).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fastfiles(void) { return PyModule_Create(&module); }

@@ -1,0 +1,100 @@
+"""The compiled helper (shmsave._fastfiles): used where built, the same files as Python writes.
+
+Its failure cases (disk full, read-only folders and files, existing targets, symbolic links,
+modes and umask, Ctrl-C, a killed worker) are the tests of test_faults.py, test_permissions.py
+and test_process_boundaries.py, each run with the helper and without it (``files_by``).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import shmsave
+from shmsave import _files
+
+needs_helper = pytest.mark.skipif(
+    _files._fast is None, reason="the compiled helper shmsave._fastfiles is not built here (no C compiler at install)"
+)
+
+
+def _tiny(count: int) -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 255, (count, 50, 50, 1), dtype=np.uint8)
+
+
+@needs_helper
+@pytest.mark.parametrize("engine", ["inline", "thread"])  # in this process, where the spy is
+def test_the_helper_writes_every_tiny_file_in_groups(engine, monkeypatch, tmp_path):
+    calls = []
+    write_files = _files._fast.write_files
+
+    def counting(folders, names, buffers, *rest):
+        written, error = write_files(folders, names, buffers, *rest)
+        calls.append((len(names), written, error))
+        return written, error
+
+    monkeypatch.setattr(_files._fast, "write_files", counting)
+    count = 1000
+    with shmsave.Writer(2, engine=engine) as writer:
+        report = writer.save(_tiny(count), str(tmp_path / "{index}.jpg"))
+    assert report.count == count
+    assert sum(written for _, written, _ in calls) == count, "some files were written without the helper"
+    assert all(error == 0 for *_, error in calls)
+    assert len(calls) <= count / _files.GROUP_IMAGES + 2 * 8, "one call per file, not per group"
+
+
+@pytest.mark.parametrize("size", ["tiny", "big"])
+def test_files_are_byte_identical_to_imwrite(size, files_by, tmp_path):
+    shape = (40, 16, 16) if size == "tiny" else (3, 200, 300, 3)
+    stack = np.random.default_rng(3).integers(0, 255, shape, dtype=np.uint8)
+    assert (cv2.imencode(".png", stack[0])[1].nbytes <= mmap.PAGESIZE) == (size == "tiny")
+    with shmsave.Writer(2, engine="thread") as writer:
+        writer.save(stack, str(tmp_path / "a" / "{index}.png"))
+    for index, image in enumerate(stack):
+        cv2.imwrite(str(tmp_path / f"{index}.png"), image)
+        assert (tmp_path / "a" / f"{index}.png").read_bytes() == (tmp_path / f"{index}.png").read_bytes()
+
+
+def test_shmsave_pure_python_turns_the_helper_off():
+    code = "from shmsave import _files; print(_files._fast is None)"
+    env = dict(os.environ, SHMSAVE_PURE_PYTHON="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
+@needs_helper
+def test_the_helper_stops_at_what_python_must_write(tmp_path):
+    """It writes new files in order and stops at the first it cannot create, saying why."""
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        small, big = np.frombuffer(b"small", np.uint8), np.zeros(3 * mmap.PAGESIZE, np.uint8)
+        (tmp_path / "c").write_bytes(b"old")
+        names = ["a", "b", "c", "d"]
+        assert _files._fast.write_files(
+            [folder] * 4, names, [small, big, small, small], False, True, mmap.PAGESIZE
+        ) == (
+            2,
+            errno.EEXIST,
+        )
+        assert (tmp_path / "a").read_bytes() == b"small" and (tmp_path / "b").read_bytes() == big.tobytes()
+        assert (tmp_path / "c").read_bytes() == b"old" and not (tmp_path / "d").exists()
+        # without O_TMPFILE (tmpfile=False) a big file is left to Python; so is every durable one
+        assert _files._fast.write_files([folder], ["e"], [big], False, False, mmap.PAGESIZE) == (0, errno.EOPNOTSUPP)
+        assert _files._fast.write_files([folder], ["f"], [small], True, True, mmap.PAGESIZE) == (1, 0)
+        assert not (tmp_path / "e").exists() and (tmp_path / "f").read_bytes() == b"small"
+        assert sorted(os.listdir(tmp_path)) == ["a", "b", "c", "f"]
+    finally:
+        os.close(folder)
+
+
+@needs_helper
+def test_the_helper_refuses_lists_of_different_lengths(tmp_path):
+    with pytest.raises(ValueError, match="differ in length"):
+        _files._fast.write_files([0], ["a", "b"], [b"", b""], False, True, mmap.PAGESIZE)
