@@ -199,6 +199,30 @@ def test_streams_and_submit_use_the_fast_encoder(tmp_path, engine):
 
 
 @needs_fast
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_a_call_of_several_formats_takes_the_fast_encoder_where_it_covers_the_format(tmp_path, engine, photos):
+    paths = [str(tmp_path / f"{i}{ext}") for i, ext in enumerate([".png", ".jpg", ".webp", ".png", ".bmp"] * 2)]
+    images = np.concatenate([photos, photos[:2]])
+    with shmsave.Writer(workers=2, engine=engine) as writer:
+        report = writer.save(images, paths, encoder="fast", quality=90)
+    assert report.count == 10 and report.encoder == "fast"
+    for path, image in zip(paths, images):
+        ext = os.path.splitext(path)[1]
+        if ext == ".png":  # fast; lossy WebP (quality 90) and the rest stay OpenCV's bytes
+            expected = encoder_for(".png", ())(image)
+        else:
+            flags = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 90], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 90]}.get(ext, [])
+            expected = cv2.imencode(ext, image, flags)[1]
+        with open(path, "rb") as file:
+            assert file.read() == expected.tobytes(), path
+
+
+def test_images_that_bring_their_own_paths_refuse_fast(tmp_path):
+    with shmsave.Writer(workers=2) as writer, pytest.raises(InvalidRequest, match="goes with a path template"):
+        writer.stream(None, encoder="fast")
+
+
+@needs_fast
 def test_integers_cast_for_the_format_go_through_the_fast_encoder(tmp_path):
     images = np.arange(2 * 40 * 30, dtype=np.int64).reshape(2, 40, 30) % 60000  # fits uint16
     report = shmsave.save(images, str(tmp_path / "{index}.png"), encoder="fast", workers=1)
