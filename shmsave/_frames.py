@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import cv2
 import numpy as np
 
+from . import naming
 from ._files import already_written
 from .errors import InvalidRequest, ReadFailed
 from .naming import parse_template
@@ -288,13 +289,11 @@ def _msec_namer(frames, template, start: int, fields: dict, options: dict) -> Ca
     file: ``Stream.write(image, path=...)``); the template checked whole first, with a stand-in."""
     if frames.kind != "video":
         raise InvalidRequest(f"{{msec}} is a video frame's timestamp, and {frames.path} is a TIFF: its pages have none")
-    shard_size = options.get("shard_size")
-    parse_template(template, 1, start, {**fields, "msec": 0.0}, shard_size)
-    text = os.path.expanduser(os.fspath(template))
-    shard = shard_size or 1000
+    checked = parse_template(template, 1, start, {**fields, "msec": 0.0}, options.get("shard_size"))
+    known = dict(checked.fields)
 
     def path_of(number: int, msec: float | None) -> str:
-        return text.format(index=number, msec=msec, shard=number // shard, **fields)
+        return naming.path_of(checked.text, None, {**known, "msec": msec}, checked.names, number)
 
     return path_of
 
