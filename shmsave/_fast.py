@@ -36,7 +36,6 @@ import numpy as np
 
 from .errors import InvalidRequest
 
-ENCODERS = ("opencv", "fast")
 _PACKAGES = ("isal", "imagecodecs")
 INSTALL = 'pip install "shmsave[fast]"'
 

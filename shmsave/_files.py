@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from . import _heap
 from ._protocol import Job, Outcome
 from .errors import describe_oserror
 from .naming import job_name_maker, job_path
@@ -96,6 +97,8 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     skipped = 0
     group = _Group(job, durable)
     index = first_index
+    if not _heap.kept and len(images):
+        _heap.keep_freed_buffers(images[0].nbytes)
     try:
         if cast is not None and isinstance(images, np.ndarray) and images.dtype != cast:
             images = images.astype(cast)  # the task at once: numpy lets go of the GIL once, not per image

@@ -1,7 +1,5 @@
 """Checking images: a call's stack or list whole, a stream's images one at a time."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import numpy as np

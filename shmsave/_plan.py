@@ -5,8 +5,6 @@ no process is started here. The figures come from docs/design.md and from the
 benchmarks (benchmarks/results/full.md).
 """
 
-from __future__ import annotations
-
 import math
 import threading
 from typing import NamedTuple

@@ -7,19 +7,18 @@ becomes nearly black); shmsave refuses such requests instead and says how to
 fix them.
 """
 
-from __future__ import annotations
-
 import os
 import threading
 from typing import NamedTuple
 
 import numpy as np
 
-from . import _fast
 from ._opencv import import_cv2
 from .errors import InvalidRequest
 
 cv2 = import_cv2()
+
+ENCODERS = ("opencv", "fast")  # what makes a file's bytes: cv2.imencode, or _fast.py where it covers
 
 
 class Format(NamedTuple):
@@ -179,7 +178,7 @@ def plan_encoding(
     ``"IMWRITE_PNG_STRATEGY"``. ``encoder="fast"``: a faster lossless encoder
     where the format and options have one (``_fast.py``), else OpenCV.
     """
-    if encoder not in _fast.ENCODERS:
+    if encoder not in ENCODERS:
         raise InvalidRequest(f"encoder must be 'opencv' or 'fast', got {encoder!r}")
     ext = extension.lower()
     fmt = format_for(ext)
@@ -210,6 +209,8 @@ def plan_encoding(
     _refuse_contradictions(fmt, flat, raw, quality=quality, compression=compression)
     flat += raw
     if encoder == "fast":
+        from . import _fast  # its imports (zlib, struct) only for calls that ask for it
+
         encoder = _fast.plan(ext, dict(zip(flat[::2], flat[1::2])), raw, cv2)
     return Encoding(ext, tuple(flat), bool(rgb), encoder)
 

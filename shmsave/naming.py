@@ -10,8 +10,6 @@ A call names its images in one of three ways, all checked here before anything i
 The last two travel as ``_protocol.Names``: each task carries the paths of its own images.
 """
 
-from __future__ import annotations
-
 import os
 import re
 import reprlib
@@ -29,7 +27,7 @@ from .errors import InvalidRequest
 _INJECTIVE_SPEC = re.compile(r"^([^0-9A-Za-z]?[<>=^]|0[>=])?[+\- ]?#?0?\d*[,_]?[dxXob]?$")
 # {shard} is index // shard_size; 1,000 files per folder keeps every listing short (ls, a file browser)
 DEFAULT_SHARD_SIZE = 1000
-_ARITHMETIC = re.compile(r"^\s*index\s*(//|/|%|\*|\+|-)")
+_ARITHMETIC = r"^\s*index\s*(//|/|%|\*|\+|-)"  # compiled by re on first use: only a refused template needs it
 
 
 class Template(NamedTuple):
@@ -113,7 +111,7 @@ def parse_template(
     allowed = {"index", "shard", *fields}
     unknown = sorted(n for n in names if n not in allowed)
     if unknown:
-        if any(_ARITHMETIC.match(n) for n in unknown):
+        if any(re.match(_ARITHMETIC, n) for n in unknown):
             raise InvalidRequest(
                 f"the path template {template!r} computes with {{index}}, which format strings cannot do; "
                 f"for a folder per {DEFAULT_SHARD_SIZE} images write {{shard}} (index // shard_size, "
@@ -134,7 +132,7 @@ def parse_template(
     if count > 1 and "index" not in names:
         printf = printf_to_format(template)
         if printf:
-            first = next(m.group() for m in _PRINTF_FIELD.finditer(template) if m.group() != "%%")
+            first = next(m.group() for m in re.finditer(_PRINTF_FIELD, template) if m.group() != "%%")
             fix = f"{first} is a printf field, which shmsave does not expand; write {printf!r}"
         elif sharded:
             fix = "{shard} numbers folders, not files: add {index} too, e.g. 'out/{shard:04d}/{index:09d}.png'"
@@ -327,7 +325,7 @@ def _index_in_folder(parts: list) -> bool:
     return False
 
 
-_PRINTF_FIELD = re.compile(r"%%|%(?P<flags>[-+ #0]*)(?P<width>\d*)(?P<type>[diuxXo])")
+_PRINTF_FIELD = r"%%|%(?P<flags>[-+ #0]*)(?P<width>\d*)(?P<type>[diuxXo])"  # compiled by re on first use
 
 
 def printf_to_format(template: str) -> str | None:
@@ -352,7 +350,7 @@ def printf_to_format(template: str) -> str | None:
             spec += "d"
         return "{index:" + spec + "}" if spec else "{index}"
 
-    converted = _PRINTF_FIELD.sub(field, template)
+    converted = re.sub(_PRINTF_FIELD, field, template)
     return converted if found else None
 
 

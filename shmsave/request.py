@@ -1,7 +1,5 @@
 """Checking a save request, whole, before anything is written."""
 
-from __future__ import annotations
-
 import os
 import reprlib
 from typing import NamedTuple

@@ -1,0 +1,70 @@
+"""Big images' encoder buffers come from memory the process keeps (``shmsave/_heap.py``), not from
+fresh pages of the kernel for every image: counted as page faults in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="the threshold raised is glibc malloc's; other C libraries differ"
+)
+
+# Saves 1080p frames (JPEG q95 of ~0.45 MB) three times inline and prints the page faults of the
+# last save per image. ``hold`` stops _heap from acting. The frames are made row by row: freeing any
+# temporary between 128 KB and 32 MB would raise glibc's threshold itself, and the control with it.
+_CHILD = r"""
+import json, resource, sys, tempfile
+import numpy as np
+import shmsave
+from shmsave import _heap
+if sys.argv[1] == "hold":
+    _heap.kept = True
+rng = np.random.default_rng(0)
+images = np.empty((6, 1080, 1920, 3), np.uint8)  # 37 MB: mapped, and bigger than any threshold glibc takes
+x = np.arange(1920)[:, None] // 7
+for i in range(len(images)):
+    for y in range(1080):
+        images[i, y] = (x + y // 5 + rng.integers(0, 8, (1920, 3))) % 256
+writer = shmsave.Writer(1, engine="inline")
+with tempfile.TemporaryDirectory() as folder:
+    for k in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        writer.save(images, folder + f"/{k}/{{index}}.jpg", quality=95)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"faults_per_image": faults / len(images), "kept": _heap.kept}))
+"""
+
+
+def _faults_per_image(mode: str) -> float:
+    env_free = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, timeout=120, env=env_free, check=True
+    )
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["kept"] is True
+    return result["faults_per_image"]
+
+
+def test_big_images_are_encoded_without_fresh_pages_for_each():
+    kept = _faults_per_image("act")
+    control = _faults_per_image("hold")
+    # The control shows the test can fail: without the raised threshold each ~1.5 MB file's buffers
+    # are new pages (~250 faults per image); with it, the freed ones are used again.
+    assert control > 100, f"the control faulted only {control:.0f} times per image: the test measures nothing"
+    assert kept < control / 5, f"{kept:.0f} page faults per image with _heap, {control:.0f} without"
+
+
+def test_only_images_big_enough_to_matter_raise_the_threshold(monkeypatch):
+    from shmsave import _heap
+
+    monkeypatch.setattr(_heap, "kept", False)
+    _heap.keep_freed_buffers(50 * 50)  # its buffers stay below glibc's first threshold: nothing to do
+    assert _heap.kept is False
+    _heap.keep_freed_buffers(1080 * 1920 * 3)
+    assert _heap.kept is True
