@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ._files import remove_partial_files, write_images
 from ._pages import page_dropper
 from ._plan import Chunks, SharedChunks
@@ -169,7 +171,10 @@ class _SharedTally:
 def _in_process(request: Request) -> Callable[[int, int], Outcome]:
     """``write(lo, hi)``: write images ``lo:hi`` of ``request`` in this process, reading them
     where they are; the pages of a memory-mapped file are let go after each (``_pages.py``)."""
-    images = request.stack if request.stack is not None else request.listed
+    # A plain view of an np.memmap: its slices and items would each run np.memmap's Python-level
+    # __getitem__ and __array_finalize__ (~3 us an image: 10,000 tiny images from a .npy took
+    # 0.36 s on 2 threads, 0.27 s as a plain view).
+    images = np.asarray(request.stack) if request.stack is not None else request.listed
     job, start = request.job(), request.start
     drop = page_dropper(request.stack)
 

@@ -14,9 +14,6 @@ import contextlib
 import math
 import os
 import re
-import string
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -161,6 +158,8 @@ def _as_flag(match: re.Match) -> str:
 def _stderr_caught():
     """Catch what native code (FFmpeg) writes to file descriptor 2 meanwhile; yields a function that
     returns it as one line. The command alone does this, before any thread of its own runs."""
+    import tempfile  # this module's imports are part of every command's start: only videos need it
+
     caught = tempfile.TemporaryFile()
     saved = os.dup(2)
     try:
@@ -189,6 +188,8 @@ def _open_npy(path: str) -> list[Unit]:
 
 
 def _open_npz(path: str, keys: list[str] | None) -> list[Unit]:
+    import zipfile  # only for .npz inputs
+
     try:
         with zipfile.ZipFile(path) as archive:
             members = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
@@ -303,6 +304,8 @@ def check(units: list[Unit], template, options: dict) -> None:
             raise UsageError(f"{unit.label}: {error}") from None
     if len(units) < 2:  # --names: one input
         return
+    import string
+
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     claimed: dict[tuple, list[Unit]] = {}
     for unit in units:
@@ -337,6 +340,8 @@ def _clash(first: Unit, second: Unit, template: str) -> str:
 
 def load_member(unit: Unit, writer: Writer) -> np.ndarray:
     """Read one .npz array straight from the zip stream into shared memory."""
+    import zipfile
+
     images = writer.empty(unit.shape, unit.dtype)
     target = memoryview(images).cast("B")
     try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import json
 import os
 import re
 import sys
@@ -309,6 +308,8 @@ def _run(args) -> int:
             + (" (--errors collect writes the other images and lists every failure)" if args.errors == "raise" else "")
         )
     if args.json:
+        import json
+
         print(json.dumps(_summary_object(units, failures, seconds)), flush=True)
     elif not args.quiet and stopped is not _Stop.AT_THE_FOLDER:  # its one failure line says it all
         _say(_summary_line(units, failures, seconds, template, options.get("shard_size")))

@@ -772,6 +772,35 @@ def test_copy_on_write_memmap_saves_what_the_caller_sees(engine, tmp_path):
     assert assert_complete(tmp_path / "out", _expect_tile()) == set(range(6))
 
 
+@pytest.mark.parametrize("engine", ["thread", "inline"])
+def test_in_process_engines_read_a_memmap_through_a_plain_view(engine, tmp_path, monkeypatch):
+    # np.memmap's slices and items each run Python code of numpy's (~3 us an image): the engines
+    # iterate a plain ndarray view of it, and still let go of its pages after each task.
+    from shmsave import _engines
+
+    path = tmp_path / "tiles.npy"
+    np.save(path, _frames(6))
+    images = np.load(path, mmap_mode="r")
+    kinds, dropped = [], []
+    real_write, real_dropper = _engines.write_images, _engines.page_dropper
+
+    def spying_write(part, *args, **kwargs):
+        kinds.append(type(part))
+        return real_write(part, *args, **kwargs)
+
+    def spying_dropper(stack):
+        drop = real_dropper(stack)
+        return lambda lo, hi: (dropped.append((lo, hi)), drop(lo, hi))
+
+    monkeypatch.setattr(_engines, "write_images", spying_write)
+    monkeypatch.setattr(_engines, "page_dropper", spying_dropper)
+    with shmsave.Writer(2, engine=engine) as writer:
+        assert writer.save(images, str(tmp_path / "out" / "{index}.png")).count == 6
+    assert kinds and all(kind is np.ndarray for kind in kinds), kinds
+    assert sorted(i for lo, hi in dropped for i in range(lo, hi)) == list(range(6))
+    assert assert_complete(tmp_path / "out", _expect_tile()) == set(range(6))
+
+
 def test_memmap_of_a_deleted_file(tmp_path):
     path = tmp_path / "frames.npy"
     np.save(path, _frames(6))
