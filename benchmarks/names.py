@@ -27,21 +27,18 @@ Two races, each interleaved in a fresh random order per repetition, medians, on 
 from __future__ import annotations
 
 import argparse
-import queue
 import random
 import shutil
 import statistics
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from benchmarks import machine
-from benchmarks.streaming import Workload, _workloads
+from benchmarks.streaming import Workload, _workloads, imwrite_executor, imwrite_loop, imwrite_queue_threads
 from benchmarks.targets import disk_target, tmpfs_target
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,30 +51,13 @@ STREAM, IMWRITE = "shmsave stream", "shmsave imwrite"
 
 def _loop_methods(writer, cores: int, cpu_us: dict):
     def loop(w: Workload, paths: list[str], template: str):
-        for path, image in zip(paths, w.images()):
-            cv2.imwrite(path, image, w.params)
+        imwrite_loop(zip(paths, w.images()), w.params)
 
     def executor(w: Workload, paths: list[str], template: str):
-        with ThreadPoolExecutor(cores) as pool:
-            futures = [pool.submit(cv2.imwrite, path, image.copy(), w.params) for path, image in zip(paths, w.images())]
-            wait(futures)
+        imwrite_executor(zip(paths, w.images()), w.params, cores)
 
     def queue_threads(w: Workload, paths: list[str], template: str):
-        jobs: queue.Queue = queue.Queue(maxsize=4 * cores)
-
-        def drain():
-            while (job := jobs.get()) is not None:
-                cv2.imwrite(job[0], job[1], w.params)
-
-        threads = [threading.Thread(target=drain) for _ in range(cores)]
-        for thread in threads:
-            thread.start()
-        for path, image in zip(paths, w.images()):
-            jobs.put((path, image.copy()))
-        for _ in threads:
-            jobs.put(None)
-        for thread in threads:
-            thread.join()
+        imwrite_queue_threads(zip(paths, w.images()), w.params, cores)
 
     def stream(w: Workload, paths: list[str], template: str):
         with writer.stream(template, quality=w.params[1]) as s:

@@ -93,35 +93,50 @@ def _workloads(quick: bool) -> list[Workload]:
     ]
 
 
+def imwrite_loop(items, params) -> None:
+    """The plain loop: ``cv2.imwrite(path, image, params)`` for each ``(path, image)`` of ``items``."""
+    for path, image in items:
+        cv2.imwrite(path, image, params)
+
+
+def imwrite_executor(items, params, cores: int) -> None:
+    """A ``ThreadPoolExecutor`` given ``cv2.imwrite(path, image.copy(), params)`` per image."""
+    with ThreadPoolExecutor(cores) as pool:
+        wait([pool.submit(cv2.imwrite, path, image.copy(), params) for path, image in items])
+
+
+def imwrite_queue_threads(items, params, cores: int) -> None:
+    """A bounded queue feeding one ``cv2.imwrite`` thread per core, each image copied into it."""
+    jobs: queue.Queue = queue.Queue(maxsize=4 * cores)
+
+    def drain():
+        while (job := jobs.get()) is not None:
+            cv2.imwrite(job[0], job[1], params)
+
+    threads = [threading.Thread(target=drain) for _ in range(cores)]
+    for thread in threads:
+        thread.start()
+    for path, image in items:
+        jobs.put((path, image.copy()))
+    for _ in threads:
+        jobs.put(None)
+    for thread in threads:
+        thread.join()
+
+
+def _named(w: Workload, template: str):
+    return ((template.format(index=i), image) for i, image in enumerate(w.images()))
+
+
 def _methods(writer, cores: int, timing: dict):
     def loop(w: Workload, template: str):
-        for i, image in enumerate(w.images()):
-            cv2.imwrite(template.format(index=i), image, w.params)
+        imwrite_loop(_named(w, template), w.params)
 
     def executor(w: Workload, template: str):
-        with ThreadPoolExecutor(cores) as pool:
-            futures = [
-                pool.submit(cv2.imwrite, template.format(index=i), image.copy(), w.params)
-                for i, image in enumerate(w.images())
-            ]
-            wait(futures)
+        imwrite_executor(_named(w, template), w.params, cores)
 
     def queue_threads(w: Workload, template: str):
-        jobs: queue.Queue = queue.Queue(maxsize=4 * cores)
-
-        def drain():
-            while (job := jobs.get()) is not None:
-                cv2.imwrite(job[0], job[1], w.params)
-
-        threads = [threading.Thread(target=drain) for _ in range(cores)]
-        for thread in threads:
-            thread.start()
-        for i, image in enumerate(w.images()):
-            jobs.put((template.format(index=i), image.copy()))
-        for _ in threads:
-            jobs.put(None)
-        for thread in threads:
-            thread.join()
+        imwrite_queue_threads(_named(w, template), w.params, cores)
 
     def batches(w: Workload, template: str):
         futures, batch, first = [], [], 0

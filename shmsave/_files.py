@@ -97,7 +97,7 @@ def write_images(images, first_index: int, job: Job, deadline: float | None = No
     skipped = 0
     group = _Group(job, durable)
     index = first_index
-    if not _heap.kept and len(images):
+    if len(images):
         _heap.keep_freed_buffers(images[0].nbytes)
     try:
         if cast is not None and isinstance(images, np.ndarray) and images.dtype != cast:

@@ -15,12 +15,12 @@ ends up holding the last one, as a loop of ``cv2.imwrite`` calls leaves it.
 from __future__ import annotations
 
 import os
-import reprlib
 from typing import TYPE_CHECKING
 
 from . import codec
 from ._images import ImageChecks
 from .errors import InvalidRequest
+from .naming import path_text
 
 if TYPE_CHECKING:
     from .request import Request
@@ -60,7 +60,7 @@ class StreamNames:
         one dict lookup.
         """
         if type(path) is not str:
-            path = _as_path(path, index)
+            path = path_text(path, index)
         if not path or path[0] != os.sep:
             path = _absolute(path, index)
         if "\0" in path or path[-1] == os.sep:
@@ -119,14 +119,6 @@ def _absolute(path: str, index: int) -> str:
                 f"image {index}: the working folder of this process no longer exists, so the relative path "
                 f"{path!r} cannot be resolved; use an absolute path or os.chdir() to an existing folder"
             ) from None
-    return path
-
-
-def _as_path(path, index: int) -> str:
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str):
-        raise InvalidRequest(f"the path of image {index} is {reprlib.repr(path)}; give a str or os.PathLike")
     return path
 
 

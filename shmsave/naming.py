@@ -225,7 +225,7 @@ def listed_paths(paths, count: int, start: int, template: str | None = None) -> 
     try:
         joined = "\0".join(paths)
     except TypeError:  # os.PathLike, or not a path at all
-        paths = [_one_path(path, start + i) for i, path in enumerate(paths)]
+        paths = [path_text(path, start + i) for i, path in enumerate(paths)]
         joined = "\0".join(paths)
     if "~" in joined:
         paths = [_expand_home(path, literal=True) for path in paths]
@@ -262,7 +262,8 @@ def listed_paths(paths, count: int, start: int, template: str | None = None) -> 
     return Template(template or paths[0], (), extensions[0], folder if shared else None, names)
 
 
-def _one_path(path, index: int) -> str:
+def path_text(path, index: int) -> str:
+    """Image ``index``'s path (a str or os.PathLike) as a str; InvalidRequest for anything else."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str):

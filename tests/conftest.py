@@ -4,9 +4,13 @@ segment of this process and no child process outlives it."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -113,6 +117,35 @@ def files_by(request, monkeypatch):
 def writer(request, files_by):
     with shmsave.Writer(workers=2, engine=request.param) as w:
         yield w
+
+
+def interrupt_a_loop(tmp_path, script: str, out) -> dict:
+    """Run ``script`` (a loop that writes ``info.json``, ``{"pid": ..., "workers": [...]}``, beside
+    ``out`` once it is under way) with ``out`` as its argument, press Ctrl-C as a terminal would, and
+    return that info once the loop has ended with KeyboardInterrupt, promptly."""
+    path = tmp_path / "loop.py"
+    path.write_text(textwrap.dedent(script))
+    with open(tmp_path / "child.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(path), str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=sigint_as_in_a_terminal,
+        )
+    try:
+        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60), (
+            "the loop never started"
+        )
+        assert process.poll() is None, (tmp_path / "child.log").read_text()
+        info = json.loads((tmp_path / "info.json").read_text())
+        process.send_signal(signal.SIGINT)
+        process.wait(20)  # promptly: what was not sent yet is dropped
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert "KeyboardInterrupt" in (tmp_path / "child.log").read_text()
+    return info
 
 
 def sigint_as_in_a_terminal() -> None:

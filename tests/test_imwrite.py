@@ -4,12 +4,8 @@ every test ends with the suite's leak check (no segment, no child process left).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -21,7 +17,7 @@ import pytest
 import shmsave
 from shmsave import InvalidRequest, WorkerDied, WriteFailed
 
-from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
+from .conftest import interrupt_a_loop, shmsave_segments, wait_until
 
 ENGINES = ["auto", "thread", "process"]
 
@@ -215,26 +211,7 @@ with shmsave.Writer(2) as writer:
 def test_ctrl_c_in_an_imwrite_loop(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    script = tmp_path / "loop.py"
-    script.write_text(textwrap.dedent(_CTRL_C))
-    with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(script), str(out)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=sigint_as_in_a_terminal,
-        )
-    try:
-        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60)
-        assert process.poll() is None, (tmp_path / "child.log").read_text()
-        info = json.loads((tmp_path / "info.json").read_text())
-        process.send_signal(signal.SIGINT)
-        process.wait(20)  # promptly: what was not sent is dropped
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    assert "KeyboardInterrupt" in (tmp_path / "child.log").read_text()
+    info = interrupt_a_loop(tmp_path, _CTRL_C, out)
     frames = np.random.default_rng(0).integers(0, 256, (4, 240, 320, 3), np.uint8)
     names = sorted(os.listdir(out))
     assert names, "no image was written before the interrupt"

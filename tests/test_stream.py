@@ -50,7 +50,7 @@ import pytest
 import shmsave
 from shmsave import InvalidRequest, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, _stream_tasks, streaming
 
-from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
+from .conftest import interrupt_a_loop, shmsave_segments, wait_until
 
 
 def _encoded(image: np.ndarray, ext: str = ".png", params=()) -> bytes:
@@ -583,28 +583,7 @@ with shmsave.Writer(2) as writer:
 def test_ctrl_c_in_the_loop(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    script = tmp_path / "loop.py"
-    script.write_text(textwrap.dedent(_CTRL_C))
-    with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(script), str(out)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=sigint_as_in_a_terminal,
-        )
-    try:
-        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60), (
-            "the loop never started"
-        )
-        assert process.poll() is None, (tmp_path / "child.log").read_text()
-        info = json.loads((tmp_path / "info.json").read_text())
-        process.send_signal(signal.SIGINT)
-        process.wait(20)  # returns promptly: no waiting for a million images
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    assert "KeyboardInterrupt" in (tmp_path / "child.log").read_text()
+    info = interrupt_a_loop(tmp_path, _CTRL_C, out)
     frames = np.random.default_rng(0).integers(0, 256, (4, 240, 320, 3), np.uint8)
     names = sorted(os.listdir(out))
     assert names, "no image was written before the interrupt"
