@@ -16,10 +16,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Saves 1080p frames (JPEG q95 of ~0.45 MB) three times inline and prints the page faults of the
-# last save per image. ``hold`` stops _heap from acting. The frames are made row by row: freeing any
-# temporary between 128 KB and 32 MB would raise glibc's threshold itself, and the control with it.
+# last save per image. ``hold`` stops _heap from acting, and the control's environment pins glibc's
+# threshold where it starts (128 KB), so nothing the interpreter allocates first can raise it. The
+# frames are made row by row: freeing any temporary between 128 KB and 32 MB would raise the
+# threshold in ``act`` without _heap, and the test could no longer fail. Faults count 4 KB pages only
+# with transparent huge pages off, which the child asks for itself (prctl PR_SET_THP_DISABLE = 41):
+# with the kernel's anonymous pages of 16 KB to 1 MB on ("always"), the old control counted ~10 faults
+# per image instead of ~225, and a CI run counted 0 (its kernel's settings are not known here).
 _CHILD = r"""
-import json, resource, sys, tempfile
+import ctypes, json, resource, sys, tempfile
+if ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) != 0:
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_THP_DISABLE)")
 import numpy as np
 import shmsave
 from shmsave import _heap
@@ -43,6 +50,9 @@ print(json.dumps({"faults_per_image": faults / len(images), "kept": _heap.kept})
 
 def _faults_per_image(mode: str) -> float:
     env_free = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    if mode == "hold":
+        # The control keeps glibc's threshold where it starts, whatever the interpreter allocates first.
+        env_free["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, timeout=120, env=env_free, check=True
     )
@@ -55,7 +65,7 @@ def test_big_images_are_encoded_without_fresh_pages_for_each():
     kept = _faults_per_image("act")
     control = _faults_per_image("hold")
     # The control shows the test can fail: without the raised threshold each ~1.5 MB file's buffers
-    # are new pages (~250 faults per image); with it, the freed ones are used again.
+    # are new pages (~335 faults per image); with it, the freed ones are used again.
     assert control > 100, f"the control faulted only {control:.0f} times per image: the test measures nothing"
     assert kept < control / 5, f"{kept:.0f} page faults per image with _heap, {control:.0f} without"
 
