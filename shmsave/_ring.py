@@ -111,6 +111,11 @@ class Ring:
         self.head = end
         return offset, end
 
+    def give_back(self, nbytes: int, end: int) -> None:
+        """Undo the last ``reserve`` (of ``nbytes``, ending at ``end``) when nothing was placed since."""
+        if self.head == end:
+            self.head = end - nbytes
+
     def free_to(self, position: int) -> None:
         """Every image placed before ``position`` is done with."""
         self.tail = max(self.tail, position)

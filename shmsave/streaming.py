@@ -99,6 +99,7 @@ class Stream(StreamTasks):
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
         self._pending_first = self._pending_end = self._pending_bytes = 0
         self._pending_layout: Layout | None = None  # while the pending images form one strided stack
+        self._reserved: tuple | None = None  # (array, offset, end, size): ring space lent by ``_reserve``
         # once a pending image has its own path: (path, format number, key in _busy or None) of each
         self._pending_names: list[tuple] | None = None
         self._busy = self._names.busy  # paths of named images accepted and not yet written
@@ -162,7 +163,13 @@ class Stream(StreamTasks):
             self._write_own_segment(image, layout, index, None if name is None else (name, number, key))
             return
         with self._lock:
-            place = self._ring.reserve(size)
+            placed = False
+            if self._reserved is not None:  # a decoder's ring space (``_reserve``): this image, or given back
+                placed = image is self._reserved[0]
+                place = self._reserved[1:3] if placed else None
+                self._give_back_reserved(placed)
+            if not placed:
+                place = self._ring.reserve(size)
             if place is None:
                 place = self._wait_for_room(size)
                 if place is None:
@@ -172,9 +179,9 @@ class Stream(StreamTasks):
             # A small image as bytes: 2.2 us of the caller's CPU per 50x50 write against 2.6 through an
             # array view. A big one through numpy, which lets go of the GIL while it copies and copies
             # faster (1080p frame: 0.25 ms against 0.53).
-            if image.flags.c_contiguous and not here:
+            if not placed and image.flags.c_contiguous and not here:
                 self._bytes[offset : offset + layout.nbytes] = memoryview(image).cast("B")
-            else:
+            elif not placed:
                 self._ring.block.array(layout.shape, layout.dtype, offset)[...] = image
             if here:
                 if self._pending:
@@ -211,6 +218,38 @@ class Stream(StreamTasks):
             self._move_to_a_shared_ring()  # from now on tiny images go to the worker processes
         elif not (here or tiny_here) and self._hub.idle:
             self._hub.poke()
+
+    def _reserve(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A writable array of ``shape`` and ``dtype`` in this stream's ring, for a decoder to write the
+        next image into (``cv2.VideoCapture.retrieve(out)``); ``write`` of that very array then takes
+        it where it is, with no copy (a 1080p frame: 0.4-0.9 ms less). Only for images this process's
+        threads encode (big ones: tiny ones may move to another ring), and while the stream is open;
+        None otherwise. Until that ``write``, any other write or ``_reserve`` gives the space back.
+        """
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = aligned(nbytes)
+        threads_from = self._threads_from
+        if self._state is not OPEN or size > self._ring.size or threads_from is None or nbytes < threads_from:
+            return None
+        with self._lock:
+            if self._reserved is not None:
+                self._give_back_reserved(False)
+            place = self._ring.reserve(size)
+            if place is None:
+                place = self._wait_for_room(size)
+                if place is None:
+                    return None
+            out = self._ring.block.array(shape, dtype, place[0])
+            self._reserved = (out, place[0], place[1], size)
+        return out
+
+    def _give_back_reserved(self, taken: bool) -> None:
+        """Forget the space ``_reserve`` lent; unless ``taken`` (by a ``write`` of its array), the ring
+        gets it back (holding the lock)."""
+        _, _, end, size = self._reserved
+        self._reserved = None
+        if not taken:
+            self._ring.give_back(size, end)
 
     def skip_to(self, index: int) -> None:
         """Give the next image ``index`` (at least the next one's): the indices between get no image.

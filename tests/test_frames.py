@@ -242,6 +242,60 @@ def test_stream_skip_to_leaves_gaps_and_never_goes_back(photos, tmp_path):
         assert (tmp_path / name).read_bytes() == encoded(image, ".png")
 
 
+def test_frames_after_the_first_are_decoded_straight_into_the_ring(big_avi, tmp_path, monkeypatch):
+    from shmsave.streaming import Stream
+
+    taken = []
+    give_back = Stream._give_back_reserved
+    monkeypatch.setattr(Stream, "_give_back_reserved", lambda self, was: taken.append(was) or give_back(self, was))
+    frames = decoded(big_avi)
+    with shmsave.Writer(workers=2) as writer:
+        report = writer.save_frames(big_avi, tmp_path / "{index:04d}.png")
+    assert report.count == len(frames) and not report.failed
+    # the first frame is copied (its shape is not known before); each later one is decoded in place
+    assert taken == [True] * (len(frames) - 1)
+    for i, frame in enumerate(frames):
+        assert (tmp_path / f"{i:04d}.png").read_bytes() == encoded(frame, ".png"), f"frame {i}"
+
+
+def test_ring_space_reserved_for_a_decoder_is_taken_or_given_back(tmp_path):
+    from shmsave._ring import aligned
+
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 256, (240, 320, 3), np.uint8)
+    other = rng.integers(0, 256, (240, 320, 3), np.uint8)
+    with shmsave.Writer(workers=2) as writer:
+        stream = writer.stream(tmp_path / "{index}.png")
+        assert stream._reserve((50, 50), np.uint8) is None  # tiny images may move to another ring
+        out = stream._reserve(big.shape, big.dtype)
+        out[...] = big
+        stream.write(out)  # taken where it is
+        out = stream._reserve(big.shape, big.dtype)
+        head, size = stream._ring.head, aligned(big.nbytes)
+        out[...] = 0  # a decoder that failed; the next image is another array
+        stream.write(other)
+        # the reserved space went back and the image took it (or, the first one written by then,
+        # the ring started over): never both
+        assert stream._reserved is None and stream._ring.head in (head, size)
+        stream.close()
+        assert stream._reserve(big.shape, big.dtype) is None
+    assert (tmp_path / "0.png").read_bytes() == encoded(big, ".png")
+    assert (tmp_path / "1.png").read_bytes() == encoded(other, ".png")
+
+
+def test_a_ring_gives_back_only_its_last_reservation():
+    from shmsave._ring import PrivateBlock, Ring
+
+    ring = Ring(PrivateBlock(1024))
+    assert ring.reserve(128) == (0, 128)
+    assert ring.reserve(256) == (128, 384)
+    ring.give_back(256, 384)
+    assert ring.head == 128
+    assert ring.reserve(512) == (128, 640)
+    ring.give_back(128, 128)  # not the last one: nothing changes
+    assert ring.head == 640
+
+
 # -- multi-page TIFF ---------------------------------------------------------------------
 
 
