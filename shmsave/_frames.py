@@ -8,9 +8,10 @@ Decoding runs in the caller's thread (OpenCV lets go of the GIL while it
 decodes), encoding on the Writer's threads or processes; the stream's ring
 bounds the memory. A video's frames after the first are converted straight
 into the ring (``VideoCapture.retrieve(out)`` with ``out`` from
-``Stream._reserve``): one copy of each frame less (0.4-0.9 ms for 1080p). A video is read in order: OpenCV's seek counts frames from
-timestamps, which is wrong for variable frame rates, so skipped frames are
-decoded (``grab``: no color conversion, no copy) rather than sought past.
+``Stream._reserve``): one copy of each frame less (0.4-0.9 ms for 1080p).
+A video is read in order: OpenCV's seek counts frames from timestamps,
+which is wrong for variable frame rates, so skipped frames are decoded
+(``grab``: no color conversion, no copy) rather than sought past.
 A TIFF is read in runs of pages (``cv2.imreadmulti(path, start, count)``: each
 call walks the page chain from the first page, ~35 us a page, so one call per
 page would cost the square of the page count); pages already written on a
