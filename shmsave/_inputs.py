@@ -43,10 +43,8 @@ class Unit:
     video or pages of a TIFF (``picked``). A plain class: a dataclass takes ~1 ms to create, at the
     start of every command."""
 
-    __slots__ = (
-        *("path", "key", "shape", "dtype", "start", "fields", "picked"),
-        *("read_error", "written", "bytes", "skipped", "failed", "error"),
-    )
+    __slots__ = ("path", "key", "shape", "dtype", "start", "fields", "picked")
+    __slots__ += ("read_error", "written", "bytes", "skipped", "failed", "error")  # filled in by saving
 
     def __init__(
         self,

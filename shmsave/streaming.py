@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import threading
 import time
@@ -99,7 +100,7 @@ class Stream(StreamTasks):
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
         self._pending_first = self._pending_end = self._pending_bytes = 0
         self._pending_layout: Layout | None = None  # while the pending images form one strided stack
-        self._reserved: tuple | None = None  # (array, offset, end, size): ring space lent by ``_reserve``
+        self._reserved: tuple | None = None  # (array, offset, end): ring space lent by ``_reserve``
         # once a pending image has its own path: (path, format number, key in _busy or None) of each
         self._pending_names: list[tuple] | None = None
         self._busy = self._names.busy  # paths of named images accepted and not yet written
@@ -163,19 +164,12 @@ class Stream(StreamTasks):
             self._write_own_segment(image, layout, index, None if name is None else (name, number, key))
             return
         with self._lock:
-            placed = False
-            if self._reserved is not None:  # a decoder's ring space (``_reserve``): this image, or given back
-                placed = image is self._reserved[0]
-                place = self._reserved[1:3] if placed else None
-                self._give_back_reserved(placed)
-            if not placed:
-                place = self._ring.reserve(size)
+            placed = self._reserved is not None and image is self._reserved[0]  # decoded in place: ``_reserve``
+            place = self._take_reserved() if placed else self._room(size)
             if place is None:
-                place = self._wait_for_room(size)
-                if place is None:
-                    return self._raise_for_state()
+                return self._raise_for_state()
             offset, end = place
-            here = self._runs_here(layout)
+            here = self._runs_here(layout.nbytes)
             # A small image as bytes: 2.2 us of the caller's CPU per 50x50 write against 2.6 through an
             # array view. A big one through numpy, which lets go of the GIL while it copies and copies
             # faster (1080p frame: 0.25 ms against 0.53).
@@ -226,30 +220,32 @@ class Stream(StreamTasks):
         threads encode (big ones: tiny ones may move to another ring), and while the stream is open;
         None otherwise. Until that ``write``, any other write or ``_reserve`` gives the space back.
         """
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        size = aligned(nbytes)
-        threads_from = self._threads_from
-        if self._state is not OPEN or size > self._ring.size or threads_from is None or nbytes < threads_from:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if self._state is not OPEN or not self._runs_here(nbytes) or aligned(nbytes) > self._ring.size:
             return None
         with self._lock:
-            if self._reserved is not None:
-                self._give_back_reserved(False)
-            place = self._ring.reserve(size)
+            place = self._room(aligned(nbytes))
             if place is None:
-                place = self._wait_for_room(size)
-                if place is None:
-                    return None
+                return None
             out = self._ring.block.array(shape, dtype, place[0])
-            self._reserved = (out, place[0], place[1], size)
+            self._reserved = (out, *place)
         return out
 
-    def _give_back_reserved(self, taken: bool) -> None:
-        """Forget the space ``_reserve`` lent; unless ``taken`` (by a ``write`` of its array), the ring
-        gets it back (holding the lock)."""
-        _, _, end, size = self._reserved
+    def _take_reserved(self) -> tuple[int, int]:
+        """The ``(offset, end)`` that ``_reserve`` lent, for ``write`` of its array (holding the lock)."""
+        _, offset, end = self._reserved
         self._reserved = None
-        if not taken:
-            self._ring.give_back(size, end)
+        return offset, end
+
+    def _room(self, size: int) -> tuple[int, int] | None:
+        """``(offset, end)`` of ``size`` bytes in the ring, waiting while it is full (holding the lock);
+        None if the stream stopped. Space ``_reserve`` lent and no ``write`` took goes back first."""
+        if self._reserved is not None:
+            out, _, end = self._reserved
+            self._reserved = None
+            self._ring.give_back(aligned(out.nbytes), end)
+        place = self._ring.reserve(size)
+        return place if place is not None else self._wait_for_room(size)
 
     def skip_to(self, index: int) -> None:
         """Give the next image ``index`` (at least the next one's): the indices between get no image.
@@ -366,7 +362,7 @@ class Stream(StreamTasks):
             if self._state is not OPEN:
                 return self._raise_for_state()
             self._own_segment_busy = True
-        here = self._runs_here(layout) or self._tiny_on_threads > 0
+        here = self._runs_here(layout.nbytes) or self._tiny_on_threads > 0
         block = self._store.lend_segment(layout.nbytes, shared=not here)
         block.array(layout.shape, layout.dtype)[...] = image
         with self._cond:
@@ -411,9 +407,9 @@ class Stream(StreamTasks):
         if not moved:
             self._raise_for_state()
 
-    def _runs_here(self, layout: Layout) -> bool:
-        """Whether images of ``layout`` are encoded by this process's threads (else by the workers)."""
-        return self._threads_from is not None and layout.nbytes >= self._threads_from
+    def _runs_here(self, nbytes: int) -> bool:
+        """Whether images of ``nbytes`` are encoded by this process's threads (else by the workers)."""
+        return self._threads_from is not None and nbytes >= self._threads_from
 
     def _raise_for_state(self) -> None:
         if self._state is STOPPED and self._report is None:

@@ -3,6 +3,7 @@ segment of this process and no child process outlives it."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -119,31 +121,33 @@ def writer(request, files_by):
         yield w
 
 
+@contextlib.contextmanager
+def child_under_way(command: list[str], log: Path, info: Path, timeout: float, what: str):
+    """Run ``command`` (Ctrl-C reaches it as from a terminal), its output in ``log``; yield
+    ``(process, the JSON in info)`` once it has written ``info``, and kill it on the way out if it runs."""
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=sigint_as_in_a_terminal)
+    try:
+        assert wait_until(lambda: info.exists() or process.poll() is not None, timeout), what
+        assert process.poll() is None, log.read_text()
+        yield process, json.loads(info.read_text())
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
 def interrupt_a_loop(tmp_path, script: str, out) -> dict:
     """Run ``script`` (a loop that writes ``info.json``, ``{"pid": ..., "workers": [...]}``, beside
     ``out`` once it is under way) with ``out`` as its argument, press Ctrl-C as a terminal would, and
     return that info once the loop has ended with KeyboardInterrupt, promptly."""
     path = tmp_path / "loop.py"
     path.write_text(textwrap.dedent(script))
-    with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(path), str(out)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=sigint_as_in_a_terminal,
-        )
-    try:
-        assert wait_until(lambda: (tmp_path / "info.json").exists() or process.poll() is not None, 60), (
-            "the loop never started"
-        )
-        assert process.poll() is None, (tmp_path / "child.log").read_text()
-        info = json.loads((tmp_path / "info.json").read_text())
+    command = [sys.executable, str(path), str(out)]
+    started = child_under_way(command, tmp_path / "child.log", tmp_path / "info.json", 60, "the loop never started")
+    with started as (process, info):
         process.send_signal(signal.SIGINT)
         process.wait(20)  # promptly: what was not sent yet is dropped
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     assert "KeyboardInterrupt" in (tmp_path / "child.log").read_text()
     return info
 

@@ -44,7 +44,6 @@ import fcntl
 import functools
 import gc
 import glob
-import json
 import math
 import mmap
 import os
@@ -67,7 +66,7 @@ import shmsave
 from shmsave import _files, segment
 from shmsave._sample import frames
 
-from .conftest import shmsave_segments, sigint_as_in_a_terminal, wait_until
+from .conftest import child_under_way, shmsave_segments, wait_until
 
 _MB = 2**20
 _PNG9 = {"compression": 9}  # ~50 ms per 480x640 frame: batches slow enough to hit mid-way
@@ -349,25 +348,13 @@ def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O
     script.write_text(_CHILD)
     out = tmp_path / "child"
     out.mkdir()
-    with open(tmp_path / "child.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(script), str(out), str(count), engine, files, images],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=sigint_as_in_a_terminal,
-        )
-    try:
-        assert wait_until(lambda: (out / "info.json").exists() or process.poll() is not None, 30), (
-            "the child never started its batch"
-        )
-        assert process.poll() is None, (tmp_path / "child.log").read_text()
-        info = json.loads((out / "info.json").read_text())
+    command = [sys.executable, str(script), str(out), str(count), engine, files, images]
+    started = child_under_way(
+        command, tmp_path / "child.log", out / "info.json", 30, "the child never started its batch"
+    )
+    with started as (process, info):
         assert wait_until(lambda: len(_final_names(out / "run")) >= 2, 20), "no file of the batch appeared"
         yield process, info
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
 
 
 def test_segments_of_dead_processes_are_swept():

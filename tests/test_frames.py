@@ -243,11 +243,13 @@ def test_stream_skip_to_leaves_gaps_and_never_goes_back(photos, tmp_path):
 
 
 def test_frames_after_the_first_are_decoded_straight_into_the_ring(big_avi, tmp_path, monkeypatch):
+    from shmsave._ring import Ring
     from shmsave.streaming import Stream
 
-    taken = []
-    give_back = Stream._give_back_reserved
-    monkeypatch.setattr(Stream, "_give_back_reserved", lambda self, was: taken.append(was) or give_back(self, was))
+    taken = []  # per reservation: True taken by write, False given back to the ring
+    take, give_back = Stream._take_reserved, Ring.give_back
+    monkeypatch.setattr(Stream, "_take_reserved", lambda self: taken.append(True) or take(self))
+    monkeypatch.setattr(Ring, "give_back", lambda self, *place: taken.append(False) or give_back(self, *place))
     frames = decoded(big_avi)
     with shmsave.Writer(workers=2) as writer:
         report = writer.save_frames(big_avi, tmp_path / "{index:04d}.png")
