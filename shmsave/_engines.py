@@ -42,26 +42,36 @@ def run_inline(request: Request, tally: Tally) -> None:
 
 def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) -> None:
     """Write on ``threads``, the request cut into tasks for ``workers``; a stop lets running tasks finish."""
-    import concurrent.futures
+    from _queue import SimpleQueue  # what queue.SimpleQueue is; ``queue`` costs ~2 ms to import (heapq)
 
     write = _in_process(request)
-    ends = {
-        threads.submit(write, lo, hi): request.start + hi
-        for lo, hi in Chunks(request.count, request.nbytes, workers).split(0, request.count)
-    }
-    counted = set()
+    tasks = list(Chunks(request.count, request.nbytes, workers).split(0, request.count))
+    finished: SimpleQueue[tuple[int, Outcome | None, BaseException | None]] = SimpleQueue()
+    stopped = False  # tasks that have not begun are skipped
+
+    def run(lo: int, hi: int) -> None:
+        try:
+            finished.put((hi, None, None) if stopped else (hi, write(lo, hi), None))
+        except BaseException as error:  # noqa: BLE001 - raised in the caller, once every task is over
+            finished.put((hi, None, error))
+
+    for lo, hi in tasks:
+        threads.run(run, lo, hi)
+    failure, told = None, 0
     try:
-        for future in concurrent.futures.as_completed(ends):
-            counted.add(future)
-            if tally.add(future.result(), ends[future]) is False:
-                break
+        while told < len(tasks):
+            hi, outcome, error = finished.get()
+            told += 1
+            if error is not None:
+                failure, stopped = failure or error, True
+            elif outcome is not None and tally.add(outcome, request.start + hi) is False:
+                stopped = True  # tasks still running report what they wrote
     finally:
-        for future in ends:
-            future.cancel()
-        concurrent.futures.wait(ends)
-    for future, end in ends.items():  # tasks already running when we stopped: report what they wrote
-        if future not in counted and not future.cancelled() and future.exception() is None:
-            tally.add(future.result(), end)
+        stopped = True  # interrupted: what has not begun is skipped, what runs is waited for
+        for _ in range(told, len(tasks)):
+            finished.get()
+    if failure is not None:
+        raise failure
 
 
 def run_processes(
@@ -108,7 +118,7 @@ def run_hybrid(processes: Processes, threads: Threads, request: Request, tally: 
     Threads and processes take their tasks from one ``SharedChunks``; the
     processes' dispatcher (this thread) sends tasks only to ready workers.
     """
-    import concurrent.futures
+    from _queue import SimpleQueue
     from multiprocessing import Pipe
 
     pool = processes.pool()  # run_processes starts its workers (Pool.run), right after the threads
@@ -128,18 +138,30 @@ def run_hybrid(processes: Processes, threads: Threads, request: Request, tally: 
         finally:
             wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
 
-    takers = [threads.submit(take_tasks, rank) for rank in range(workers)]
+    ended: SimpleQueue[BaseException | None] = SimpleQueue()
+
+    def taker(rank: int) -> None:
+        try:
+            take_tasks(rank)
+        except BaseException as error:  # noqa: BLE001 - raised in the caller, once every taker is over
+            ended.put(error)
+        else:
+            ended.put(None)
+
+    for rank in range(workers):
+        threads.run(taker, rank)
     try:
         run_processes(
             processes, request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted
         )
     finally:
         chunks.stop()
-        concurrent.futures.wait(takers)
+        errors = [ended.get() for _ in range(workers)]
         wake_read.close()
         wake_write.close()
-    for taker in takers:
-        taker.result()  # tasks report their own errors; anything else raised in a thread is not lost
+    for error in errors:
+        if error is not None:
+            raise error  # tasks report their own errors; anything else raised in a thread is not lost
 
 
 class _SharedTally:

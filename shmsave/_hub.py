@@ -214,7 +214,7 @@ class Hub:
                 if stream.has_ready:
                     self.poke()
                 return
-            self._threads.submit(self._run_here, stream, taken[0])
+            self._threads.run(self._run_here, stream, taken[0])
 
     def _thread_free(self) -> bool:
         """Whether a task may go to the threads now (call with the mutex held)."""
@@ -245,7 +245,7 @@ class Hub:
                     return None
                 self._owner[taken[0].id] = stream
                 return taken[0]
-            self._threads.submit(self._run_here, stream, taken[0])
+            self._threads.run(self._run_here, stream, taken[0])
 
     def _run_here(self, stream: Stream, task: Task) -> None:
         try:

@@ -183,12 +183,16 @@ class Writer:
         )
         if copy:
             request = self._snapshot(request)
+        import concurrent.futures  # here: it (and logging) costs ~6 ms to import
+
+        from ._threads import Threads, settle
+
+        future: concurrent.futures.Future[Report] = concurrent.futures.Future()
         with self._lock:
             if self._submitter is None:
-                from ._threads import Threads  # here: concurrent.futures (and logging) cost ~7 ms to import
-
                 self._submitter = Threads(1, "shmsave-submit", linger=False)  # the interpreter waits for it at exit
-        return self._submitter.submit(self._run, request, progress)
+        self._submitter.run(settle, future, self._run, request, progress)
+        return future
 
     def stream(
         self,

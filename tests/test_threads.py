@@ -1,0 +1,78 @@
+"""The Writer's threads (``_threads.Threads``): as many run at once as there are calls, up to their count."""
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+
+from shmsave._threads import Threads, settle
+
+
+def _until_idle(threads: Threads, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        with threads._cond:
+            if threads._idle == count:
+                return
+        assert time.monotonic() < deadline, "the threads never went idle"
+        time.sleep(0.001)
+
+
+def _submit(threads: Threads, function, *args) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    threads.run(settle, future, function, *args)
+    return future
+
+
+@pytest.mark.parametrize("first_calls", [1, 2])
+def test_calls_queued_before_an_idle_thread_wakes_start_more_threads(first_calls):
+    threads = Threads(3, "test")
+    try:
+        for future in [_submit(threads, int) for _ in range(first_calls)]:
+            future.result(timeout=10)
+        _until_idle(threads, first_calls)
+        meet = threading.Barrier(3, timeout=10)  # passes only if three calls run at once
+        with threads._cond:  # no idle thread can wake and take a call while these are queued
+            futures = [_submit(threads, meet.wait) for _ in range(3)]
+        assert sorted(future.result(timeout=20) for future in futures) == [0, 1, 2]
+    finally:
+        threads.shutdown()
+
+
+def test_no_more_threads_than_the_count():
+    threads = Threads(2, "test")
+    try:
+        release = threading.Event()
+        futures = [_submit(threads, release.wait, 10) for _ in range(4)]
+        with threads._cond:
+            assert len(threads._threads) == 2
+        release.set()
+        assert all(future.result(timeout=20) for future in futures)
+    finally:
+        threads.shutdown()
+
+
+def test_a_call_that_raises_is_reported_and_the_thread_serves_on(capsys):
+    threads = Threads(1, "test")
+    try:
+        threads.run(int, "not a number")
+        assert _submit(threads, int, "7").result(timeout=10) == 7
+        assert "ValueError" in capsys.readouterr().err
+    finally:
+        threads.shutdown()
+
+
+def test_settle_carries_the_exception_and_honours_a_cancel():
+    threads = Threads(1, "test")
+    try:
+        with pytest.raises(ValueError):
+            _submit(threads, int, "x").result(timeout=10)
+        cancelled: concurrent.futures.Future = concurrent.futures.Future()
+        assert cancelled.cancel()
+        ran = []
+        threads.run(settle, cancelled, ran.append, 1)
+        assert _submit(threads, int, "1").result(timeout=10) == 1  # the cancelled call came before it
+        assert ran == []
+    finally:
+        threads.shutdown()
