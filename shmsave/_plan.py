@@ -35,18 +35,18 @@ _POOL_START_S = 0.4
 THREADS_FROM_IMAGE_BYTES = 64 * 1024
 # Tiny images on threads: the GIL serializes shmsave's Python work per image (16 % of
 # it, benchmarks/results/profile_tiny.md) and the hand-offs around each encode and
-# file call, so threads top out near 4x however many cores there are, and get about
-# 0.7 of a core each below that: 2 threads ran 10,000 tiny images at 1.3-1.55x the loop
-# (warm, tmpfs), where cv2.imwrite's single hand-off per image gives 1.55-1.75x. With
-# the worker processes not yet started, a request of tiny images starts them and runs
-# "hybrid" (threads write at once; each worker takes over from a thread as it finishes
-# starting) when starting n processes and running at n x beats the threads:
-# start + W / n < W / (0.7 x min(n, 4)): from ~26,000 tiny images on 2 cores, ~52,000
-# on 4 (where threads come closest), ~19,000 on 16. Smaller requests run on threads
-# (from ~0.1 s of estimated work) or inline; a list runs on processes (it is staged
-# window by window, which threads cannot share).
+# group of files, so threads top out near 4x however many cores there are, and get about
+# 0.85 of a core each below that: 2 threads ran 10,000 tiny images at 1.62-1.69x the loop
+# (warm, tmpfs; processes 2.03x), and 50,000 fresh at 1.7-1.8x. With the worker processes
+# not yet started, a request of tiny images starts them and runs "hybrid" (threads write
+# at once; each worker takes over from a thread as it finishes starting) when starting n
+# processes and running at n x beats the threads: start + W / n < W / (0.85 x min(n, 4)):
+# from ~62,000 tiny images on 2 cores (at 50,000, fresh: threads 0.97-1.16 s, hybrid
+# 1.12-1.29 s, medians of 5-7), ~24,000 on 16. Smaller requests run on threads (from
+# ~0.1 s of estimated work) or inline; a list runs on processes (it is staged window by
+# window, which threads cannot share).
 _THREAD_SPEEDUP_MOST = 4
-_TINY_THREAD_EFFICIENCY = 0.7
+_TINY_THREAD_EFFICIENCY = 0.85
 # Below this estimate (~1,700 tiny images) threads are not paid back: 1,000 tiny images ran no
 # faster on 2 threads than inline (26 vs 26 ms, fresh interpreters), 10,000 ran 1.7x faster.
 _THREADS_FROM_S = 0.1

@@ -27,7 +27,8 @@ TABLE = [
     ("tiny-1000-cold-inline", "auto", 2, 1000, 1000 * TINY, "array", False, Choice("inline", 1, small=True)),
     ("tiny-3000-cold-threads", "auto", 2, 3000, 3000 * TINY, "array", False, Choice("thread", 2, small=True)),
     ("tiny-20000-cold-2-cores-threads", "auto", 2, 20_000, 20_000 * TINY, "array", False, Choice("thread", 2, True)),
-    ("tiny-big-cold-2-cores-hybrid", "auto", 2, 50_000, 50_000 * TINY, "array", False, Choice("hybrid", 2)),
+    ("tiny-50000-cold-2-cores-threads", "auto", 2, 50_000, 50_000 * TINY, "array", False, Choice("thread", 2, True)),
+    ("tiny-big-cold-2-cores-hybrid", "auto", 2, 100_000, 100_000 * TINY, "array", False, Choice("hybrid", 2)),
     ("tiny-big-cold-16-cores-hybrid", "auto", 16, 50_000, 50_000 * TINY, "array", False, Choice("hybrid", 16)),
     ("tiny-big-cold-list-processes", "auto", 16, 50_000, 50_000 * TINY, "list", False, Choice("process", 16)),
     ("forced-hybrid-list-processes", "hybrid", 4, 10, 10 * TINY, "list", False, Choice("process", 4)),
@@ -46,7 +47,7 @@ TABLE = [
     # a memory-mapped file is read in this process too: its pages are let go after each task (_pages.py)
     ("big-file-threads", "auto", 4, 300, 300 * MB, "file", False, Choice("thread", 4)),
     ("big-file-one-worker-inline", "auto", 1, 300, 300 * MB, "file", False, Choice("inline", 1)),
-    ("tiny-big-file-hybrid", "auto", 2, 50_000, 50_000 * TINY, "file", False, Choice("hybrid", 2)),
+    ("tiny-big-file-hybrid", "auto", 2, 100_000, 100_000 * TINY, "file", False, Choice("hybrid", 2)),
     ("small-file-threads", "auto", 4, 10, 10 * MB, "file", False, Choice("thread", 4)),
 ]
 
@@ -61,10 +62,10 @@ def test_engine_choice(engine, workers, count, nbytes, source, ready, expected):
 
 
 def test_cold_workers_pay_only_where_they_beat_threads():
-    # tiny images, workers not started: hybrid once start + W / n < W / (0.7 x min(n, 4));
-    # with 16 workers and a 0.4 s start that is W > 0.4 / (1/2.8 - 1/16) = 1.358 s
+    # tiny images, workers not started: hybrid once start + W / n < W / (0.85 x min(n, 4));
+    # with 16 workers and a 0.4 s start that is W > 0.4 / (1/3.4 - 1/16) = 1.727 s
     per_image = single_core_seconds(1, TINY)
-    for seconds, engine in ((1.35, "thread"), (1.37, "hybrid")):
+    for seconds, engine in ((1.72, "thread"), (1.74, "hybrid")):
         count = int(seconds / per_image)
         assert choose_engine("auto", 16, count, count * TINY, "array", pool_ready=False).engine == engine
 

@@ -644,7 +644,7 @@ def test_hybrid_does_not_lose_an_exception_raised_in_a_thread(monkeypatch, tmp_p
 def test_auto_engine_goes_hybrid_for_many_tiny_images_while_workers_are_cold(monkeypatch, tmp_path, rng):
     from shmsave import _plan
 
-    monkeypatch.setattr(_plan, "_POOL_START_S", 0.01)  # as on a host where workers start 40x faster
+    monkeypatch.setattr(_plan, "_POOL_START_S", 0.002)  # as on a host where workers start 200x faster
     stack = rng.integers(0, 255, (1000, 50, 50, 1), np.uint8)
     with shmsave.Writer(workers=2) as writer:
         assert writer.save(stack, str(tmp_path / "{index}.jpg")).engine == "hybrid"
