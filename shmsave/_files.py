@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
-import mmap
 import os
 import stat
 import time
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-_PAGE = mmap.PAGESIZE  # a write of up to one page to a new file lands whole or not at all
+_PAGE = os.sysconf("SC_PAGE_SIZE")  # a write of up to one page to a new file lands whole or not at all
 _TMPFILE_FLAGS = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC
 _NO_TMPFILE = {_errno.EOPNOTSUPP, _errno.EISDIR, _errno.EINVAL, _errno.ENOENT}

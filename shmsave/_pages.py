@@ -14,24 +14,32 @@ caller's changes away.
 
 from __future__ import annotations
 
-import mmap
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import mmap
 
 try:
     from numpy.lib.array_utils import byte_bounds  # numpy >= 2
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy import byte_bounds
 
-_PAGE = mmap.PAGESIZE
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def page_dropper(stack: np.ndarray | None) -> Callable[[int, int], None] | None:
     """``drop(lo, hi)``: let go of the pages of images ``lo:hi`` of ``stack``; None where
     ``stack`` is not a memory-mapped file shared with the file."""
     mapping = getattr(stack, "_mmap", None)
-    if not isinstance(stack, np.memmap) or mapping is None or stack.mode == "c" or not hasattr(mmap, "MADV_DONTNEED"):
+    if not isinstance(stack, np.memmap) or mapping is None or stack.mode == "c":
+        return None
+    import mmap  # here: its import costs a script's first save ~0.3 ms, and np.memmap has loaded it
+
+    if not hasattr(mmap, "MADV_DONTNEED"):
         return None
     base = mapping_address(mapping)
     if base is None:

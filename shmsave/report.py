@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed, WriteTimedOut
@@ -16,8 +16,37 @@ if TYPE_CHECKING:
     from .request import Request
 
 
-@dataclass(frozen=True)
-class Failure:
+class _Frozen:
+    """A frozen dataclass's methods, written once: ``@dataclass(frozen=True)`` makes each of them
+    with ``exec`` for every class (~1 ms a class, at a script's first save)."""
+
+    __slots__ = ()
+    __dataclass_fields__: dict[str, Any]
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__dataclass_fields__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__dataclass_fields__)
+        return f"{type(self).__qualname__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+@dataclass(init=False, repr=False, eq=False)  # frozen: _Frozen
+class Failure(_Frozen):
     """One image that was not written: its index, its path and why."""
 
     index: int
@@ -25,9 +54,12 @@ class Failure:
     message: str
     errno: int | None = None
 
+    def __init__(self, index: int, path: str, message: str, errno: int | None = None) -> None:
+        object.__setattr__(self, "__dict__", {"index": index, "path": path, "message": message, "errno": errno})
 
-@dataclass(frozen=True)
-class Report:
+
+@dataclass(init=False, repr=False, eq=False)  # frozen: _Frozen
+class Report(_Frozen):
     """The outcome of one save: images written, bytes, wall seconds, and failures.
 
     ``skipped`` counts existing files left alone (``overwrite=False``);
@@ -43,6 +75,21 @@ class Report:
     engine: str = "inline"
     workers: int = 1
     encoder: str = "opencv"
+
+    def __init__(
+        self,
+        count: int,
+        bytes: int,  # noqa: A002 - the field's name
+        seconds: float,
+        failed: tuple[Failure, ...] = (),
+        skipped: int = 0,
+        engine: str = "inline",
+        workers: int = 1,
+        encoder: str = "opencv",
+    ) -> None:
+        values = {"count": count, "bytes": bytes, "seconds": seconds, "failed": failed, "skipped": skipped}
+        values.update(engine=engine, workers=workers, encoder=encoder)
+        object.__setattr__(self, "__dict__", values)
 
     @property
     def images_per_second(self) -> float:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
 import mmap
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -265,6 +268,29 @@ def test_inline_engine_tells_progress_while_it_runs(tmp_path, rng):
         writer.save(images, str(tmp_path / "{index}.png"), progress=told.append)
     assert sum(told) == 3000
     assert len(told) > 2, "progress came only at the end"
+
+
+def test_report_and_failure_are_frozen_dataclasses():
+    failure = shmsave.Failure(4, "out/4.png", "No space left on device", 28)
+    report = shmsave.Report(9, 1234, 0.5, (failure,), skipped=1, engine="thread", workers=2)
+    assert dataclasses.is_dataclass(report)
+    assert [field.name for field in dataclasses.fields(shmsave.Failure)] == ["index", "path", "message", "errno"]
+    as_dict = {"index": 4, "path": "out/4.png", "message": failure.message, "errno": 28}
+    assert dataclasses.asdict(report)["failed"] == (as_dict,)
+    changed = dataclasses.replace(report, skipped=3)
+    assert (changed.skipped, changed.count, report.skipped) == (3, 9, 1)
+    assert report == pickle.loads(pickle.dumps(report)) == copy.deepcopy(report) and report != changed
+    assert hash(report) == hash(dataclasses.replace(report)) and len({report, dataclasses.replace(report)}) == 1
+    assert report != (9, 1234, 0.5) and shmsave.Failure(1, "a", "m") == shmsave.Failure(1, "a", "m", None)
+    assert repr(failure) == "Failure(index=4, path='out/4.png', message='No space left on device', errno=28)"
+    assert repr(shmsave.Report(1, 2, 0.25)) == (
+        "Report(count=1, bytes=2, seconds=0.25, failed=(), skipped=0, engine='inline', workers=1, encoder='opencv')"
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.count = 10  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del failure.path  # type: ignore[misc]
+    assert report.count == 9 and failure.path == "out/4.png"
 
 
 def test_submit_returns_a_future_of_the_report(photos, tmp_path):
