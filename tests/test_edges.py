@@ -267,17 +267,12 @@ def test_the_commands_bar_shows_in_a_terminal_of_no_columns(tmp_path):
     import termios
 
     np.save(tmp_path / "in.npy", np.zeros((40, 8, 8), np.uint8))
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a terminal of 0 columns, then the command
-        try:
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
-            os.environ["PYTHONPATH"] = _PACKAGE_PARENT
-            os.execv(
-                sys.executable,
-                [sys.executable, "-m", "shmsave", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o/{index}.png")],
-            )
-        finally:
-            os._exit(127)
+    fd, terminal = pty.openpty()  # not pty.fork: forking a process with threads may deadlock the child
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    command = [sys.executable, "-m", "shmsave", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o/{index}.png")]
+    env = dict(os.environ, PYTHONPATH=_PACKAGE_PARENT)
+    child = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, env=env, start_new_session=True)
+    os.close(terminal)
     output = b""
     while True:
         try:
@@ -287,8 +282,8 @@ def test_the_commands_bar_shows_in_a_terminal_of_no_columns(tmp_path):
         if not chunk:
             break
         output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output
+    os.close(fd)
+    assert child.wait(timeout=60) == 0, output
     assert b"40/40" in output, output
     assert len(os.listdir(tmp_path / "o")) == 40
 
