@@ -46,30 +46,39 @@ def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) 
 
     write = _in_process(request)
     tasks = list(Chunks(request.count, request.nbytes, workers).split(0, request.count))
+    if not tasks:
+        return
     finished: SimpleQueue[tuple[int, Outcome | None, BaseException | None]] = SimpleQueue()
     stopped = False  # tasks that have not begun are skipped
+    # Counted down by the tasks themselves: an interrupt between a get() and its count cannot
+    # make the wait for the running tasks below hang.
+    running, counting, over = len(tasks), threading.Lock(), threading.Event()
 
     def run(lo: int, hi: int) -> None:
+        nonlocal running
         try:
             finished.put((hi, None, None) if stopped else (hi, write(lo, hi), None))
         except BaseException as error:  # noqa: BLE001 - raised in the caller, once every task is over
             finished.put((hi, None, error))
+        finally:
+            with counting:
+                running -= 1
+                if not running:
+                    over.set()
 
     for lo, hi in tasks:
         threads.run(run, lo, hi)
-    failure, told = None, 0
+    failure = None
     try:
-        while told < len(tasks):
+        for _ in tasks:
             hi, outcome, error = finished.get()
-            told += 1
             if error is not None:
                 failure, stopped = failure or error, True
             elif outcome is not None and tally.add(outcome, request.start + hi) is False:
                 stopped = True  # tasks still running report what they wrote
     finally:
         stopped = True  # interrupted: what has not begun is skipped, what runs is waited for
-        for _ in range(told, len(tasks)):
-            finished.get()
+        over.wait()
     if failure is not None:
         raise failure
 

@@ -29,8 +29,9 @@ def _submit(threads: Threads, function, *args) -> concurrent.futures.Future:
 def test_calls_queued_before_an_idle_thread_wakes_start_more_threads(first_calls):
     threads = Threads(3, "test")
     try:
-        for future in [_submit(threads, int) for _ in range(first_calls)]:
-            future.result(timeout=10)
+        first = threading.Barrier(first_calls, timeout=10)  # the first calls start a thread each
+        for future in [_submit(threads, first.wait) for _ in range(first_calls)]:
+            future.result(timeout=20)
         _until_idle(threads, first_calls)
         meet = threading.Barrier(3, timeout=10)  # passes only if three calls run at once
         with threads._cond:  # no idle thread can wake and take a call while these are queued
@@ -76,3 +77,39 @@ def test_settle_carries_the_exception_and_honours_a_cancel():
         assert ran == []
     finally:
         threads.shutdown()
+
+
+def test_an_interrupt_just_after_an_outcome_arrives_still_waits_for_the_running_tasks(monkeypatch, tmp_path):
+    """Ctrl-C may land between a task's outcome leaving the queue and its being counted: the
+    save must still end (once its running tasks have), raising the interrupt, not hang."""
+    import _queue
+
+    import numpy as np
+
+    import shmsave
+
+    class InterruptedAfterGet(_queue.SimpleQueue):
+        interrupted = False
+
+        def get(self, *args, **kwargs):
+            item = super().get(*args, **kwargs)
+            if not InterruptedAfterGet.interrupted:  # once, as one Ctrl-C
+                InterruptedAfterGet.interrupted = True
+                raise KeyboardInterrupt
+            return item
+
+    monkeypatch.setattr(_queue, "SimpleQueue", InterruptedAfterGet)
+    raised: list[BaseException] = []
+
+    def save() -> None:
+        with shmsave.Writer(2, engine="thread") as writer:
+            try:
+                writer.save(np.zeros((3000, 16, 16), np.uint8), str(tmp_path / "{index}.png"))
+            except BaseException as error:  # noqa: BLE001 - what the save raised is the result
+                raised.append(error)
+
+    saving = threading.Thread(target=save, daemon=True)
+    saving.start()
+    saving.join(60)
+    assert not saving.is_alive(), "the save hung after the interrupt"
+    assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
