@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
+from _thread import allocate_lock  # threading.Lock itself: an inline save does not import threading (~1 ms)
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,9 @@ from ._pages import page_dropper
 from ._plan import Chunks, SharedChunks
 
 if TYPE_CHECKING:
+    from ._job import Job, Outcome
     from ._processes import Processes
-    from ._protocol import Job, Outcome, Result, Task
+    from ._protocol import Result, Task
     from ._threads import Threads
     from .report import Tally
     from .request import Request
@@ -42,6 +43,7 @@ def run_inline(request: Request, tally: Tally) -> None:
 
 def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) -> None:
     """Write on ``threads``, the request cut into tasks for ``workers``; a stop lets running tasks finish."""
+    import threading  # loaded with the threads already; not by an inline save
     from _queue import SimpleQueue  # what queue.SimpleQueue is; ``queue`` costs ~2 ms to import (heapq)
 
     write = _in_process(request)
@@ -52,7 +54,7 @@ def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) 
     stopped = False  # tasks that have not begun are skipped
     # Counted down by the tasks themselves: an interrupt between a get() and its count cannot
     # make the wait for the running tasks below hang.
-    running, counting, over = len(tasks), threading.Lock(), threading.Event()
+    running, counting, over = len(tasks), allocate_lock(), threading.Event()
 
     def run(lo: int, hi: int) -> None:
         nonlocal running
@@ -179,7 +181,7 @@ class _SharedTally:
     def __init__(self, tally: Tally, chunks: SharedChunks) -> None:
         self._tally = tally
         self._chunks = chunks
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
 
     def add(self, outcome: Outcome, end: int) -> bool:
         with self._lock:

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from . import _heap
-from ._protocol import Job, Outcome
+from ._job import Job, Outcome
 from .errors import describe_oserror
 from .naming import job_name_maker, job_path
 

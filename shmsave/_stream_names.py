@@ -6,7 +6,7 @@ OpenCV writes, ``~`` expanded, a relative path resolved against the caller's fol
 call; its format's options (the stream's, or the ``params`` given with it, as ``cv2.imwrite``'s
 third argument) are planned once per extension and params, so the next image of that kind costs
 a dict lookup. The formats of a stream are numbered as they come (``formats``); a task carries
-its images' paths and numbers (``_protocol.Names``).
+its images' paths and numbers (``_job.Names``).
 
 Two images on one path: the later waits until the earlier is written (``busy``), so the file
 ends up holding the last one, as a loop of ``cv2.imwrite`` calls leaves it.

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._files import remove_partial_files, unexpected_in_task, write_images
-from ._protocol import ListSource, Names, StackSource, Task
+from ._job import Names
+from ._protocol import ListSource, StackSource, Task
 from ._ring import aligned
 from .errors import WorkerFailed
 from .naming import job_path
 
 if TYPE_CHECKING:
     from ._images import Layout
-    from ._protocol import Job, Outcome
+    from ._job import Job, Outcome
     from .segment import Segment
 
 OPEN, CLOSING, STOPPED, CLOSED = "open", "closing", "stopped", "closed"

@@ -7,7 +7,7 @@ A call names its images in one of three ways, all checked here before anything i
 - a template with per-image ``fields`` (``fields={"label": labels}``): formatted here, one path each;
 - a sequence of paths, one per image, taken literally (braces are part of the name).
 
-The last two travel as ``_protocol.Names``: each task carries the paths of its own images.
+The last two travel as ``_job.Names``: each task carries the paths of its own images.
 """
 
 import os
@@ -17,7 +17,7 @@ from _string import formatter_parser  # what string.Formatter().parse calls; str
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ._protocol import Names
+from ._job import Names
 from .errors import InvalidRequest
 
 # Format specs under which distinct integers always give distinct strings:

@@ -12,7 +12,8 @@ from .errors import InvalidRequest, WorkerDied, WorkerFailed, WriteFailed, Write
 from .naming import job_path
 
 if TYPE_CHECKING:
-    from ._protocol import Job, Outcome, Task
+    from ._job import Job, Outcome
+    from ._protocol import Task
     from .request import Request
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import codec
 from ._images import check_finite, normalize
-from ._protocol import Job
+from ._job import Job
 from .errors import InvalidRequest
 from .naming import Template, parse_template
 

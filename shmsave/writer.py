@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 import weakref
+from _thread import allocate_lock  # threading.Lock itself, without importing threading (~1 ms)
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,13 +73,13 @@ class Writer:
         self.workers = int(workers) if workers is not None else usable_cpus()
         self.engine = engine
         self._processes = Processes(self.workers)
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._threads: Threads | None = None
         self._submitter: Threads | None = None
         self._closed = False
         self._small_calls = 0  # calls too small to start the workers for
         self._imwriting: Stream | None = None  # the stream imwrite() adds to, until flush()
-        self._imwrite_lock = threading.Lock()
+        self._imwrite_lock = allocate_lock()
         self._finalizer = weakref.finalize(self, self._processes.close)
         _writers.add(self)
 
@@ -517,12 +517,12 @@ class Writer:
         segment.py drop the child's hold on them); threads did not survive the
         fork, and a lock another thread held would never be released.
         """
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._threads = self._submitter = None
         self._processes.drop_inherited()
         self._small_calls = 0
         self._imwriting = None
-        self._imwrite_lock = threading.Lock()
+        self._imwrite_lock = allocate_lock()
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()

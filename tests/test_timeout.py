@@ -23,7 +23,8 @@ import pytest
 
 import shmsave
 from shmsave import _files, _worker
-from shmsave._protocol import Job, StackSource, Task
+from shmsave._job import Job
+from shmsave._protocol import StackSource, Task
 from shmsave.errors import InvalidRequest, WriteTimedOut
 from shmsave.pool import Pool
 
