@@ -58,6 +58,9 @@ class _Worker:
         parent_end, child_end = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
+        # Workers do no linear algebra: without this, numpy's and OpenCV's OpenBLAS would each start a
+        # thread per core in every worker, spinning ~0.1 s while it starts (README, "How it works").
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],

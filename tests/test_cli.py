@@ -209,6 +209,28 @@ def test_version_names_opencv_and_the_formats_it_writes():
     assert listed == writable_extensions() and ".xyz" not in listed
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no threads of its own on one core")
+@pytest.mark.parametrize("theirs", [None, "2"])
+def test_the_command_starts_no_blas_threads_unless_told(theirs):
+    """numpy's and OpenCV's OpenBLAS start a thread per core at import (each spins ~0.1 s); the command
+    does no linear algebra, so it sets OPENBLAS_NUM_THREADS=1 first, unless the user set it."""
+    code = (
+        "import os, sys\n"
+        "from shmsave.__main__ import main\n"
+        "sys.argv = ['shmsave', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "import cv2, numpy\n"  # --version loaded both
+        "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'], file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if theirs is not None:
+        env["OPENBLAS_NUM_THREADS"] = theirs
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    threads, setting = done.stderr.split()
+    assert done.stdout.startswith("shmsave ") and setting == (theirs or "1")
+    assert int(threads) == 1 if theirs is None else int(threads) > 1
+
+
 def test_dash_j_is_workers(photos, tmp_path):
     np.save(tmp_path / "a.npy", photos)
     result = shmsave_cli(tmp_path / "a.npy", "-o", tmp_path / "out" / "{index}.png", "-j", "0")

@@ -32,6 +32,7 @@ import time
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 
 import shmsave
@@ -183,6 +184,24 @@ def test_at_fork_the_process_wide_writer_is_not_inherited(tmp_path):
     os.waitpid(pid, 0)
     assert os.read(read, 100) == b"fresh"
     os.close(read)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no threads of its own on one core")
+def test_workers_start_no_blas_threads_unless_told(monkeypatch):
+    """numpy's and OpenCV's OpenBLAS start a thread per core in every process that imports them (each
+    spins ~0.1 s); workers do no linear algebra: OPENBLAS_NUM_THREADS=1, unless the caller set one."""
+    threads = {}
+    for theirs in (None, "2"):
+        if theirs is None:
+            monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OPENBLAS_NUM_THREADS", theirs)
+        with shmsave.Writer(2) as writer:
+            writer.start()
+            workers = [psutil.Process(pid) for pid in writer.pids]
+            assert [w.environ().get("OPENBLAS_NUM_THREADS") for w in workers] == [theirs or "1"] * 2
+            threads[theirs] = [w.num_threads() for w in workers]
+    assert all(ours < told for ours, told in zip(threads[None], threads["2"])), threads
 
 
 # -- working folder, umask, home ------------------------------------------------
