@@ -43,13 +43,16 @@ THREADS_FROM_IMAGE_BYTES = 64 * 1024
 # processes and running at n x beats the threads: start + W / n < W / (0.85 x min(n, 4)):
 # from ~62,000 tiny images on 2 cores (at 50,000, fresh: threads 0.97-1.16 s, hybrid
 # 1.12-1.29 s, medians of 5-7), ~24,000 on 16. Smaller requests run on threads (from
-# ~0.1 s of estimated work) or inline; a list runs on processes (it is staged window by
+# ~0.05 s of estimated work) or inline; a list runs on processes (it is staged window by
 # window, which threads cannot share).
 _THREAD_SPEEDUP_MOST = 4
 _TINY_THREAD_EFFICIENCY = 0.85
-# Below this estimate (~1,700 tiny images) threads are not paid back: 1,000 tiny images ran no
-# faster on 2 threads than inline (26 vs 26 ms, fresh interpreters), 10,000 ran 1.7x faster.
-_THREADS_FROM_S = 0.1
+# Below this estimate (~700 tiny images) threads are not paid back. A warm Writer, 2 cores, threads'
+# time over inline's (medians of 21): 500 tiny images 1.02, 700 0.79, 1,000 0.90. A fresh script's
+# first save shares the cores with OpenBLAS's spinning threads (README, "What a script's first call
+# gets"): 1,000 tiny images there ran level (threads 0.90-1.01x inline's time, four runs of 21-31),
+# and without the spinners (the command, a worker) 0.82x.
+_THREADS_FROM_S = 0.05
 # A task is about this much work; small enough to balance, big enough that its
 # round trip (~0.1 ms) is noise.
 TASK_BYTES = 4 * _MB
