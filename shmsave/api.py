@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from _thread import allocate_lock  # threading.Lock itself; ``threading`` costs a first save ~1 ms
+from _thread import allocate_lock  # what threading.Lock is; importing threading costs a first save ~1 ms
 from typing import TYPE_CHECKING, Any
 
 from ._cpus import usable_cpus

@@ -8,7 +8,7 @@ fix them.
 """
 
 import os
-from _thread import allocate_lock  # threading.Lock itself, without importing threading (~1 ms)
+from _thread import allocate_lock  # what threading.Lock is; importing threading costs a first save ~1 ms
 from typing import NamedTuple
 
 import numpy as np
