@@ -92,15 +92,15 @@ class _Stubbed:
         self.encoded = cv2.imencode(".jpg", images[0].astype(np.uint8, copy=False), params)
 
     def __enter__(self) -> _Stubbed:
-        self.saved = cv2.imencode, _files._fast, _files._write_file
+        self.saved = cv2.imencode, _files.compiled, _files._write_file
         cv2.imencode = lambda *args: self.encoded
-        if _files._fast is not None:
-            _files._fast = _Helper()
+        if _files.compiled is not None:
+            _files.compiled = _Helper()
         _files._write_file = lambda folder, name, data, durable=False: data.nbytes
         return self
 
     def __exit__(self, *exc: object) -> None:
-        cv2.imencode, _files._fast, _files._write_file = self.saved
+        cv2.imencode, _files.compiled, _files._write_file = self.saved
 
 
 class _Helper:
@@ -172,7 +172,7 @@ def project(model: dict[str, float], cores: int) -> dict[str, float]:
 
 def _markdown(models: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    helper = "the compiled helper" if _files._fast is not None else "Python's os calls (no compiled helper)"
+    helper = "the compiled helper" if _files.compiled is not None else "Python's os calls (no compiled helper)"
     lines = [
         "# How the engines would scale with cores: a model measured on this machine",
         "",

@@ -74,7 +74,7 @@ def _compiled_helper():
     return _fastfiles
 
 
-_fast = _compiled_helper()
+compiled = _compiled_helper()  # shmsave._fastfiles, or None
 
 
 def write_images(images, first_index: int, job: Job, deadline: float | None = None) -> Outcome:
@@ -169,8 +169,8 @@ class _Group:
         done = 0
         try:
             while done < len(self.indexes):
-                if _fast is not None:  # as many as it can, with one release of the GIL
-                    count, _ = _fast.write_files(
+                if compiled is not None:  # as many as it can, with one release of the GIL
+                    count, _ = compiled.write_files(
                         self.folders[done:] if done else self.folders,
                         self.names[done:] if done else self.names,
                         self.buffers[done:] if done else self.buffers,

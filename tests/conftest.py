@@ -108,9 +108,9 @@ def files_by(request, monkeypatch):
     from shmsave import _files
 
     if request.param == "python":
-        monkeypatch.setattr(_files, "_fast", None)
+        monkeypatch.setattr(_files, "compiled", None)
         monkeypatch.setenv("SHMSAVE_PURE_PYTHON", "1")
-    elif _files._fast is None:
+    elif _files.compiled is None:
         pytest.skip("the compiled helper shmsave._fastfiles is not built here (no C compiler at install)")
     return request.param
 

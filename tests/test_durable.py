@@ -30,7 +30,7 @@ class SyncLog:
 
     def __init__(self, monkeypatch) -> None:
         self.events: list[tuple[str, int]] = []
-        monkeypatch.setattr(_files, "_fast", None)  # its calls are C's, not these: strace watches them below
+        monkeypatch.setattr(_files, "compiled", None)  # its calls are C's, not these: strace watches them below
         fsync, link, replace = os.fsync, os.link, os.replace
 
         def logged_fsync(fd):

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import shmsave
-from shmsave import _files
+from shmsave import _files, streaming
 
 needs_helper = pytest.mark.skipif(
-    _files._fast is None, reason="the compiled helper shmsave._fastfiles is not built here (no C compiler at install)"
+    _files.compiled is None,
+    reason="the compiled helper shmsave._fastfiles is not built here (no C compiler at install)",
 )
 
 
@@ -33,14 +34,14 @@ def _tiny(count: int) -> np.ndarray:
 @pytest.mark.parametrize("engine", ["inline", "thread"])  # in this process, where the spy is
 def test_the_helper_writes_every_tiny_file_in_groups(engine, monkeypatch, tmp_path):
     calls = []
-    write_files = _files._fast.write_files
+    write_files = _files.compiled.write_files
 
     def counting(folders, names, buffers, *rest):
         written, error = write_files(folders, names, buffers, *rest)
         calls.append((len(names), written, error))
         return written, error
 
-    monkeypatch.setattr(_files._fast, "write_files", counting)
+    monkeypatch.setattr(_files.compiled, "write_files", counting)
     count = 1000
     with shmsave.Writer(2, engine=engine) as writer:
         report = writer.save(_tiny(count), str(tmp_path / "{index}.jpg"))
@@ -63,7 +64,7 @@ def test_files_are_byte_identical_to_imwrite(size, files_by, tmp_path):
 
 
 def test_shmsave_pure_python_turns_the_helper_off():
-    code = "from shmsave import _files; print(_files._fast is None)"
+    code = "from shmsave import _files; print(_files.compiled is None)"
     env = dict(os.environ, SHMSAVE_PURE_PYTHON="1")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
@@ -77,7 +78,7 @@ def test_the_helper_stops_at_what_python_must_write(tmp_path):
         small, big = np.frombuffer(b"small", np.uint8), np.zeros(3 * mmap.PAGESIZE, np.uint8)
         (tmp_path / "c").write_bytes(b"old")
         names = ["a", "b", "c", "d"]
-        assert _files._fast.write_files(
+        assert _files.compiled.write_files(
             [folder] * 4, names, [small, big, small, small], False, True, mmap.PAGESIZE
         ) == (
             2,
@@ -86,8 +87,8 @@ def test_the_helper_stops_at_what_python_must_write(tmp_path):
         assert (tmp_path / "a").read_bytes() == b"small" and (tmp_path / "b").read_bytes() == big.tobytes()
         assert (tmp_path / "c").read_bytes() == b"old" and not (tmp_path / "d").exists()
         # without O_TMPFILE (tmpfile=False) a big file is left to Python; so is every durable one
-        assert _files._fast.write_files([folder], ["e"], [big], False, False, mmap.PAGESIZE) == (0, errno.EOPNOTSUPP)
-        assert _files._fast.write_files([folder], ["f"], [small], True, True, mmap.PAGESIZE) == (1, 0)
+        assert _files.compiled.write_files([folder], ["e"], [big], False, False, mmap.PAGESIZE) == (0, errno.EOPNOTSUPP)
+        assert _files.compiled.write_files([folder], ["f"], [small], True, True, mmap.PAGESIZE) == (1, 0)
         assert not (tmp_path / "e").exists() and (tmp_path / "f").read_bytes() == b"small"
         assert sorted(os.listdir(tmp_path)) == ["a", "b", "c", "f"]
     finally:
@@ -97,4 +98,42 @@ def test_the_helper_stops_at_what_python_must_write(tmp_path):
 @needs_helper
 def test_the_helper_refuses_lists_of_different_lengths(tmp_path):
     with pytest.raises(ValueError, match="differ in length"):
-        _files._fast.write_files([0], ["a", "b"], [b"", b""], False, True, mmap.PAGESIZE)
+        _files.compiled.write_files([0], ["a", "b"], [b"", b""], False, True, mmap.PAGESIZE)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.arange(50 * 50, dtype=np.uint8).reshape(50, 50),
+        np.arange(7 * 9 * 3, dtype=np.uint16).reshape(7, 9, 3),
+        np.arange(64 * 64, dtype=np.float32).reshape(64, 64)[::2, ::3],  # not C-contiguous
+        np.arange(40 * 30 * 4, dtype=np.uint8).reshape(40, 30, 4)[:, :, :3],  # not C-contiguous
+    ],
+    ids=["gray", "uint16-color", "strided-float", "strided-bgra"],
+)
+def test_a_streams_copy_into_its_ring_is_the_same_in_c_and_python(image):
+    """``_fastfiles.place`` copies a C-contiguous image's bytes where Python's memoryview copy
+    does and refuses (False, nothing copied) what is not C-contiguous, as the fallback does."""
+    places = [streaming._place] + ([_files.compiled.place] if _files.compiled is not None else [])
+    outcomes = []
+    for place in places:
+        ring = np.full(image.nbytes + 200, 7, np.uint8)
+        placed = place(memoryview(ring), 100, image)
+        outcomes.append((placed, ring.tobytes()))
+        if image.flags.c_contiguous:
+            assert placed and ring[100 : 100 + image.nbytes].tobytes() == image.tobytes()
+            assert set(ring[:100]) == {7} and set(ring[100 + image.nbytes :]) == {7}
+        else:
+            assert placed is False and set(ring) == {7}
+        with pytest.raises(ValueError):
+            place(memoryview(ring), ring.size - image.nbytes + 1, np.ascontiguousarray(image))  # one byte too far
+    assert all(outcome == outcomes[0] for outcome in outcomes)
+
+
+@pytest.mark.parametrize("files_by", ["compiled", "python"], indirect=True)
+def test_a_stream_copies_with_the_helper_where_it_is_built(files_by, tmp_path):
+    with shmsave.Writer(workers=1, engine="inline") as writer, writer.stream(tmp_path / "{index}.png") as stream:
+        expected = streaming._place if files_by == "python" else _files.compiled.place
+        assert stream._place is expected
+        stream.write(np.arange(2500, dtype=np.uint8).reshape(50, 50))
+    assert (cv2.imread(str(tmp_path / "0.png"), cv2.IMREAD_UNCHANGED) == np.arange(2500).reshape(50, 50) % 256).all()

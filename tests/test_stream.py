@@ -455,6 +455,38 @@ def test_errors_from_an_image_encoded_here(writer, tmp_path, encoded_here, error
     _assert_files(tmp_path, [frames[i] for i in written if i < 7])
 
 
+_STOPPED_WHILE_FULL = """
+import sys
+import numpy as np
+import shmsave
+from shmsave import WriteFailed
+
+out = sys.argv[1]
+frames = np.random.default_rng(0).integers(0, 256, (60, 240, 320, 3), dtype=np.uint8)
+with shmsave.Writer(workers=2, engine=sys.argv[2]) as writer:
+    try:
+        with writer.stream(out + "/{index:04d}.png", buffer_bytes=2 * frames[0].nbytes + 8192) as stream:
+            for frame in frames:
+                stream.write(frame)
+    except WriteFailed as error:
+        print("raised", error.index)
+"""
+
+
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_a_failure_while_write_waits_for_room_raises_from_that_write(tmp_path, engine):
+    """errors="raise": image 0 fails while the caller waits for room in a ring of two frames. That
+    write raises; it once raised while holding the stream's lock, which close() takes, and hung."""
+    script = tmp_path / "stopped_while_full.py"
+    script.write_text(_STOPPED_WHILE_FULL)
+    (tmp_path / "0000.png").mkdir()  # a folder where image 0 should go
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), engine], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["raised", "0"]
+
+
 def test_progress_and_overwrite_false_for_images_encoded_here(writer, tmp_path, encoded_here):
     frames = _frames(10, 200, 300)
     (tmp_path / "0003.png").write_bytes(b"kept")
