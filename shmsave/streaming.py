@@ -165,7 +165,7 @@ class Stream(StreamTasks):
         if size > self._ring.size:
             self._write_own_segment(image, layout, index, None if name is None else (name, number, key))
             return
-        if self._threads_from is not None and layout.nbytes >= self._threads_from:  # _runs_here, inline
+        if self._runs_here(layout.nbytes):
             self._write_here(image, layout, index, None if name is None else (name, number, key))
             return
         with self._lock:
@@ -220,12 +220,7 @@ class Stream(StreamTasks):
         with self._lock:
             taken = self._state is OPEN
             if taken:
-                batch = Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True)
-                if named is not None:
-                    batch.names = [named]
-                    self._busy.add(named[2])
-                self._ready.append(batch)
-                self._next = index + 1
+                self._queue_one(Batch([(offset, layout.shape, layout.dtype_str)], index, end, here=True), named)
         if not taken:  # the stream stopped during the copy: this image is not taken
             return self._raise_for_state()
         self._hub.send_here(self)
@@ -385,17 +380,21 @@ class Stream(StreamTasks):
         block = self._store.lend_segment(layout.nbytes, shared=not here)
         block.array(layout.shape, layout.dtype)[...] = image
         with self._cond:
-            batch = Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here)
-            if named is not None:
-                batch.names = [named]
-                self._busy.add(named[2])
-            self._ready.append(batch)
-            self._next = index + 1
+            self._queue_one(Batch([(0, layout.shape, layout.dtype_str)], index, 0, block, here=here), named)
         if here:
             self._hub.send_here(self)
         else:
             self._hub.serve()
             self._hub.poke(always=True)
+
+    def _queue_one(self, batch: Batch, named: tuple | None) -> None:
+        """Queue the batch of one image for the hub (holding the lock); ``named``: its path, format
+        number and key, when it has its own path."""
+        if named is not None:
+            batch.names = [named]
+            self._busy.add(named[2])
+        self._ready.append(batch)
+        self._next = batch.first + 1
 
     def _move_to_a_shared_ring(self) -> None:
         """Tiny images go to the worker processes from now on, which read only shared memory: start
