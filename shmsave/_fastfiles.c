@@ -20,8 +20,10 @@
  * Signals: a Ctrl-C during the call is acted on once it returns, with every
  * file of the group complete (interrupted system calls are restarted).
  *
- * place() is the other hot spot of a tiny image in Python: a stream's copy of
- * it into the ring, one memcpy instead of three memoryviews (streaming.py).
+ * place() and plain_kind() are the other hot spots of a tiny image in Python:
+ * a stream's copy of it into the ring, one memcpy instead of three memoryviews
+ * (streaming.py), and the check of the path Writer.imwrite gives it, one scan
+ * instead of six (_stream_names.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -195,15 +197,54 @@ static PyObject *place(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     Py_RETURN_TRUE;
 }
 
+PyDoc_STRVAR(plain_kind_doc,
+"plain_kind(path, kinds) -> object or None\n\n"
+"``kinds.get(path[path.rfind('.'):])`` for a path that is plain: a ``str`` (not a subclass) that\n"
+"starts with '/', does not end with it and has no NUL, '/.' or '//' in it, so that it is its own\n"
+"normalised absolute form. None for any other path: the caller takes the long way\n"
+"(_stream_names.py), which also refuses what must be refused.");
+
+static PyObject *plain_kind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "plain_kind(path, kinds) takes a path and a dict");
+        return NULL;
+    }
+    PyObject *path = args[0];
+    if (!PyUnicode_CheckExact(path)) Py_RETURN_NONE;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(path);
+    int kind = PyUnicode_KIND(path);
+    const void *data = PyUnicode_DATA(path);
+    if (n == 0 || PyUnicode_READ(kind, data, 0) != '/' || PyUnicode_READ(kind, data, n - 1) == '/') Py_RETURN_NONE;
+    Py_ssize_t dot = -1;
+    Py_UCS4 previous = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == 0 || (previous == '/' && (c == '.' || c == '/'))) Py_RETURN_NONE;
+        if (c == '.') dot = i;
+        previous = c;
+    }
+    PyObject *extension = PyUnicode_Substring(path, dot < 0 ? n - 1 : dot, n);  /* path[-1:] when no '.' */
+    if (extension == NULL) return NULL;
+    PyObject *found = PyDict_GetItemWithError(args[1], extension);  /* borrowed */
+    Py_DECREF(extension);
+    if (found == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(found);
+    return found;
+}
+
 static PyMethodDef methods[] = {
     {"write_files", write_files, METH_VARARGS, write_files_doc},
     {"place", (PyCFunction)(void (*)(void))place, METH_FASTCALL, place_doc},
+    {"plain_kind", (PyCFunction)(void (*)(void))plain_kind, METH_FASTCALL, plain_kind_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "shmsave._fastfiles",
-    "Writing a group of encoded files with one release of the GIL; a stream's copy of a tiny image (see _fastfiles.c).", -1,
+    "Writing a group of encoded files with one release of the GIL; a stream's copy of a tiny image and the check of its path (see _fastfiles.c).", -1,
     methods,
 };
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from . import codec
+from . import _files, codec
 from ._images import ImageChecks
 from .errors import InvalidRequest
 from .naming import path_text
@@ -47,6 +47,7 @@ class StreamNames:
         self._kinds: dict[tuple, dict] = {}  # params key -> the same, for images given params
         self._last_params: object = None  # the params of the last image given some, and their kinds
         self._last_kinds: dict = {}
+        self._plain_kind = getattr(_files.compiled, "plain_kind", plain_kind)  # compiled where it is built
         self.busy: set[str] = set()  # paths of named images accepted and not yet written
         if request.encoding.extension:  # number 0: the template's format
             self.formats.append((request.encoding.extension, request.encoding.params))
@@ -56,9 +57,23 @@ class StreamNames:
         compares paths (absolute, normalised); InvalidRequest naming the image and the path.
 
         The caller's CPU per ``imwrite`` of a tiny image is the budget here (benchmarks/names.py):
-        a path that is absolute, plain and of a kind seen before costs a few string scans and
-        one dict lookup.
+        a path that is absolute, plain and of a kind seen before costs one scan (``plain_kind``,
+        compiled where it is built) and one dict lookup.
         """
+        if params is None:
+            kinds = self._plain
+        elif params == self._last_params:
+            kinds = self._last_kinds
+        else:
+            kinds = self._last_kinds = self._kinds.setdefault(_params_key(params), {})
+            self._last_params = dict(params) if isinstance(params, dict) else list(params)  # a copy: theirs may change
+        kind = self._plain_kind(path, kinds)
+        if kind is None:
+            return self._resolve(path, params, kinds, index)
+        return path, path, kind[0], kind[1]
+
+    def _resolve(self, path, params, kinds: dict, index: int) -> tuple[str, str, int, ImageChecks]:
+        """``resolve`` for a path that is not plain or of a kind not seen before."""
         if type(path) is not str:
             path = path_text(path, index)
         if not path or path[0] != os.sep:
@@ -68,14 +83,7 @@ class StreamNames:
             raise InvalidRequest(f"the path of image {index}, {path!r}, {what}; give each image a file name")
         key = os.path.normpath(path) if "/." in path or "//" in path else path
         extension = path[path.rfind(".") :]
-        if params is None:
-            kind = self._plain.get(extension)
-        elif params == self._last_params:
-            kind = self._last_kinds.get(extension)
-        else:
-            self._last_kinds = self._kinds.setdefault(_params_key(params), {})
-            self._last_params = dict(params) if isinstance(params, dict) else list(params)  # a copy: theirs may change
-            kind = self._last_kinds.get(extension)
+        kind = kinds.get(extension)
         if kind is None:
             kind = self._plan(extension, params, path, index)
         return path, key, kind[0], kind[1]
@@ -120,6 +128,15 @@ def _absolute(path: str, index: int) -> str:
                 f"{path!r} cannot be resolved; use an absolute path or os.chdir() to an existing folder"
             ) from None
     return path
+
+
+def plain_kind(path, kinds: dict):
+    """``kinds.get(path[path.rfind('.'):])`` for a plain path (a ``str`` that starts with ``/``, does
+    not end with it and has no NUL, ``/.`` or ``//``: its own normalised absolute form), else None.
+    What ``_fastfiles.plain_kind`` does where it is built."""
+    if type(path) is str and path[:1] == "/" and path[-1] != "/" and not ("\0" in path or "/." in path or "//" in path):
+        return kinds.get(path[path.rfind(".") :])
+    return None
 
 
 def _params_key(params) -> tuple:

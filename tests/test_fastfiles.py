@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import shmsave
-from shmsave import _files, streaming
+from shmsave import InvalidRequest, _files, _stream_names, streaming
 
 needs_helper = pytest.mark.skipif(
     _files.compiled is None,
@@ -137,3 +137,44 @@ def test_a_stream_copies_with_the_helper_where_it_is_built(files_by, tmp_path):
         assert stream._place is expected
         stream.write(np.arange(2500, dtype=np.uint8).reshape(50, 50))
     assert (cv2.imread(str(tmp_path / "0.png"), cv2.IMREAD_UNCHANGED) == np.arange(2500).reshape(50, 50) % 256).all()
+
+
+class _Text(str):
+    pass
+
+
+PATHS = [
+    "/out/a.jpg", "/out/a.png", "/out/a.PNG", "/out.d/a", "/out/ag", "/é/ü.jpg", "/€/x.png", "/😀/x.jpg",
+    "out/a.jpg", "/out/./a.jpg", "/out//a.jpg", "//a.jpg", "/out/a.jpg/", "/out/a\0.jpg", "/out/.a.jpg",
+    "/out/..", "/out/a.", "/", "", _Text("/out/a.jpg"), b"/out/a.jpg", None,
+]  # fmt: skip
+
+
+def test_the_check_of_a_named_images_path_is_the_same_in_c_and_python():
+    """``_fastfiles.plain_kind`` finds the kind of a plain absolute path (a str: no NUL, no ``/.``, no
+    ``//``, no ``/`` at the end) by its extension where Python's ``plain_kind`` does, and declines
+    (None: the long way, which also refuses) every other path, as the fallback does."""
+    kinds = {".jpg": (0, "jpeg"), ".png": (1, "png"), "g": (2, "no extension: the last character")}
+    finders = [_stream_names.plain_kind] + ([_files.compiled.plain_kind] if _files.compiled is not None else [])
+    expected = [(0, "jpeg"), (1, "png"), None, None, kinds["g"], (0, "jpeg"), (1, "png"), (0, "jpeg")]
+    expected += [None] * (len(PATHS) - len(expected))
+    for find in finders:
+        assert [find(path, kinds) for path in PATHS] == expected, find
+    with pytest.raises(TypeError):
+        finders[-1]("/out/a.jpg", [])
+
+
+@pytest.mark.parametrize("files_by", ["compiled", "python"], indirect=True)
+def test_named_images_are_checked_with_the_helper_where_it_is_built(files_by, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    image = np.arange(2500, dtype=np.uint8).reshape(50, 50)
+    with shmsave.Writer(workers=1, engine="inline") as writer, writer.stream(None) as stream:
+        expected = _stream_names.plain_kind if files_by == "python" else _files.compiled.plain_kind
+        assert stream._names._plain_kind is expected
+        for path in [tmp_path / "a.png", "b.png", str(tmp_path / "sub" / ".." / "c.png"), f"{tmp_path}//d.png"]:
+            stream.write(image, path=path)  # plain, relative, "/..", "//": the last three the long way
+        with pytest.raises(InvalidRequest, match="is a folder"):
+            stream.write(image, path=str(tmp_path) + "/")
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png", "c.png", "d.png", "sub"]
+    assert (cv2.imread(str(tmp_path / "d.png"), cv2.IMREAD_UNCHANGED) == image).all()
