@@ -283,7 +283,8 @@ class _Folders:
         """``(folder fd, file name)`` for ``name`` (a bare name, or a path when the folder varies)."""
         folder = self.fixed
         if folder is None:
-            folder, name = os.path.split(name)
+            folder, separator, name = name.rpartition(os.sep)  # os.path.split, at 0.17 us instead of 0.9
+            folder = folder or separator  # "/name": the root
         fd = self.fds.get(folder)
         if fd is None:
             path = os.path.join(self.cwd, folder)

@@ -124,7 +124,11 @@ class StreamTasks:
             return
         try:
             block = taken[1].block or self._ring.block
-            images = [block.array(shape, dtype, offset) for offset, shape, dtype in taken[1].entries]
+            source = task.source
+            if type(source) is StackSource:  # one view of the whole task, as a worker process makes
+                images = block.array(source.shape, source.dtype, source.offset, source.strides)
+            else:
+                images = [block.array(shape, dtype, offset) for offset, shape, dtype in source.entries]
             outcome = write_images(images, task.first, task.job)
         except Exception as error:  # noqa: BLE001 - counted as the task's failure, as a worker's would be
             outcome = unexpected_in_task(task.first, error)

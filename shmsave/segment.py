@@ -120,9 +120,9 @@ class Segment:
             if made is not None:
                 return cls(*made)
 
-    def array(self, shape, dtype, offset: int = 0) -> np.ndarray:
+    def array(self, shape, dtype, offset: int = 0, strides=None) -> np.ndarray:
         """A writable ndarray over this segment's memory."""
-        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
+        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset, strides=strides)
 
     def release(self) -> None:
         """Remove the segment's name (if this process owns it) and drop the lock; idempotent.

@@ -166,6 +166,24 @@ def test_relative_paths_of_a_list_follow_the_callers_folder(tmp_path, monkeypatc
     _assert_written([tmp_path / "here" / "rel" / "a.png", home / "b{x}.png", tmp_path / "abs" / "c.png"], images)
 
 
+def test_a_workers_split_of_each_path_into_folder_and_name_is_os_path_splits(tmp_path):
+    """Images in varying folders are created relative to their folder's descriptor: the split of
+    each path must find the folder ``os.path.split`` finds, the root and the caller's folder too."""
+    from shmsave._files import _Folders
+
+    (tmp_path / "a").mkdir()
+    folders = _Folders(None, str(tmp_path))
+    try:
+        for path in [f"{tmp_path}/a/x.png", "a/x.png", "a//x.png", "x.png", "/x.png", f"{tmp_path}/new/x.png"]:
+            fd, name = folders.open(path)
+            head, tail = os.path.split(path)
+            assert name == tail, path
+            assert os.path.samestat(os.fstat(fd), os.stat(os.path.join(tmp_path, head))), path
+    finally:
+        folders.close()
+    assert (tmp_path / "new").is_dir()  # a missing folder is made
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_shards_put_every_shard_size_images_in_a_folder(tmp_path, engine):
     images = _images(25, 4, 4)
