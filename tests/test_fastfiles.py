@@ -160,8 +160,9 @@ def test_the_check_of_a_named_images_path_is_the_same_in_c_and_python():
     expected += [None] * (len(PATHS) - len(expected))
     for find in finders:
         assert [find(path, kinds) for path in PATHS] == expected, find
-    with pytest.raises(TypeError):
-        finders[-1]("/out/a.jpg", [])
+    if _files.compiled is not None:
+        with pytest.raises(TypeError):  # a kinds table that is not a dict
+            _files.compiled.plain_kind("/out/a.jpg", [])
 
 
 @pytest.mark.parametrize("files_by", ["compiled", "python"], indirect=True)
