@@ -5,12 +5,16 @@
     parent ◀── Ready(pid) ───────────────────────── worker once it has started
 
 Everything here is small and pickles by value: pixels never travel in a
-message, only the name of the memory that holds them (a source). The Job a
-task carries and the Outcome a result carries are in ``_job.py``.
+message, only the name of the memory that holds them (a source); ``images_in``
+reads a source's images where that memory is mapped (a worker process, or a
+stream's thread). The Job a task carries and the Outcome a result carries are in
+``_job.py``.
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
+
+import numpy as np
 
 from ._job import Job, Outcome
 
@@ -39,6 +43,15 @@ class ListSource(NamedTuple):
 
 
 Source = StackSource | ListSource
+
+
+def images_in(buffer, source: Source, lo: int, hi: int):
+    """The images ``lo:hi`` that ``source`` describes in ``buffer`` (its memory, mapped): one strided
+    view of a stack (not one array per image: ~1 us each for tiny images), or an array per entry."""
+    if isinstance(source, StackSource):
+        stack = np.ndarray(source.shape, source.dtype, buffer=buffer, offset=source.offset, strides=source.strides)
+        return stack[lo:hi]
+    return [np.ndarray(shape, dtype, buffer=buffer, offset=offset) for offset, shape, dtype in source.entries[lo:hi]]
 
 
 class Task(NamedTuple):

@@ -73,8 +73,13 @@ class PrivateBlock:
         self.nbytes = max(int(nbytes), 1)
         self._mapping = mmap.mmap(-1, self.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def array(self, shape, dtype, offset: int = 0, strides=None) -> np.ndarray:
-        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset, strides=strides)
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The block's memory."""
+        return self._mapping
+
+    def array(self, shape, dtype, offset: int = 0) -> np.ndarray:
+        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
 
     def release(self) -> None:
         """Nothing to unlink: the memory goes with the last view of it."""

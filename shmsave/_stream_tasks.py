@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ._files import remove_partial_files, unexpected_in_task, write_images
 from ._job import Names
-from ._protocol import ListSource, StackSource, Task
+from ._protocol import ListSource, StackSource, Task, images_in
 from ._ring import aligned
 from .errors import WorkerFailed
 from .naming import job_path
@@ -124,11 +124,7 @@ class StreamTasks:
             return
         try:
             block = taken[1].block or self._ring.block
-            source = task.source
-            if type(source) is StackSource:  # one view of the whole task, as a worker process makes
-                images = block.array(source.shape, source.dtype, source.offset, source.strides)
-            else:
-                images = [block.array(shape, dtype, offset) for offset, shape, dtype in source.entries]
+            images = images_in(block.buffer, task.source, task.lo, task.hi)  # as a worker process reads them
             outcome = write_images(images, task.first, task.job)
         except Exception as error:  # noqa: BLE001 - counted as the task's failure, as a worker's would be
             outcome = unexpected_in_task(task.first, error)

@@ -16,10 +16,9 @@ import signal
 import time
 
 import cv2
-import numpy as np
 
 from ._files import for_another_process, unexpected_in_task, write_images
-from ._protocol import Forget, Ready, Result, Source, StackSource, Task
+from ._protocol import Forget, Ready, Result, Source, Task, images_in
 
 _mapped: dict[str, object] = {}  # shared-memory name -> mapping, kept across tasks (no re-faulting)
 _MAPPED_MAX = 8
@@ -27,11 +26,7 @@ _MAPPED_MAX = 8
 
 def images_of(source: Source, lo: int, hi: int):
     """The images ``lo:hi`` that a task's ``source`` describes, mapped read-only."""
-    mapping = _map(source.kind, source.locator)
-    if isinstance(source, StackSource):
-        stack = np.ndarray(source.shape, source.dtype, buffer=mapping, offset=source.offset, strides=source.strides)
-        return stack[lo:hi]
-    return [np.ndarray(shape, dtype, buffer=mapping, offset=offset) for offset, shape, dtype in source.entries[lo:hi]]
+    return images_in(_map(source.kind, source.locator), source, lo, hi)
 
 
 def _map(kind: str, locator: str):

@@ -120,9 +120,14 @@ class Segment:
             if made is not None:
                 return cls(*made)
 
-    def array(self, shape, dtype, offset: int = 0, strides=None) -> np.ndarray:
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The segment's memory, mapped."""
+        return self._mapping
+
+    def array(self, shape, dtype, offset: int = 0) -> np.ndarray:
         """A writable ndarray over this segment's memory."""
-        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset, strides=strides)
+        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
 
     def release(self) -> None:
         """Remove the segment's name (if this process owns it) and drop the lock; idempotent.
