@@ -287,6 +287,11 @@ def _frozen_at_most(disk, seconds: float):
             guard.join()
 
 
+def _reapers() -> list[str]:
+    """The threads that wait for killed workers to die, to remove their partial files then."""
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("shmsave-reap-")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", ["existing", "new"])
 @pytest.mark.parametrize("errors", ["raise", "collect"])
@@ -319,6 +324,9 @@ def test_a_frozen_file_system_times_out_and_the_call_returns(errors, folder, tmp
         assert messages and all("no progress" in message for message in messages)
         if folder == "existing":  # else the call ended before the workers had a task
             assert wait_until(lambda: not any(psutil.pid_exists(p) for p in stalled), 10), "stalled workers live on"
+            # Each one's partial file goes after it is reaped, on the thread that reaped it (pool.after_exit):
+            # the pid is gone a moment before that thread has removed the file.
+            assert wait_until(lambda: not _reapers(), 10), f"reapers still running: {_reapers()}"
         if target.exists():
             _check_files(target, images, written)
         assert writer.save(images[:10], str(disk / "again" / "{index}.png"), timeout=TIMEOUT).count == 10
