@@ -7,6 +7,13 @@ import numpy as np
 from . import codec
 from .errors import InvalidRequest
 
+_ALIGN = 64  # every image in shared memory starts on a cache line (and on any dtype's alignment)
+
+
+def aligned(nbytes: int) -> int:
+    """The bytes an image of ``nbytes`` takes in a ring or a staging segment."""
+    return (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+
 
 def normalize(images):
     """``(stack, None)`` for an (N, H, W[, C]) array, ``(None, list)`` for a list of 2-D/3-D arrays
@@ -107,6 +114,7 @@ class Layout(NamedTuple):
     dtype_str: str
     nbytes: int
     floating: bool  # NaN and infinity are still checked image by image
+    ring_bytes: int  # aligned(nbytes): what an image takes in a stream's ring
 
 
 _LAYOUTS_MAX = 4096  # shapes and dtypes remembered; a stream of ever-new sizes starts over
@@ -129,7 +137,9 @@ class ImageChecks:
             check_image(self._encoding, image, f"image {index}")
             if len(self._seen) >= _LAYOUTS_MAX:
                 self._seen.clear()
-            layout = Layout(image.shape, image.dtype, image.dtype.str, image.nbytes, image.dtype.kind == "f")
+            layout = Layout(
+                image.shape, image.dtype, image.dtype.str, image.nbytes, image.dtype.kind == "f", aligned(image.nbytes)
+            )
             self._seen[(image.shape, image.dtype)] = layout
         if layout.floating:
             check_finite(image, f"image {index}")

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import segment
+from ._images import aligned
 from .errors import InvalidRequest
 
 _MB = 2**20
@@ -37,7 +38,6 @@ _RING_MIN_BYTES = 64 * _MB
 _RING_MAX_BYTES = 512 * _MB
 _RING_FLOOR_BYTES = 1 * _MB  # what a nearly full /dev/shm still gets
 _IDLE_RINGS = 2  # kept warm after their streams close: a color and a depth stream of one camera
-_ALIGN = 64  # every image starts on a cache line (and on any dtype's alignment)
 
 
 def default_ring_bytes(workers: int) -> int:
@@ -56,11 +56,6 @@ def ring_bytes(buffer_bytes: int | None, workers: int) -> int:
     if not isinstance(buffer_bytes, (int, np.integer)) or isinstance(buffer_bytes, bool) or buffer_bytes < 1:
         raise InvalidRequest(f"buffer_bytes must be a positive integer (bytes) or None, got {buffer_bytes!r}")
     return aligned(int(buffer_bytes))
-
-
-def aligned(nbytes: int) -> int:
-    """The bytes an image of ``nbytes`` takes in a ring."""
-    return (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
 class PrivateBlock:

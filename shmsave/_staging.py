@@ -32,6 +32,7 @@ try:
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy import byte_bounds
 
+from ._images import aligned
 from ._pages import mapping_address
 from ._plan import Chunks
 from ._protocol import ListSource, StackSource, Task, Wait
@@ -172,8 +173,8 @@ class Stager:
     def _staged_list(self, request: Request, chunks: Chunks) -> Iterator[Task | Wait]:
         images, job, cast = request.listed, request.job(), request.cast
         itemsize = (cast or images[0].dtype).itemsize
-        largest = max(_aligned(image.size * itemsize) for image in images)
-        slots = self._staging_slots(largest, sum(_aligned(image.size * itemsize) for image in images))
+        largest = max(aligned(image.size * itemsize) for image in images)
+        slots = self._staging_slots(largest, sum(aligned(image.size * itemsize) for image in images))
         for window, (lo, placed) in enumerate(_pack(images, slots[0].nbytes, itemsize)):
             number = window % len(slots)
             yield from self._wait_for(number)
@@ -273,7 +274,7 @@ def _pack(images: list, capacity: int, itemsize: int):
     (each image staged with ``itemsize`` bytes per value)."""
     placed, used, first = [], 0, 0
     for i, image in enumerate(images):
-        size = _aligned(image.size * itemsize)
+        size = aligned(image.size * itemsize)
         if placed and used + size > capacity:
             yield first, placed
             placed, used, first = [], 0, i
@@ -281,10 +282,6 @@ def _pack(images: list, capacity: int, itemsize: int):
         used += size
     if placed:
         yield first, placed
-
-
-def _aligned(nbytes: int) -> int:
-    return (nbytes + 63) // 64 * 64
 
 
 def _warn_caller(message: str) -> None:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from ._files import remove_partial_files, unexpected_in_task, write_images
 from ._job import Names
 from ._protocol import ListSource, StackSource, Task, images_in
-from ._ring import aligned
 from .errors import WorkerFailed
 from .naming import job_path
 
@@ -227,6 +226,6 @@ def source_of(block, batch: Batch) -> ListSource | StackSource:
     if layout is None or len(batch.entries) < 2:
         return ListSource(block.kind, block.locator, tuple(batch.entries))
     offset = batch.entries[0][0]
-    strides = (aligned(layout.nbytes), *block.array(layout.shape, layout.dtype, offset).strides)
+    strides = (layout.ring_bytes, *block.array(layout.shape, layout.dtype, offset).strides)
     shape = (len(batch.entries), *layout.shape)
     return StackSource(block.kind, block.locator, offset, shape, strides, layout.dtype_str)

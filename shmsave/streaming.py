@@ -33,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _files
-from ._images import ImageChecks
+from ._images import ImageChecks, aligned
 from ._plan import TASK_BYTES, TASK_IMAGES
 from ._protocol import Task
-from ._ring import aligned
 from ._stream_names import NoTemplate, StreamNames
 from ._stream_tasks import CLOSED, CLOSING, OPEN, STOPPED, Batch, StreamTasks
 from .errors import InvalidRequest, ShmsaveError, StreamClosed
@@ -100,7 +99,7 @@ class Stream(StreamTasks):
         self._end = request.start + request.count if request.count else None  # from total=
         self._task_bytes = max(1, min(TASK_BYTES, ring.size // (_TASKS_IN_RING_PER_WORKER * workers + 1)))
         self._pending: list = []  # the batch being filled: (offset, shape, dtype) per image
-        self._pending_first = self._pending_end = self._pending_bytes = 0
+        self._pending_first = self._pending_end = self._pending_bytes = self._pending_next = 0
         self._pending_layout: Layout | None = None  # while the pending images form one strided stack
         self._reserved: tuple | None = None  # (array, offset, end): ring space lent by ``_reserve``
         # once a pending image has its own path: (path, format number, key in _busy or None) of each
@@ -161,24 +160,28 @@ class Stream(StreamTasks):
                 f"image {index} is one more than the total={self._request.count} announced "
                 "when the stream was opened; pass a larger total (or none)"
             )
-        size = aligned(layout.nbytes)
+        size = layout.ring_bytes
         if size > self._ring.size:
             self._write_own_segment(image, layout, index, None if name is None else (name, number, key))
             return
-        if self._runs_here(layout.nbytes):
+        threads_from = self._threads_from  # what _runs_here says, inline: this is the path of a tiny image
+        if threads_from is not None and layout.nbytes >= threads_from:
             self._write_here(image, layout, index, None if name is None else (name, number, key))
             return
         with self._lock:
-            place = self._room(size)
+            place = self._ring.reserve(size) if self._reserved is None else None  # _room without a call, mostly
+            if place is None:
+                place = self._room(size)
             if place is not None:
                 offset, end = place
                 if not self._place(self._bytes, offset, image):  # not C-contiguous
                     self._ring.block.array(layout.shape, layout.dtype, offset)[...] = image
                 if not self._pending:
                     self._pending_first, self._pending_layout = index, layout
-                elif self._pending_layout is not layout or offset != self._pending[0][0] + len(self._pending) * size:
+                elif self._pending_layout is not layout or offset != self._pending_next:
                     self._pending_layout = None  # not one strided stack (another shape, or the ring wrapped)
                 self._pending.append((offset, layout.shape, layout.dtype_str))
+                self._pending_next = offset + size  # where the next image of a strided stack starts
                 if name is not None and self._pending_names is not None:
                     self._pending_names.append((name, number, key))
                     self._busy.add(key)
@@ -209,7 +212,7 @@ class Stream(StreamTasks):
         can report it and take the next instead of waiting for the copy."""
         with self._lock:
             placed = self._reserved is not None and image is self._reserved[0]  # decoded in place: ``_reserve``
-            place = self._take_reserved() if placed else self._room(aligned(layout.nbytes))
+            place = self._take_reserved() if placed else self._room(layout.ring_bytes)
             if place is not None and self._pending:
                 self._seal()  # the images placed before this one go first, in ring order
         if place is None:
