@@ -43,7 +43,6 @@ def run_inline(request: Request, tally: Tally) -> None:
 
 def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) -> None:
     """Write on ``threads``, the request cut into tasks for ``workers``; a stop lets running tasks finish."""
-    import threading  # loaded with the threads already; not by an inline save
     from _queue import SimpleQueue  # what queue.SimpleQueue is; ``queue`` costs ~2 ms to import (heapq)
 
     write = _in_process(request)
@@ -51,38 +50,70 @@ def run_threads(threads: Threads, request: Request, tally: Tally, workers: int) 
     if not tasks:
         return
     finished: SimpleQueue[tuple[int, Outcome | None, BaseException | None]] = SimpleQueue()
-    stopped = False  # tasks that have not begun are skipped
-    # Counted down by the tasks themselves: an interrupt between a get() and its count cannot
-    # make the wait for the running tasks below hang.
-    running, counting, over = len(tasks), allocate_lock(), threading.Event()
+    running = _Running()
 
     def run(lo: int, hi: int) -> None:
-        nonlocal running
+        if not running.begin():  # stopped: skipped
+            finished.put((hi, None, None))
+            return
         try:
-            finished.put((hi, None, None) if stopped else (hi, write(lo, hi), None))
+            finished.put((hi, write(lo, hi), None))
         except BaseException as error:  # noqa: BLE001 - raised in the caller, once every task is over
             finished.put((hi, None, error))
         finally:
-            with counting:
-                running -= 1
-                if not running:
-                    over.set()
+            running.end()
 
-    for lo, hi in tasks:
-        threads.run(run, lo, hi)
     failure = None
     try:
+        for lo, hi in tasks:
+            threads.run(run, lo, hi)
         for _ in tasks:
             hi, outcome, error = finished.get()
             if error is not None:
-                failure, stopped = failure or error, True
+                failure = failure or error
+                running.stopped = True
             elif outcome is not None and tally.add(outcome, request.start + hi) is False:
-                stopped = True  # tasks still running report what they wrote
+                running.stopped = True  # tasks still running report what they wrote
     finally:
-        stopped = True  # interrupted: what has not begun is skipped, what runs is waited for
-        over.wait()
+        running.stop_and_wait()  # interrupted, even while handing tasks out: what runs is waited for
     if failure is not None:
         raise failure
+
+
+class _Running:
+    """The tasks running on threads for one call, and its stop: once stopped no task begins, and
+    ``stop_and_wait`` returns when those that began are over. Exact wherever an interrupt lands in
+    the caller, even while it hands tasks out (a file a thread has opened is then written whole
+    before the call raises, and the process can end)."""
+
+    def __init__(self) -> None:
+        import threading  # loaded with the threads already; not by an inline save
+
+        self.stopped = False
+        self._count = 0
+        self._lock = allocate_lock()
+        self._over = threading.Event()
+
+    def begin(self) -> bool:
+        """Whether a task may begin (it then calls ``end`` when over)."""
+        with self._lock:
+            if self.stopped:
+                return False
+            self._count += 1
+            return True
+
+    def end(self) -> None:
+        with self._lock:
+            self._count -= 1
+            if self.stopped and not self._count:
+                self._over.set()
+
+    def stop_and_wait(self) -> None:
+        with self._lock:
+            self.stopped = True
+            if not self._count:
+                self._over.set()
+        self._over.wait()
 
 
 def run_processes(
@@ -129,7 +160,6 @@ def run_hybrid(processes: Processes, threads: Threads, request: Request, tally: 
     Threads and processes take their tasks from one ``SharedChunks``; the
     processes' dispatcher (this thread) sends tasks only to ready workers.
     """
-    from _queue import SimpleQueue
     from multiprocessing import Pipe
 
     pool = processes.pool()  # run_processes starts its workers (Pool.run), right after the threads
@@ -149,30 +179,31 @@ def run_hybrid(processes: Processes, threads: Threads, request: Request, tally: 
         finally:
             wake_write.send_bytes(b"")  # the dispatcher may be waiting for the threads to finish
 
-    ended: SimpleQueue[BaseException | None] = SimpleQueue()
+    running, errors = _Running(), []
 
     def taker(rank: int) -> None:
+        if not running.begin():
+            return
         try:
             take_tasks(rank)
         except BaseException as error:  # noqa: BLE001 - raised in the caller, once every taker is over
-            ended.put(error)
-        else:
-            ended.put(None)
+            errors.append(error)
+        finally:
+            running.end()
 
-    for rank in range(workers):
-        threads.run(taker, rank)
     try:
+        for rank in range(workers):
+            threads.run(taker, rank)
         run_processes(
             processes, request, chunks, shared, wake=wake_read, ready_only=True, finished=lambda: chunks.exhausted
         )
     finally:
         chunks.stop()
-        errors = [ended.get() for _ in range(workers)]
+        running.stop_and_wait()
         wake_read.close()
         wake_write.close()
     for error in errors:
-        if error is not None:
-            raise error  # tasks report their own errors; anything else raised in a thread is not lost
+        raise error  # tasks report their own errors; anything else raised in a thread is not lost
 
 
 class _SharedTally:

@@ -113,3 +113,38 @@ def test_an_interrupt_just_after_an_outcome_arrives_still_waits_for_the_running_
     saving.join(60)
     assert not saving.is_alive(), "the save hung after the interrupt"
     assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
+
+
+def test_an_interrupt_while_tasks_are_handed_out_waits_for_those_given_out(monkeypatch, tmp_path):
+    """Ctrl-C may land while the save hands its tasks to the threads: a task given out runs to its
+    end before the interrupt leaves the call (a script ending then would leave a file cut short)."""
+    import os
+
+    import numpy as np
+
+    import shmsave
+
+    handed_out = []
+    hand_out = Threads.run
+    folder = tmp_path / "out"
+
+    def interrupted_at_the_second(self, function, *args):
+        handed_out.append(args)
+        if len(handed_out) == 2:
+            deadline = time.monotonic() + 10
+            while not os.listdir(folder):  # the first task has begun
+                assert time.monotonic() < deadline, "the first task never began"
+                time.sleep(0.001)
+            raise KeyboardInterrupt
+        hand_out(self, function, *args)
+
+    monkeypatch.setattr(Threads, "run", interrupted_at_the_second)
+    with shmsave.Writer(2, engine="thread") as writer:
+        with pytest.raises(KeyboardInterrupt):
+            writer.save(np.zeros((3000, 16, 16), np.uint8), str(folder / "{index}.png"))
+        written = sorted(os.listdir(folder))
+        time.sleep(0.3)
+        assert sorted(os.listdir(folder)) == written, "a task went on writing after the call raised"
+    lo, hi = handed_out[0]
+    assert written == sorted(f"{i}.png" for i in range(lo, hi))
+    assert all((folder / name).stat().st_size > 0 for name in written)
