@@ -484,6 +484,22 @@ def test_works_from_an_interactive_main_without_file(tmp_path):
     assert done.stdout.split() == ["40", "40"]
 
 
+def test_a_script_run_again_over_its_files_loads_no_hashlib(tmp_path):
+    """A script's second run replaces its files; the temporary names' hash must not cost the call
+    hashlib's import (it loads OpenSSL: ~4 ms on the development machine)."""
+    code = (
+        "import sys, numpy as np, shmsave\n"
+        "images = np.full((3, 8, 8), 7, np.uint8)\n"
+        "report = shmsave.save(images, sys.argv[1] + '/{index}.png', overwrite=True)\n"
+        "print(report.count, 'hashlib' in sys.modules)\n"
+    )
+    for run in range(2):
+        done = run_python(["-c", code, str(tmp_path)], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["3", "False"], f"run {run}"
+    assert read(tmp_path / "2.png") == imencode(np.full((8, 8), 7, np.uint8))
+
+
 def test_works_from_threads(photos, tmp_path):
     errors = []
 
