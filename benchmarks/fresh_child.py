@@ -12,7 +12,10 @@ or a pickled list for the ``mixed`` workload). Timed: importing the method's own
 (``concurrent.futures``, ``joblib``, ``shmsave``) and the call. Exit is not timed (the whole
 process is what ``python -m benchmarks.command`` measures).
 
-Prints one JSON line: ``{"seconds": import + call, "import_seconds": import alone}``.
+Prints one JSON line: ``{"seconds": import + call, "import_seconds": import alone, "other_cpu_seconds":
+CPU the threads that were already running before the timed part used during it}`` (numpy's OpenBLAS
+threads, spinning after import: ``python -m benchmarks.blas_spin``; None where Linux's per-thread
+``schedstat`` is not there).
 """
 
 import json
@@ -106,6 +109,24 @@ METHODS = {
 }
 
 
+def thread_cpu_ns():
+    """{thread id: CPU time in ns} of this process's threads but the main one; None off Linux.
+    (No ``threading`` here: a method that imports it pays for that in its timed part.)"""
+    me = str(os.getpid())  # the main thread's id
+    try:
+        tasks = [t for t in os.listdir("/proc/self/task") if t != me]
+    except OSError:
+        return None
+    times = {}
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                times[tid] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):  # ended meanwhile, or no schedstat
+            pass
+    return times
+
+
 def main():
     job = json.loads(sys.argv[1])
     run = METHODS[job["method"]]
@@ -119,10 +140,16 @@ def main():
 
         with open(job["input"], "rb") as f:
             images = pickle.load(f)
+    before = thread_cpu_ns()
     started = time.perf_counter()
     imported = run(images, job)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "import_seconds": imported or 0.0}), flush=True)
+    after = thread_cpu_ns()
+    other = None
+    if before is not None and after is not None:
+        other = sum(after[t] - ns for t, ns in before.items() if t in after) / 1e9
+    figures = {"seconds": seconds, "import_seconds": imported or 0.0, "other_cpu_seconds": other}
+    print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -43,7 +46,35 @@ def test_each_method_writes_every_image_as_imwrite_would_and_reports_its_time(tm
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert 0 <= figures["import_seconds"] <= figures["seconds"] < 60
     assert (figures["import_seconds"] > 0) == (method != "loop")
+    assert figures["other_cpu_seconds"] >= 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:03d}.jpg" for i in range(7)]
     for i, image in enumerate(images):
         expected = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
         assert (tmp_path / "out" / f"{i:03d}.jpg").read_bytes() == expected
+
+
+def test_the_child_counts_the_cpu_of_the_threads_already_running():
+    """``other_cpu_seconds``: what threads started before the timed part (OpenBLAS's) use during it."""
+    from benchmarks.fresh_child import thread_cpu_ns
+
+    stop, ids = threading.Event(), []
+
+    def spin():
+        ids.append(threading.get_native_id())
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        while not ids:
+            time.sleep(0.001)
+        before = thread_cpu_ns()
+        time.sleep(0.2)
+        after = thread_cpu_ns()
+    finally:
+        stop.set()
+        spinner.join()
+    assert str(os.getpid()) not in before, "the main thread (the method's own) is not counted"
+    spun = str(ids[0])
+    assert after[spun] - before[spun] > 0.02e9, "a thread spinning for 0.2 s used next to no CPU"
