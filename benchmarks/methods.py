@@ -27,10 +27,12 @@ from benchmarks.workloads import Workload
 @dataclass(frozen=True)
 class Timed:
     """What a run that times itself returns (a fresh interpreter, timed from inside): the seconds the
-    runner records instead of its own clock, and how many of them were imports."""
+    runner records instead of its own clock, how many of them were imports, and the CPU that the
+    process's threads already running before the timed part (numpy's OpenBLAS) used during it."""
 
     seconds: float
     import_seconds: float = 0.0
+    other_cpu_seconds: float | None = None
 
 
 #: A run writes image i to pattern.format(index=i); it returns None (the runner's clock times it)
@@ -292,7 +294,7 @@ def _fresh(kind: str, needs_shmsave: bool = False):
                 last_line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
                 raise RuntimeError(f"fresh {kind} exited {done.returncode}: {last_line}")
             figures = json.loads(done.stdout.strip().splitlines()[-1])
-            return Timed(figures["seconds"], figures["import_seconds"])
+            return Timed(figures["seconds"], figures["import_seconds"], figures.get("other_cpu_seconds"))
 
         yield run
 

@@ -23,7 +23,8 @@ class Trial:
 
     `workers` is the study's worker count; methods that are not parallel ignore it.
     `import_seconds`: the part of `seconds` spent importing, for the methods that time
-    themselves in a fresh interpreter (None for the others).
+    themselves in a fresh interpreter (None for the others); `other_cpu_seconds`: the CPU their
+    threads already running before the timed part used during it (`python -m benchmarks.blas_spin`).
     """
 
     workload: str
@@ -35,6 +36,7 @@ class Trial:
     peak_mb: float | None
     error: str | None = None
     import_seconds: float | None = None
+    other_cpu_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,11 @@ def _count_files(folder: Path) -> int:
         return sum(1 for _ in entries)
 
 
-def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float, float | None]:
+def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float, float | None, float | None]:
     """Prepare `method` (untimed), time its run into the empty `folder`, check every file exists.
 
-    Returns (seconds, peak MB of the process tree during the timed call, import seconds or None).
+    Returns (seconds, peak MB of the process tree during the timed call, import seconds or None,
+    the CPU of threads that ran before the timed part, or None).
     A run that times itself (a fresh interpreter timed from inside) returns a Timed, whose
     seconds are used instead of this process's clock.
     Raises whatever the method raised, or RuntimeError if files are missing.
@@ -104,8 +107,8 @@ def time_once(method: Method, job: Job, folder: Path) -> tuple[float, float, flo
     if written != workload.count:
         raise RuntimeError(f"wrote {written} of {workload.count} files")
     if isinstance(timed, Timed):
-        return timed.seconds, memory.peak_mb, timed.import_seconds
-    return seconds, memory.peak_mb, None
+        return timed.seconds, memory.peak_mb, timed.import_seconds, timed.other_cpu_seconds
+    return seconds, memory.peak_mb, None, None
 
 
 class _Folders:
@@ -150,9 +153,17 @@ def _measure(
         for method in order:
             folder, spare = folders.make(target), folders.make(target)
             try:
-                seconds, peak, imports = time_once(method, Job(workload, workers, spare), folder)
+                seconds, peak, imports, other = time_once(method, Job(workload, workers, spare), folder)
                 trial = Trial(
-                    workload.name, target.name, method.name, workers, repetition, seconds, peak, import_seconds=imports
+                    workload.name,
+                    target.name,
+                    method.name,
+                    workers,
+                    repetition,
+                    seconds,
+                    peak,
+                    import_seconds=imports,
+                    other_cpu_seconds=other,
                 )
                 _log(
                     f"  {workload.name}/{target.name} w={workers} rep {repetition + 1}/{repeat} "

@@ -39,11 +39,16 @@ def _failure_note(errors: list[str], runs: int) -> str:
 
 
 def _import_note(trials: list) -> tuple[float | None, str]:
-    imports = [t.import_seconds for t in trials if t.seconds is not None and t.import_seconds is not None]
-    if not imports:
-        return None, ""
-    median = statistics.median(imports)
-    return median, f"of which imports {median * 1000:.1f} ms" if median > 0 else ""
+    """The median imports of fresh-interpreter trials, and a note of them and of the CPU the threads
+    running before the timed part used (numpy's OpenBLAS, spinning after import)."""
+    timed = [t for t in trials if t.seconds is not None]
+    imports = [t.import_seconds for t in timed if t.import_seconds is not None]
+    others = [t.other_cpu_seconds for t in timed if t.other_cpu_seconds is not None]
+    median = statistics.median(imports) if imports else None
+    notes = [f"of which imports {median * 1000:.1f} ms"] if median else []
+    if others:
+        notes.append(f"other threads' CPU {statistics.median(others) * 1000:.1f} ms")
+    return median, "; ".join(notes)
 
 
 def summarize(study: Study, workers: int, methods: dict | None = None, baseline: str = BASELINE) -> list[Row]:

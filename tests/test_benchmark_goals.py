@@ -314,6 +314,22 @@ def test_summarize_reports_the_imports_inside_a_fresh_interpreter_timing():
     assert one_shot.import_median == 0.034 and one_shot.note == "of which imports 34.0 ms"
 
 
+def test_summarize_reports_the_cpu_of_the_threads_running_before_a_fresh_timing():
+    """What numpy's OpenBLAS threads used during the timed part: the fresh loop has no imports to
+    report, but its note still says what the other threads took."""
+    from benchmarks.runner import Study, Trial
+    from benchmarks.summary import summarize
+
+    trials = [
+        Trial("tiny1000", "tmpfs", "loop-fresh", 2, rep, 0.02, 100.0, import_seconds=0.0, other_cpu_seconds=cpu)
+        for rep, cpu in enumerate((0.020, 0.024, 0.030))
+    ]
+    trials += [Trial("tiny1000", "tmpfs", "shmsave-oneshot-fresh", 2, 0, 0.05, 100.0, import_seconds=0.007)]
+    rows = {r.method: r for r in summarize(Study(trials, [], []), 2)}
+    assert rows["loop-fresh"].note == "other threads' CPU 24.0 ms"
+    assert rows["shmsave-oneshot-fresh"].note == "of which imports 7.0 ms"
+
+
 def test_a_run_that_times_itself_gives_its_own_seconds(tmp_path):
     import contextlib
 
@@ -323,10 +339,10 @@ def test_a_run_that_times_itself_gives_its_own_seconds(tmp_path):
 
     def write(pattern):
         (tmp_path / "out" / "000000.jpg").write_bytes(b"x")
-        return Timed(12.5, 0.5)
+        return Timed(12.5, 0.5, 0.25)
 
     method = Method("fake", "fake", False, contextlib.contextmanager(lambda job: (yield write)))
     (tmp_path / "out").mkdir()
     workload = Workload(SPECS["tiny100"], [object()], tmp_path)
-    seconds, _, imports = runner.time_once(method, Job(workload, 1, tmp_path), tmp_path / "out")
-    assert (seconds, imports) == (12.5, 0.5)
+    seconds, _, imports, other = runner.time_once(method, Job(workload, 1, tmp_path), tmp_path / "out")
+    assert (seconds, imports, other) == (12.5, 0.5, 0.25)
