@@ -1,15 +1,17 @@
-"""What a script's first call shares the cores with: numpy's OpenBLAS threads, spinning after import.
+"""What a script's first call shares the cores with: OpenBLAS threads, spinning after import.
 
     python -m benchmarks.blas_spin               # -> results/blas-spin.md
     python -m benchmarks.blas_spin --repeat 21
 
-OpenBLAS starts its threads when numpy loads it, and each waits for work in a busy loop for a while
-before it sleeps. A script that saves right after ``import numpy, cv2`` (the question's does: its
-arrays take milliseconds to make) shares the cores with them for that while; one thread (the loop)
-does not notice on a machine with a core to spare, a parallel save does. Two measurements:
+OpenBLAS starts its threads when it is loaded, and each waits for work in a busy loop for a while
+before it sleeps; numpy's wheel bundles one OpenBLAS and the OpenCV wheel another. A script that
+saves right after ``import numpy, cv2`` (the question's does: its arrays take milliseconds to make)
+shares the cores with them for that while; one thread (the loop) does not notice on a machine with a
+core to spare, a parallel save does. Two measurements:
 
-1. After ``import numpy, cv2`` in a fresh interpreter: the CPU the process's other threads use in
-   each 10 ms, for 0.5 s (``/proc/self/task/*/schedstat``).
+1. After ``import numpy`` alone and after ``import numpy, cv2`` in a fresh interpreter: the CPU the
+   process's other threads use in each 10 ms, for 0.5 s (``/proc/self/task/*/schedstat``), which
+   tells numpy's spinning threads from OpenCV's.
 2. ``benchmarks/fresh_child.py``, as the full run's ``*-fresh`` methods run it, on 1,000 tiny images:
    the loop, chunked threads and ``shmsave.save``, each with ``OPENBLAS_NUM_THREADS`` unset and set
    to 1, interleaved in a fresh random order per repetition, on a private tmpfs (the disk when none
@@ -41,13 +43,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("tiny1000", "question1000")
 METHODS = ("loop", "threads-chunked", "shmsave")
 SETTINGS = {"unset": None, "OPENBLAS_NUM_THREADS=1": "1"}
+# Part 1's rows: (OPENBLAS_NUM_THREADS, what the script imports before it watches)
+WATCHES = {
+    "unset, `import numpy`": (None, "numpy"),
+    "unset, `import numpy, cv2`": (None, "numpy, cv2"),
+    "OPENBLAS_NUM_THREADS=1, `import numpy, cv2`": ("1", "numpy, cv2"),
+}
 WINDOW_S, WINDOWS = 0.01, 50
 BUSY_NS = WINDOW_S * 1e9 * 0.2  # a window in which the other threads used 20 % of a core or more
 
-# The fresh child's own reading of the other threads' CPU (fresh_child.thread_cpu_ns), after the imports.
+# The fresh child's own reading of the other threads' CPU (fresh_child.thread_cpu_ns), after the imports
+# (IMPORTS: replaced by the modules a row imports).
 WATCH = f"""
 import json, sys, time
-import numpy, cv2
+import IMPORTS
 sys.path.insert(0, {str(FRESH_CHILD.parent)!r})
 from fresh_child import thread_cpu_ns
 used, last = [], sum(thread_cpu_ns().values())
@@ -56,7 +65,8 @@ for _ in range({WINDOWS}):
     now = sum(thread_cpu_ns().values())
     used.append(now - last)
     last = now
-print(json.dumps({{"threads": len(thread_cpu_ns()), "used_ns": used}}))
+loaded = [name for name in ("numpy", "cv2") if name in sys.modules]
+print(json.dumps({{"threads": len(thread_cpu_ns()), "used_ns": used, "loaded": loaded}}))
 """
 
 
@@ -67,8 +77,9 @@ def _environment(setting: str | None) -> dict[str, str]:
     return env
 
 
-def _watch(setting: str | None) -> dict:
-    done = subprocess.run([sys.executable, "-c", WATCH], capture_output=True, text=True, env=_environment(setting))
+def _watch(setting: str | None, imports: str) -> dict:
+    script = WATCH.replace("IMPORTS", imports)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_environment(setting))
     if done.returncode:
         raise RuntimeError(done.stderr.strip().splitlines()[-1])
     return json.loads(done.stdout)
@@ -89,7 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     cores = machine.usable_cores()
-    spins = {name: [_watch(value) for _ in range(args.repeat)] for name, value in SETTINGS.items()}
+    spins = {name: [_watch(*watch) for _ in range(args.repeat)] for name, watch in WATCHES.items()}
     calls: dict[tuple[str, str, str], list[dict]] = {}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as scratch, tmpfs_target() as tmpfs, disk_target() as disk:
@@ -125,15 +136,16 @@ def _ms(values) -> str:
 
 def _markdown(args, cores, where, spins, calls) -> str:
     lines = [
-        "# A script's first call and numpy's spinning OpenBLAS threads",
+        "# A script's first call and the spinning OpenBLAS threads of numpy and OpenCV",
         "",
         f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
         f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
         f"Medians of {args.repeat} fresh interpreters.",
         "",
-        f"## After `import numpy, cv2`: the other threads' CPU, in {WINDOW_S * 1e3:.0f} ms windows",
+        f"## After the imports: the other threads' CPU, in {WINDOW_S * 1e3:.0f} ms windows",
         "",
-        "| OPENBLAS_NUM_THREADS | other threads | their CPU in the first 0.5 s | busy until (>= 20 % of a core) |",
+        "| OPENBLAS_NUM_THREADS, imports | other threads | their CPU in the first 0.5 s "
+        "| busy until (>= 20 % of a core) |",
         "|---|---|---|---|",
     ]
     for name, runs in spins.items():

@@ -13,9 +13,9 @@ or a pickled list for the ``mixed`` workload). Timed: importing the method's own
 process is what ``python -m benchmarks.command`` measures).
 
 Prints one JSON line: ``{"seconds": import + call, "import_seconds": import alone, "other_cpu_seconds":
-CPU the threads that were already running before the timed part used during it}`` (numpy's OpenBLAS
-threads, spinning after import: ``python -m benchmarks.blas_spin``; None where Linux's per-thread
-``schedstat`` is not there).
+CPU the threads that were already running before the timed part used during it}`` (the OpenBLAS
+threads of numpy and of the OpenCV wheel, spinning after import: ``python -m benchmarks.blas_spin``;
+None where Linux's per-thread ``schedstat`` is not there).
 """
 
 import json

@@ -40,7 +40,7 @@ def _failure_note(errors: list[str], runs: int) -> str:
 
 def _import_note(trials: list) -> tuple[float | None, str]:
     """The median imports of fresh-interpreter trials, and a note of them and of the CPU the threads
-    running before the timed part used (numpy's OpenBLAS, spinning after import)."""
+    running before the timed part used (numpy's and OpenCV's OpenBLAS, spinning after import)."""
     timed = [t for t in trials if t.seconds is not None]
     imports = [t.import_seconds for t in timed if t.import_seconds is not None]
     others = [t.other_cpu_seconds for t in timed if t.other_cpu_seconds is not None]

@@ -78,3 +78,16 @@ def test_the_child_counts_the_cpu_of_the_threads_already_running():
     assert str(os.getpid()) not in before, "the main thread (the method's own) is not counted"
     spun = str(ids[0])
     assert after[spun] - before[spun] > 0.02e9, "a thread spinning for 0.2 s used next to no CPU"
+
+
+def test_the_spin_watcher_imports_what_its_row_names():
+    """``benchmarks.blas_spin`` watches after ``import numpy`` alone (numpy's spinning threads) and
+    after ``import numpy, cv2`` (OpenCV's too): each row's script loads exactly its modules."""
+    from benchmarks import blas_spin
+
+    rows = {imports: setting for setting, imports in blas_spin.WATCHES.values() if setting is None}
+    assert sorted(rows) == ["numpy", "numpy, cv2"]
+    figures = blas_spin._watch("1", "numpy")  # OPENBLAS_NUM_THREADS=1: no thread to watch, a quick run
+    assert figures["loaded"] == ["numpy"], "the numpy-only row loaded OpenCV"
+    assert figures["threads"] == 0 and len(figures["used_ns"]) == blas_spin.WINDOWS
+    assert blas_spin._watch("1", "numpy, cv2")["loaded"] == ["numpy", "cv2"]
