@@ -346,3 +346,21 @@ def test_a_run_that_times_itself_gives_its_own_seconds(tmp_path):
     workload = Workload(SPECS["tiny100"], [object()], tmp_path)
     seconds, _, imports, other = runner.time_once(method, Job(workload, 1, tmp_path), tmp_path / "out")
     assert (seconds, imports, other) == (12.5, 0.5, 0.25)
+
+
+def test_the_names_race_tells_met_level_and_not_met_apart():
+    """``benchmarks.names``: a median that wins is met; one that loses within the other's
+    interquartile range is level; one that loses beyond it is not met; the pairs it won are counted."""
+    from benchmarks.names import at_most, faster
+
+    others = [1.00, 1.02, 0.98, 1.01, 0.99]
+    assert faster([0.90, 0.91, 0.89, 0.92, 0.90], others) == "met; ahead in 5 of 5 repetitions"
+    assert faster([1.01, 0.97, 1.03, 1.02, 1.00], others) == "level; ahead in 1 of 5 repetitions"
+    assert faster([1.20, 1.21, 1.19, 1.22, 1.20], others) == "not met; ahead in 0 of 5 repetitions"
+    # 0.95x the other's speed: 5 % slower passes, 10 % slower is level here, 30 % is not met
+    assert faster([1.05] * 5, others, 0.95).startswith("met")
+    assert faster([1.08, 1.06, 1.10, 1.05, 1.07], others, 0.95).startswith("level")
+    assert faster([1.30] * 5, others, 0.95).startswith("not met")
+    assert at_most([3.5, 3.9, 4.2], 4.0) == "met"
+    assert at_most([3.9, 4.3, 4.6, 5.0], 4.0) == "level"
+    assert at_most([4.5, 4.8, 5.1], 4.0) == "not met"
