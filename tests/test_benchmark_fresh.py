@@ -87,7 +87,7 @@ def test_the_spin_watcher_imports_what_its_row_names():
 
     rows = {imports: setting for setting, imports in blas_spin.WATCHES.values() if setting is None}
     assert sorted(rows) == ["numpy", "numpy, cv2"]
-    figures = blas_spin._watch("1", "numpy")  # OPENBLAS_NUM_THREADS=1: no thread to watch, a quick run
+    figures = blas_spin._watch("1", "numpy")
     assert figures["loaded"] == ["numpy"], "the numpy-only row loaded OpenCV"
-    assert figures["threads"] == 0 and len(figures["used_ns"]) == blas_spin.WINDOWS
+    assert len(figures["used_ns"]) == blas_spin.WINDOWS
     assert blas_spin._watch("1", "numpy, cv2")["loaded"] == ["numpy", "cv2"]
