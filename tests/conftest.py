@@ -124,13 +124,21 @@ def writer(request, files_by):
 @contextlib.contextmanager
 def child_under_way(command: list[str], log: Path, info: Path, timeout: float, what: str):
     """Run ``command`` (Ctrl-C reaches it as from a terminal), its output in ``log``; yield
-    ``(process, the JSON in info)`` once it has written ``info``, and kill it on the way out if it runs."""
+    ``(process, the JSON in info)`` once it has written ``info`` whole (a child that opens the file
+    and then writes it can be read in between), and kill it on the way out if it runs."""
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=sigint_as_in_a_terminal)
+    written = []
+
+    def info_written() -> bool:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            written.append(json.loads(info.read_text()))
+        return bool(written) or process.poll() is not None
+
     try:
-        assert wait_until(lambda: info.exists() or process.poll() is not None, timeout), what
+        assert wait_until(info_written, timeout), what
         assert process.poll() is None, log.read_text()
-        yield process, json.loads(info.read_text())
+        yield process, written[0]
     finally:
         if process.poll() is None:
             process.kill()

@@ -357,6 +357,24 @@ def _child_saving(tmp_path, count: int, engine: str = "process", files: str = "O
         yield process, info
 
 
+def test_a_child_is_under_way_only_once_its_info_is_written_whole(tmp_path):
+    """The tests' ``child_under_way`` reads a child's info file only once it holds the whole JSON:
+    a child that opens the file and then writes it (as the Ctrl-C loops do) can be seen in between
+    (``test_ctrl_c_in_an_imwrite_loop`` once read it empty)."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "with open(sys.argv[1], 'w') as f:\n"
+        "    f.write('{\"pid\": '); f.flush(); time.sleep(0.5)\n"
+        "    f.write(str(os.getpid()) + '}')\n"
+        "time.sleep(30)\n"
+    )
+    info = tmp_path / "info.json"
+    command = [sys.executable, str(script), str(info)]
+    with child_under_way(command, tmp_path / "child.log", info, 30, "the child never wrote its info") as (process, got):
+        assert got == {"pid": process.pid}
+
+
 def test_segments_of_dead_processes_are_swept():
     """What a parent killed together with its workers leaves is removed by the next process's
     first Writer (and ``sweep_orphans(again=True)``); segments whose owner holds its lock stay,
