@@ -240,11 +240,23 @@ def _interval(row: Row) -> tuple[float, float]:
 
 
 def _ratio_verdict(row: Row, other: Row, factor: float) -> str:
-    """Whether ``row`` runs at least ``factor`` times as fast as ``other``: "met", "level" when
-    ``row``'s interquartile range overlaps ``other``'s scaled by 1 / factor, else "not met"."""
-    if row.median * factor <= other.median:
+    """Whether ``row`` runs at least ``factor`` times as fast as ``other`` (``ratio_verdict``)."""
+    return ratio_verdict(row.median, _interval(row), other.median, _interval(other), factor)
+
+
+def ratio_verdict(
+    median: float,
+    interval: tuple[float, float],
+    other_median: float,
+    other_interval: tuple[float, float],
+    factor: float,
+) -> str:
+    """Whether seconds of ``median`` (spread ``interval``) are at least ``factor`` times as fast as
+    ``other_median``'s: "met", "level" when ``interval`` overlaps ``other_interval`` scaled by
+    1 / factor, else "not met"."""
+    if median * factor <= other_median:
         return "met"
-    (low, high), (other_low, other_high) = _interval(row), _interval(other)
+    (low, high), (other_low, other_high) = interval, other_interval
     return "level" if low * factor <= other_high and other_low <= high * factor else "not met"
 
 

@@ -28,7 +28,8 @@ from benchmarks.workloads import Workload
 class Timed:
     """What a run that times itself returns (a fresh interpreter, timed from inside): the seconds the
     runner records instead of its own clock, how many of them were imports, and the CPU that the
-    process's threads already running before the timed part (numpy's OpenBLAS) used during it."""
+    process's threads already running before the timed part (numpy's and OpenCV's OpenBLAS) used
+    during it."""
 
     seconds: float
     import_seconds: float = 0.0

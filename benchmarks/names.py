@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from benchmarks import machine
+from benchmarks.goals import ratio_verdict
 from benchmarks.streaming import Workload, _workloads, imwrite_executor, imwrite_loop, imwrite_queue_threads
 from benchmarks.targets import disk_target, tmpfs_target
 
@@ -147,16 +148,13 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 def faster(times: list[float], others: list[float], factor: float = 1.0) -> str:
     """Whether the method timed ``times`` runs at least ``factor`` times as fast as the one timed
-    ``others`` in the same interleaved repetitions: "met"; "level" when a median loses but the
-    interquartile ranges overlap (``times`` scaled by ``factor``), so that this run cannot tell
-    them apart, as in the full run's goals (benchmarks/goals.py); else "not met". With the
-    repetitions in which it was ahead, pair by pair."""
+    ``others`` in the same interleaved repetitions, by the full run's rule (``goals.ratio_verdict``:
+    "level" when a median loses but the interquartile ranges overlap), with the repetitions in
+    which it was ahead, pair by pair."""
     ahead = sum(t * factor <= o for t, o in zip(times, others))
-    if statistics.median(times) * factor <= statistics.median(others):
-        verdict = "met"
-    else:
-        (low, high), (other_low, other_high) = _quartiles(times), _quartiles(others)
-        verdict = "level" if low * factor <= other_high and other_low <= high * factor else "not met"
+    verdict = ratio_verdict(
+        statistics.median(times), _quartiles(times), statistics.median(others), _quartiles(others), factor
+    )
     return f"{verdict}; ahead in {ahead} of {min(len(times), len(others))} repetitions"
 
 
