@@ -174,8 +174,7 @@ class Stream(StreamTasks):
                 place = self._room(size)
             if place is not None:
                 offset, end = place
-                if not self._place(self._bytes, offset, image):  # not C-contiguous
-                    self._ring.block.array(layout.shape, layout.dtype, offset)[...] = image
+                self._place(self._bytes, offset, image)
                 if not self._pending:
                     self._pending_first, self._pending_layout = index, layout
                 elif self._pending_layout is not layout or offset != self._pending_next:
@@ -476,13 +475,14 @@ class Stream(StreamTasks):
         return report
 
 
-def _place(ring: memoryview, offset: int, image: np.ndarray) -> bool:
-    """Copy a C-contiguous ``image`` into ``ring`` at ``offset`` (True), or do nothing (False);
-    ``_fastfiles.place`` does the same in a third of the time of a tiny image (0.5 us against 1.4)."""
-    if not image.flags.c_contiguous:
-        return False
-    ring[offset : offset + image.nbytes] = memoryview(image).cast("B")
-    return True
+def _place(ring: memoryview, offset: int, image: np.ndarray) -> None:
+    """Copy ``image``'s pixels, in C order, into ``ring`` at ``offset`` (ValueError when they do not
+    fit); ``_fastfiles.place`` does the same in a fraction of the time of a tiny image (0.13 us
+    against 0.5 when it is C-contiguous, ~0.4 against 1.3 for a crop of a bigger one)."""
+    if image.flags.c_contiguous:
+        ring[offset : offset + image.nbytes] = memoryview(image).cast("B")
+    else:
+        np.frombuffer(ring, image.dtype, image.size, offset).reshape(image.shape)[...] = image
 
 
 _streams: weakref.WeakSet[Stream] = weakref.WeakSet()
