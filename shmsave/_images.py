@@ -15,6 +15,23 @@ def aligned(nbytes: int) -> int:
     return (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def place(buffer, offset: int, image: np.ndarray) -> None:
+    """Copy ``image``'s pixels, in C order, into the writable ``buffer`` at ``offset`` (ValueError
+    when they do not fit): a small image into a stream's ring or a call's staging slot."""
+    if image.flags.c_contiguous:
+        memoryview(buffer)[offset : offset + image.nbytes] = memoryview(image).cast("B")
+    else:
+        np.frombuffer(buffer, image.dtype, image.size, offset).reshape(image.shape)[...] = image
+
+
+def placer():
+    """``place``, or ``_fastfiles.place`` where it is built (the time of a tiny image: 0.13 us
+    against 0.5 when it is C-contiguous, ~0.4 against 1.3 for a crop of a bigger one)."""
+    from . import _files  # loaded by any call that places images
+
+    return getattr(_files.compiled, "place", place)
+
+
 def normalize(images):
     """``(stack, None)`` for an (N, H, W[, C]) array, ``(None, list)`` for a list of 2-D/3-D arrays
     of one dtype; InvalidRequest otherwise."""

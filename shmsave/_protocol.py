@@ -54,6 +54,26 @@ def images_in(buffer, source: Source, lo: int, hi: int):
     return [np.ndarray(shape, dtype, buffer=buffer, offset=offset) for offset, shape, dtype in source.entries[lo:hi]]
 
 
+def stack_source(kind: str, locator: str, offset: int, count: int, step: int, shape: tuple, dtype: str) -> StackSource:
+    """``count`` C-contiguous images of ``shape`` and ``dtype``, ``step`` bytes apart from ``offset``,
+    as one strided stack: a worker makes one view of them instead of one array per image."""
+    strides = [np.dtype(dtype).itemsize]
+    for side in reversed(shape[1:]):
+        strides.insert(0, strides[0] * side)
+    return StackSource(kind, locator, offset, (count, *shape), (step, *strides), dtype)
+
+
+def packed_source(kind: str, locator: str, entries) -> Source:
+    """The source of images placed one after another in one segment (``(offset, shape, dtype)``
+    each): one stack when they share a shape and dtype at a constant step (as a list of crops of
+    one size is placed), else a list."""
+    offset, shape, dtype = entries[0]
+    step = entries[1][0] - offset if len(entries) > 1 else 0
+    if step <= 0 or any(entry != (offset + i * step, shape, dtype) for i, entry in enumerate(entries)):
+        return ListSource(kind, locator, tuple(entries))
+    return stack_source(kind, locator, offset, len(entries), step, shape, dtype)
+
+
 class Task(NamedTuple):
     """Write images ``lo:hi`` of the images that ``source`` describes, numbered from ``first``."""
 

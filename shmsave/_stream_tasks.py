@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ._files import remove_partial_files, unexpected_in_task, write_images
 from ._job import Names
-from ._protocol import ListSource, StackSource, Task, images_in
+from ._protocol import ListSource, StackSource, Task, images_in, stack_source
 from .errors import WorkerFailed
 from .naming import job_path
 
@@ -225,7 +225,5 @@ def source_of(block, batch: Batch) -> ListSource | StackSource:
     layout = batch.layout
     if layout is None or len(batch.entries) < 2:
         return ListSource(block.kind, block.locator, tuple(batch.entries))
-    offset = batch.entries[0][0]
-    strides = (layout.ring_bytes, *block.array(layout.shape, layout.dtype, offset).strides)
-    shape = (len(batch.entries), *layout.shape)
-    return StackSource(block.kind, block.locator, offset, shape, strides, layout.dtype_str)
+    count, offset = len(batch.entries), batch.entries[0][0]
+    return stack_source(block.kind, block.locator, offset, count, layout.ring_bytes, layout.shape, layout.dtype_str)

@@ -112,12 +112,18 @@ def make_request(
         check_finite(stack, "the image stack")
     else:
         format_of = names.format_of if len(planned) > 1 else ()
+        passed = set()  # (format, shape): a list of 10,000 tiny crops has one or a few
+        floating = dtype.kind == "f"  # one dtype for all (normalize)
         for i, image in enumerate(listed):
-            each = planned[format_of[i]] if format_of else encoding
-            channels = image.shape[2] if image.ndim == 3 else 1
-            codec.check_pixels(each, image.dtype, channels, f"image {i}", castable=bool(targets))
-            codec.check_size(each, image.shape[0], image.shape[1], f"image {i}")
-            check_finite(image, f"image {i}")
+            number = format_of[i] if format_of else 0
+            if (number, image.shape) not in passed:
+                each = planned[number]
+                channels = image.shape[2] if image.ndim == 3 else 1
+                codec.check_pixels(each, image.dtype, channels, f"image {i}", castable=bool(targets))
+                codec.check_size(each, image.shape[0], image.shape[1], f"image {i}")
+                passed.add((number, image.shape))
+            if floating:
+                check_finite(image, f"image {i}")
     cast = _integer_cast(stack if stack is not None else listed, dtype, targets, encoding) if targets else None
     for each in planned[1:] if cast is not None else ():
         codec.check_cast(each, cast)

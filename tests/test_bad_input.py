@@ -267,6 +267,19 @@ def test_bad_request_leaves_existing_files_alone(tmp_path):
     assert os.listdir(tmp_path) == ["0.png"] and (tmp_path / "0.png").read_bytes() == b"keep"
 
 
+def test_a_list_is_refused_at_its_first_bad_image(tmp_path):
+    """A list's checks run once per shape (a list of 10,000 crops has few), and NaN is still looked
+    for in every image: the message names the first image that fails, as an image-by-image check would."""
+    gray, odd = np.zeros((20, 30), np.uint8), np.zeros((20, 30, 2), np.uint8)
+    with pytest.raises(shmsave.InvalidRequest, match="^image 3 has 2 channels"):
+        shmsave.save([gray, gray, gray[:10], odd, gray, odd], tmp_path / "{index}.png")
+    floats = [np.zeros((20, 30), np.float32) for _ in range(5)]
+    floats[3][4, 5] = np.nan
+    with pytest.raises(shmsave.InvalidRequest, match="^image 3 contains NaN"):
+        shmsave.save(floats, tmp_path / "{index}.tiff")
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_bad_workers_value_does_not_break_later_saves(tmp_path):
     """shmsave.save(..., workers=0) refuses; the next shmsave.save still works."""
     images = _u8(2, 20, 30)

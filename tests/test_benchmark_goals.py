@@ -364,3 +364,21 @@ def test_the_names_race_tells_met_level_and_not_met_apart():
     assert at_most([3.5, 3.9, 4.2], 4.0) == "met"
     assert at_most([3.9, 4.3, 4.6, 5.0], 4.0) == "level"
     assert at_most([4.5, 4.8, 5.1], 4.0) == "not met"
+
+
+def test_the_list_race_compares_the_list_with_the_stack_pair_by_pair():
+    """``benchmarks.lists``: each method's median and speed-up over the loop's, and the list's time
+    over the stack's with the repetitions in which the list was ahead."""
+    import argparse
+
+    from benchmarks.lists import _markdown
+
+    timings = {
+        "loop": [1.0, 1.2, 1.1],
+        "threads chunked": [0.7, 0.7, 0.7],
+        "shmsave stack": [0.5, 0.6, 0.55],
+        "shmsave list": [0.5, 0.45, 0.6],
+    }
+    text = _markdown(argparse.Namespace(count=10, repeat=3), 2, "tmpfs", timings)
+    assert "| 0.500 s (0.450-0.600) **2.20x** |" in text and "| 0.550 s (0.500-0.600) **2.00x** |" in text
+    assert "The list takes 0.91x the time of the stack (stacking included); the list was ahead in 2 of 3" in text

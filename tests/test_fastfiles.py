@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import shmsave
-from shmsave import InvalidRequest, _files, _stream_names, streaming
+from shmsave import InvalidRequest, _files, _images, _stream_names
 
 needs_helper = pytest.mark.skipif(
     _files.compiled is None,
@@ -116,9 +116,9 @@ def test_the_helper_refuses_lists_of_different_lengths(tmp_path):
     ids=["gray", "uint16-color", "strided-float", "bgra-to-bgr", "crop", "channel", "flipped", "big-endian-T"],
 )
 def test_a_streams_copy_into_its_ring_is_the_same_in_c_and_python(image):
-    """``_fastfiles.place`` and Python's ``_place`` copy an image's pixels in C order into the
-    ring at the offset, contiguous or not, and touch nothing else; ValueError when they do not fit."""
-    places = [streaming._place] + ([_files.compiled.place] if _files.compiled is not None else [])
+    """``_fastfiles.place`` and Python's ``_images.place`` copy an image's pixels in C order into
+    the buffer at the offset, contiguous or not, and touch nothing else; ValueError when they do not fit."""
+    places = [_images.place] + ([_files.compiled.place] if _files.compiled is not None else [])
     expected = np.ascontiguousarray(image).tobytes()
     for place in places:
         ring = np.full(image.nbytes + 200, 7, np.uint8)
@@ -132,10 +132,26 @@ def test_a_streams_copy_into_its_ring_is_the_same_in_c_and_python(image):
 @pytest.mark.parametrize("files_by", ["compiled", "python"], indirect=True)
 def test_a_stream_copies_with_the_helper_where_it_is_built(files_by, tmp_path):
     with shmsave.Writer(workers=1, engine="inline") as writer, writer.stream(tmp_path / "{index}.png") as stream:
-        expected = streaming._place if files_by == "python" else _files.compiled.place
+        expected = _images.place if files_by == "python" else _files.compiled.place
         assert stream._place is expected
         stream.write(np.arange(2500, dtype=np.uint8).reshape(50, 50))
     assert (cv2.imread(str(tmp_path / "0.png"), cv2.IMREAD_UNCHANGED) == np.arange(2500).reshape(50, 50) % 256).all()
+
+
+@pytest.mark.parametrize("files_by", ["compiled", "python"], indirect=True)
+def test_a_list_of_crops_reaches_the_worker_processes_whole(files_by, tmp_path, monkeypatch):
+    """A call's listed images are copied into its staging slots, small ones by ``place`` and big
+    ones by numpy: each file is what ``cv2.imencode`` makes of its crop."""
+    copies, place = [], _images.place
+    monkeypatch.setattr(_images, "place", lambda *args: copies.append(args[2].shape) or place(*args))
+    frame = np.random.default_rng(7).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    crops = [frame[10:60, 20:70], frame[::-1, 100:110, 0], frame[5:295, 5:395], frame[40:90, 40:90, ::-1]]
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.save(crops, tmp_path / "{index}.png")
+    for i, crop in enumerate(crops):
+        assert (tmp_path / f"{i}.png").read_bytes() == cv2.imencode(".png", crop)[1].tobytes(), i
+    if files_by == "python":  # the 290x390 crop (339 KB) went through numpy
+        assert copies == [(50, 50, 3), (300, 10), (50, 50, 3)]
 
 
 class _Text(str):

@@ -344,6 +344,30 @@ def test_no_pixels_cross_the_pipe(as_list, sent_sizes, tmp_path, rng):
     assert max(sent_sizes) < 16 * 1024 and sum(sent_sizes) < stack.nbytes / 200
 
 
+def test_a_list_of_one_shape_reaches_the_workers_as_stacks(tmp_path, rng, monkeypatch):
+    """A list's images of one shape, staged one after another, go to a worker as one strided stack
+    per task (one view, not one array per image); a list of mixed shapes as entries."""
+    from shmsave._protocol import ListSource, StackSource
+
+    sources = []
+    packed = _staging.packed_source
+    monkeypatch.setattr(_staging, "packed_source", lambda *args: sources.append(packed(*args)) or sources[-1])
+    frame = rng.integers(0, 255, (300, 400, 3), np.uint8)
+    crops = [frame[i : i + 20, i : i + 30] for i in range(200)]  # views, not C-contiguous
+    mixed = [frame[: 10 + i % 3, :12] for i in range(60)]
+    with shmsave.Writer(workers=2, engine="process") as writer:
+        writer.save(crops, tmp_path / "c" / "{index}.png")
+        of_crops = len(sources)
+        writer.save(mixed, tmp_path / "m" / "{index}.png")
+    assert all(isinstance(source, StackSource) for source in sources[:of_crops])
+    assert {(source.shape[1:], source.strides) for source in sources[:of_crops]} == {((20, 30, 3), (1856, 90, 3, 1))}
+    assert sum(source.shape[0] for source in sources[:of_crops]) == 200
+    assert sources[of_crops:] and all(isinstance(source, ListSource) for source in sources[of_crops:])
+    for folder, images in (("c", crops), ("m", mixed)):
+        for i, image in enumerate(images):
+            assert read(tmp_path / folder / f"{i}.png") == imencode(image), (folder, i)
+
+
 def test_arrays_from_empty_are_saved_without_a_copy(monkeypatch, photos, tmp_path):
     monkeypatch.setattr(_staging.Stager, "_staging_slots", _no_staging)
     with shmsave.Writer(workers=2, engine="process") as writer:
