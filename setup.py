@@ -1,8 +1,8 @@
 """The optional compiled part of shmsave; everything else is in pyproject.toml.
 
-``shmsave._fastfiles`` writes a group of encoded files with one release of the GIL, and
-copies a stream's tiny images into its ring and checks the paths ``imwrite`` gives them
-(shmsave/_fastfiles.c). It is optional: where it cannot be built (no compiler, not Linux)
+``shmsave._fastfiles`` writes a group of encoded files with one release of the GIL, copies
+small images into a stream's ring or a call's staging slot, and checks the paths ``imwrite``
+gives them (shmsave/_fastfiles.c). It is optional: where it cannot be built (no compiler, not Linux)
 the install goes on without it and shmsave does all three in Python.
 """
 

@@ -21,9 +21,10 @@
  * file of the group complete (interrupted system calls are restarted).
  *
  * place() and plain_kind() are the other hot spots of a tiny image in Python:
- * a stream's copy of it into the ring, one memcpy (or one strided copy) instead of
- * three memoryviews or two numpy arrays (streaming.py), and the check of the path
- * Writer.imwrite gives it, one scan instead of six (_stream_names.py).
+ * its copy into a stream's ring or a call's staging slot, one memcpy (or one
+ * strided copy) instead of three memoryviews or two numpy arrays (_images.py),
+ * and the check of the path Writer.imwrite gives it, one scan instead of six
+ * (_stream_names.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -277,7 +278,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "shmsave._fastfiles",
-    "Writing a group of encoded files with one release of the GIL; a stream's copy of a tiny image and the check of its path (see _fastfiles.c).", -1,
+    "Writing a group of encoded files with one release of the GIL; the copy of a small image into shared memory and the check of a path (see _fastfiles.c).", -1,
     methods,
 };
 
