@@ -168,7 +168,8 @@ PyDoc_STRVAR(place_doc,
 "Copy the pixels of ``image`` (any buffer with strides: a crop, a channel, a flipped view) in C\n"
 "order into the writable buffer ``ring`` at ``offset``, as\n"
 "``np.frombuffer(ring, image.dtype, image.size, offset).reshape(image.shape)[...] = image`` does\n"
-"without making two arrays (a stream's copy of a tiny image). ValueError when it does not fit.");
+"without making two arrays (a tiny image into a stream's ring or a staging slot). ValueError when\n"
+"it does not fit.");
 
 /* Copy the elements of a strided buffer, in C order, to dest. The trailing dimensions that are
    contiguous together go as one memcpy; the innermost of the others is a loop of its own. */

@@ -25,8 +25,9 @@ def place(buffer, offset: int, image: np.ndarray) -> None:
 
 
 def placer():
-    """``place``, or ``_fastfiles.place`` where it is built (the time of a tiny image: 0.13 us
-    against 0.5 when it is C-contiguous, ~0.4 against 1.3 for a crop of a bigger one)."""
+    """``place``, or ``_fastfiles.place`` where it is built: for a 50x50 image, 0.13 us against
+    ~0.5 when it is C-contiguous, 0.25 against 0.9 for a crop of a bigger one, 1.3 against 1.8
+    for one channel of a colour image."""
     from . import _files  # loaded by any call that places images
 
     return getattr(_files.compiled, "place", place)
