@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def hub_ended(timeout: float = 10.0) -> bool:
+    """Wait until no stream hub thread runs. Once its last stream closes, the hub closes its wake-up
+    pipe and then its thread ends, a moment after ``close`` or ``flush`` returned: threads and file
+    descriptors compared between two such moments are compared once it has ended."""
+    return wait_until(lambda: not any(t.name == "shmsave-stream-hub" for t in threading.enumerate()), timeout)
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import pytest
 import shmsave
 from shmsave import InvalidRequest, WorkerDied, WriteFailed
 
-from .conftest import interrupt_a_loop, shmsave_segments, wait_until
+from .conftest import hub_ended, interrupt_a_loop, shmsave_segments, wait_until
 
 ENGINES = ["auto", "thread", "process"]
 
@@ -231,11 +231,13 @@ def test_a_thousand_flush_cycles_leak_nothing(tmp_path, engine):
         writer.start()
         writer.imwrite(tmp_path / "warm.png", images[0])
         writer.flush()
+        assert hub_ended()
         fds, threads, segments = me.num_fds(), threading.active_count(), shmsave_segments(os.getpid())
         for k in range(1000):
             for j in range(1 + k % 3):
                 writer.imwrite(tmp_path / f"{k % 10}" / f"{j}.png", images[j])
             assert writer.flush().count == 1 + k % 3
-        assert wait_until(lambda: threading.active_count() <= threads, 10), "threads leak"
+        assert hub_ended(), "the hub thread outlived its streams"
+        assert threading.active_count() <= threads, "threads leak"
         assert me.num_fds() <= fds, "descriptors leak"
         assert shmsave_segments(os.getpid()) <= segments, "segments leak"

@@ -50,7 +50,7 @@ import pytest
 import shmsave
 from shmsave import InvalidRequest, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, _stream_tasks, streaming
 
-from .conftest import interrupt_a_loop, shmsave_segments, wait_until
+from .conftest import hub_ended, interrupt_a_loop, shmsave_segments, wait_until
 
 
 def _encoded(image: np.ndarray, ext: str = ".png", params=()) -> bytes:
@@ -582,6 +582,7 @@ def test_no_leak_after_1000_streams(writer, tmp_path):
     writer.start()
     with writer.stream(tmp_path / "warm" / "{index}.png") as stream:
         stream.write(frames[0])
+    assert hub_ended()
     fds, threads = me.num_fds(), threading.active_count()
     for k in range(1000):
         with writer.stream(tmp_path / f"{k % 10}" / "{index}.png", overwrite=True) as stream:
@@ -589,7 +590,8 @@ def test_no_leak_after_1000_streams(writer, tmp_path):
                 stream.write(frame)
         assert stream.report.count == 1 + k % 3
         assert len(shmsave_segments(os.getpid())) <= 2, "rings pile up"
-    assert wait_until(lambda: threading.active_count() <= threads, 5), "the hub thread outlived its streams"
+    assert hub_ended(), "the hub thread outlived its streams"
+    assert threading.active_count() <= threads, "threads leak"
     assert me.num_fds() <= fds, "descriptors leak"
 
 
