@@ -138,9 +138,7 @@ def _markdown(args, cores, where, spins, calls) -> str:
     lines = [
         "# A script's first call and the spinning OpenBLAS threads of numpy and OpenCV",
         "",
-        f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
-        f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
-        f"Medians of {args.repeat} fresh interpreters.",
+        f"{machine.run_line(cores, where)} Medians of {args.repeat} fresh interpreters.",
         "",
         f"## After the imports: the other threads' CPU, in {WINDOW_S * 1e3:.0f} ms windows",
         "",

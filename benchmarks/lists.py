@@ -126,8 +126,7 @@ def _markdown(args, cores: int, where: str, timings: dict[str, list[float]]) -> 
     lines = [
         "# A list of crops: save of a list against a stack and the loops",
         "",
-        f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
-        f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
+        f"{machine.run_line(cores, where)} "
         f"{args.count:,} views of {SIDE}x{SIDE} pixels at random places of 1080p frames -> .jpg q95, a warm "
         f"Writer. Medians of {args.repeat} interleaved repetitions (spread: min-max), speed-up over the loop.",
         "",

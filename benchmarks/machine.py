@@ -40,6 +40,14 @@ def command_line() -> str:
     return shlex.join(sys.orig_argv)
 
 
+def run_line(cores: int, where: str) -> str:
+    """The header line of a focused race's report: its command, the CPU, the versions and the target."""
+    return (
+        f"`{command_line()}`; {cpu_model()}, {cores} usable cores; Python {sys.version.split()[0]}, "
+        f"numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}."
+    )
+
+
 def describe(targets: list[Target]) -> dict[str, str]:
     """Machine, versions and target filesystems as label -> text."""
     shmsave, error = shmsave_import()

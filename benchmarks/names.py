@@ -39,7 +39,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from benchmarks import machine
@@ -175,9 +174,7 @@ def _markdown(args, cores, where, tiny, workloads, save_results, loop_results, c
     lines = [
         "# Your own names: per-image paths and Writer.imwrite against the loops a user would write",
         "",
-        f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
-        f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
-        f"Medians of {args.repeat} interleaved repetitions (spread: min-max).",
+        f"{machine.run_line(cores, where)} Medians of {args.repeat} interleaved repetitions (spread: min-max).",
         "",
         f"## save: {tiny.count:,} paths from a list against a template ({tiny.summary}, a warm Writer)",
         "",

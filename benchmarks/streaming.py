@@ -243,8 +243,7 @@ def _markdown(args, cores, where, workloads, results, write_us) -> str:
     lines = [
         "# Saving inside a loop: Writer.stream against the loops a user would write",
         "",
-        f"`{machine.command_line()}`; {machine.cpu_model()}, {cores} usable cores; Python "
-        f"{sys.version.split()[0]}, numpy {np.__version__}, OpenCV {cv2.__version__}; target {where}. "
+        f"{machine.run_line(cores, where)} "
         f"Medians of {args.repeat} interleaved repetitions (spread: min-max); speed-up over the loop.",
         "",
         "| workload | " + " | ".join(names) + " |",
