@@ -76,7 +76,8 @@ def _asarray_hint(value) -> str:
 def _normalize_list(images: list) -> list:
     dtype = None
     for i, image in enumerate(images):
-        check_array(image, f"image {i}")
+        if not isinstance(image, np.ndarray) or not 2 <= image.ndim <= 3 or not image.size:
+            check_array(image, f"image {i}")  # raises, saying which rule the image breaks
         if dtype is None:
             dtype = image.dtype
         elif image.dtype != dtype:
