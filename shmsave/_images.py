@@ -76,8 +76,7 @@ def _asarray_hint(value) -> str:
 def _normalize_list(images: list) -> list:
     dtype = None
     for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray) or not 2 <= image.ndim <= 3 or not image.size:
-            check_array(image, f"image {i}")  # raises, saying which rule the image breaks
+        check_array(image, i)
         if dtype is None:
             dtype = image.dtype
         elif image.dtype != dtype:
@@ -88,8 +87,13 @@ def _normalize_list(images: list) -> list:
     return images
 
 
-def check_array(image, what: str) -> None:
-    """Refuse what is not one 2-D/3-D numpy array with pixels (a list's item, a stream's image)."""
+def check_array(image, what: str | int) -> None:
+    """Refuse what is not one 2-D/3-D numpy array with pixels (a list's item, a stream's image);
+    ``what`` names it in the message, or is a list's index (the message is made only to refuse)."""
+    if isinstance(image, np.ndarray) and 2 <= image.ndim <= 3 and image.size:
+        return
+    if isinstance(what, int):
+        what = f"image {what}"
     if not isinstance(image, np.ndarray):
         raise InvalidRequest(
             f"{what} is a {_type_name(image)}, not a numpy array"
