@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -488,7 +489,8 @@ def big_inputs(tmp_path_factory):
     stack.flush()
     np.savez(folder / "frames.npz", frames=stack)
     del stack
-    return folder
+    yield folder
+    shutil.rmtree(folder)  # 0.5 GB of generated input, not worth keeping for a failure
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -575,7 +577,8 @@ def big_npy(tmp_path_factory):
         stack[i] = ((x * (1 + i % 3) + y + i)[..., None] + np.arange(3) * 50) % 256
     stack.flush()
     del stack
-    return path
+    yield path
+    shutil.rmtree(path.parent)  # 0.4 GB of generated input, not worth keeping for a failure
 
 
 def _parent_peak_growth(args) -> tuple[int, int]:
@@ -617,3 +620,4 @@ def test_an_npz_array_is_held_once(big_npy, tmp_path, capsys):
             f"{(peak - before) / 2**20:.0f} MiB while saving = {(peak - before) / size:.2f}x the array"
         )
     assert peak - before < 1.5 * size
+    shutil.rmtree(tmp_path)  # passed: 0.75 GB the temporary folder need not keep
