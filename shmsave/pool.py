@@ -240,9 +240,12 @@ class Pool:
         (uninterruptible sleep on a hung mount: see ``after_exit``).
 
         ``give_up``: once no worker has finished an image for a whole timeout (a
-        hung target rather than one stuck worker), every busy worker is timed
-        out and the tasks not started yet go to ``on_timeout(task, task.first,
-        None)`` unsent, instead of stalling new workers one timeout at a time.
+        hung target rather than one stuck worker) while none idles, every busy
+        worker is timed out and the tasks not started yet go to
+        ``on_timeout(task, task.first, None)`` unsent, instead of stalling new
+        workers one timeout at a time. A worker idle at a stall had nothing to
+        show progress with: the stalled worker's queued tasks are retried (on
+        a hung target they stall once more, one timeout later, and fail then).
         """
         self.start()
         for worker in [w for w in self._workers if w.process.poll() is not None]:
@@ -320,7 +323,11 @@ class Pool:
                         exhausted = True
                 stalled = self._stalled()
                 if stalled:
-                    if give_up and time.monotonic() - progress_at >= _timeout(stalled[0]):
+                    if (
+                        give_up
+                        and all(w.tasks for w in self._workers)  # one idle: the queued tasks can show the target works
+                        and time.monotonic() - progress_at >= _timeout(stalled[0])
+                    ):
                         gave_up = True  # no worker wrote anything meanwhile: a hung target, not one worker
                         stalled = [w for w in self._workers if w.tasks]
                     if not self._time_out(stalled, on_timeout, retry):

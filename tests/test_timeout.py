@@ -267,6 +267,44 @@ def test_the_pool_counts_partial_results_and_does_not_time_out_a_worker_that_rep
     assert np.array_equal(cv2.imread(str(folder / "59.png")), images[59])
 
 
+def test_a_stall_while_another_worker_idles_retries_the_tasks_queued_behind_it(tmp_path):
+    """``give_up`` is for a hung target, seen as no progress anywhere for a whole timeout. A worker that
+    stalls after the other one has finished its tasks and idles is one stuck worker, however long ago
+    the idle one wrote: its first task times out, and the task queued behind it runs elsewhere."""
+    images, long_task, folder = _one_long_task(tmp_path, 60, 256, timeout=0.4)  # told every 0.1 s
+    (tmp_path / "short").mkdir()
+    job = long_task.job._replace(template=str(tmp_path / "short" / "{index}.png"), folder=str(tmp_path / "short"))
+    short = [long_task._replace(id=i, lo=i, hi=i + 1, first=i, job=job) for i in (1, 2, 3)]
+    # pool.run gives each task to the worker with the fewest: the long one and task 2 to worker 0
+    tasks = [long_task, *short]
+    answered, timed_out, stalled = [], [], []
+    pool = Pool(2)
+
+    def on_partial(task, result):
+        if task.id == 0 and {1, 3} <= set(answered) and not stalled:
+            stalled.append(pool.pids[0])  # the other worker idles now: worker 0 stalls while it is told of
+            os.kill(stalled[0], signal.SIGSTOP)
+
+    try:
+        pool.start()
+        pool.wait_ready()
+        pool.run(
+            iter(tasks),
+            lambda task, result: answered.append(task.id),
+            lambda *died: pytest.fail(f"a worker died: {died}"),
+            None,
+            on_partial=on_partial,
+            on_timeout=lambda task, first, pid: timed_out.append((task.id, pid)),
+            give_up=True,
+        )
+    finally:
+        pool.close()
+    assert stalled, "worker 0 finished its long task before the other one was idle: make it longer"
+    assert timed_out == [(0, stalled[0])]
+    assert sorted(answered) == [1, 2, 3]
+    assert np.array_equal(cv2.imread(str(tmp_path / "short" / "2.png")), images[2])
+
+
 @contextlib.contextmanager
 def _frozen_at_most(disk, seconds: float):
     """``frozen(disk)``, thawed after ``seconds`` at the latest: a call that hangs on the frozen
