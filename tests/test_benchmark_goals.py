@@ -382,3 +382,21 @@ def test_the_list_race_compares_the_list_with_the_stack_pair_by_pair():
     text = _markdown(argparse.Namespace(count=10, repeat=3), 2, "tmpfs", timings)
     assert "| 0.500 s (0.450-0.600) **2.20x** |" in text and "| 0.550 s (0.500-0.600) **2.00x** |" in text
     assert "The list takes 0.91x the time of the stack (stacking included); the list was ahead in 2 of 3" in text
+
+
+def test_the_names_race_splits_imwrite_over_the_stream_into_naming_and_its_own_layer():
+    """``benchmarks.names``: every method is a column, and each workload's row says how fast the stream
+    with its own paths is against the template's stream and imwrite against that stream."""
+    import argparse
+
+    from benchmarks.names import IMWRITE, NAMED, STREAM, _markdown
+    from benchmarks.streaming import Workload
+
+    tiny = Workload("tiny", "10 x 50x50 gray -> .jpg q95", 10, ".jpg", [], None)
+    loop = {"loop": [1.0] * 3, "executor": [2.0] * 3, "queue + threads": [0.8] * 3}
+    loop |= {STREAM: [0.45, 0.5, 0.55], NAMED: [0.5, 0.55, 0.6], IMWRITE: [0.5, 0.6, 0.5]}
+    saves = {"template": [0.1] * 3, "list of paths": [0.1] * 3}
+    text = _markdown(argparse.Namespace(repeat=3), 2, "tmpfs", tiny, [tiny], saves, {"tiny": loop}, {})
+    assert "| loop | executor | queue + threads | shmsave stream | stream, own paths | shmsave imwrite |" in text
+    assert "| 0.550 s (0.500-0.600) **1.82x** |" in text  # the stream with its own paths
+    assert "the stream with its own paths 0.91x the stream, imwrite 1.10x the stream with its own paths |" in text

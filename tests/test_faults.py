@@ -93,7 +93,12 @@ def _smalls(count: int) -> np.ndarray:
 
 
 def _expect_small(index: int) -> bytes:
-    return cv2.imencode(".jpg", np.ascontiguousarray(_tile()[index % 4, :32, :32, 1]))[1].tobytes()
+    return _small_encoded(index % 4)
+
+
+@functools.cache
+def _small_encoded(i: int) -> bytes:
+    return cv2.imencode(".jpg", np.ascontiguousarray(_tile()[i, :32, :32, 1]))[1].tobytes()
 
 
 @functools.cache
