@@ -329,7 +329,7 @@ class Pool:
                         and time.monotonic() - progress_at >= _timeout(stalled[0])
                     ):
                         gave_up = True  # no worker wrote anything meanwhile: a hung target, not one worker
-                        stalled = [w for w in self._workers if w.tasks]
+                        stalled = list(self._workers)  # every one has tasks (above)
                     if not self._time_out(stalled, on_timeout, retry):
                         exhausted = True
         except BaseException:

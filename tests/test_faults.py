@@ -84,21 +84,24 @@ def _frames(count: int) -> np.ndarray:
     return np.resize(_tile(), (count, 480, 640, 3))
 
 
-def _smalls(count: int) -> np.ndarray:
-    """``count`` 32x32 gray images whose JPEGs (~1 KB) fit in one page: written by one write()
-    under their final name, not through O_TMPFILE. Image i equals ``_tile()[i % 4]``'s corner."""
-    small = np.ascontiguousarray(_tile()[:, :32, :32, 1])
-    assert all(len(cv2.imencode(".jpg", s)[1]) <= mmap.PAGESIZE for s in small)
-    return np.resize(small, (count, 32, 32))
-
-
-def _expect_small(index: int) -> bytes:
-    return _small_encoded(index % 4)
+def _small_tiles() -> np.ndarray:
+    return np.ascontiguousarray(_tile()[:, :32, :32, 1])
 
 
 @functools.cache
-def _small_encoded(i: int) -> bytes:
-    return cv2.imencode(".jpg", np.ascontiguousarray(_tile()[i, :32, :32, 1]))[1].tobytes()
+def _small_jpegs() -> tuple[bytes, ...]:
+    return tuple(cv2.imencode(".jpg", small)[1].tobytes() for small in _small_tiles())
+
+
+def _smalls(count: int) -> np.ndarray:
+    """``count`` 32x32 gray images whose JPEGs (~1 KB) fit in one page: written by one write()
+    under their final name, not through O_TMPFILE. Image i equals ``_tile()[i % 4]``'s corner."""
+    assert all(len(jpeg) <= mmap.PAGESIZE for jpeg in _small_jpegs())
+    return np.resize(_small_tiles(), (count, 32, 32))
+
+
+def _expect_small(index: int) -> bytes:
+    return _small_jpegs()[index % 4]
 
 
 @functools.cache
