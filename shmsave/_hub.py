@@ -9,7 +9,10 @@ no stream has anything to send; producers then ``poke`` the wake-up pipe that
 ``Pool.run`` also waits on, so an idle hub sleeps instead of polling. A stream's
 pending images are taken whenever a worker has room for a task (``Pool.run``
 asks the source only then): a fast producer's batches grow while the workers
-are busy, a slow producer's images go out at once.
+are busy, a slow producer's images go out at once. A producer looping in Python
+holds the GIL, which the hub thread gets back after each of its blocking calls
+only when the interpreter forces a switch (every 5 ms): after each batch it
+seals, the producer sleeps until the hub is back in its wait (``catch_up``).
 
 A stream's big images come as tasks to run ``here``, on the Writer's thread
 pool (``Stream.run_here``; OpenCV releases the GIL while it encodes) instead of
@@ -33,11 +36,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from multiprocessing import Pipe
 from typing import TYPE_CHECKING
 
 from ._protocol import Task, Wait
 from .pool import _DEPTH, Pool
+
+_CATCH_UP_S = 0.005  # the most a stream's caller waits for the hub thread (catch_up)
 
 if TYPE_CHECKING:
     from ._protocol import Result
@@ -163,6 +169,17 @@ class Hub:
                 self._end_thread()
             for stream in streams:
                 stream.fail(error)
+
+    def catch_up(self) -> None:
+        """Let the hub thread run (see the module): sleep once, then while it has work in hand (woken
+        by a poke or a worker's answer, and not back in its wait), at most ``_CATCH_UP_S`` in all."""
+        if self._thread is None:
+            return
+        pool = self._pool
+        deadline = time.monotonic() + _CATCH_UP_S
+        time.sleep(0)
+        while not pool.listening and self._thread is not None and time.monotonic() < deadline:
+            time.sleep(0)
 
     def _end_thread(self) -> None:
         self._thread = None

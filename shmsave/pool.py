@@ -126,6 +126,7 @@ class Pool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._workers: list[_Worker] = []
+        self.listening = False  # run() waits for the workers' answers (or its wake pipe) now
         self._forgotten: collections.deque[str] = collections.deque()
         _pools.add(self)
 
@@ -298,7 +299,10 @@ class Pool:
                     listening += [w.conn for w in self._workers if not w.ready and not w.tasks]
                 if wake is not None and not exhausted:
                     listening.append(wake)
-                for conn in wait(listening, self._wait_s()):
+                self.listening = True
+                ready = wait(listening, self._wait_s())
+                self.listening = False
+                for conn in ready:
                     if conn is wake:
                         while wake.poll():
                             wake.recv_bytes()

@@ -142,7 +142,7 @@ class Stream(StreamTasks):
         if self._state is not OPEN:
             self._raise_for_state()
         index = self._next
-        tiny_here = start_processes = False
+        tiny_here = start_processes = sealed = False
         if path is None:
             if params is not None:
                 raise InvalidRequest(f"image {index}: params= goes with path= (the stream's options apply otherwise)")
@@ -189,6 +189,7 @@ class Stream(StreamTasks):
                 self._pending_bytes += size
                 if len(self._pending) >= TASK_IMAGES or self._pending_bytes >= self._task_bytes:
                     self._seal()
+                    sealed = True
                 tiny_here = self._tiny_on_threads > 0
                 if tiny_here and self._tiny_on_threads > 1:
                     self._tiny_on_threads -= 1
@@ -203,6 +204,8 @@ class Stream(StreamTasks):
             self._move_to_a_shared_ring()  # from now on tiny images go to the worker processes
         elif not tiny_here and self._hub.idle:
             self._hub.poke()
+        if sealed:
+            self._hub.catch_up()  # a loop of tiny writes would hold the GIL the hub needs to feed the workers
 
     def _write_here(self, image: np.ndarray, layout: Layout, index: int, named: tuple | None) -> None:
         """A big image, for a thread of this process: copied into the ring without the lock (numpy lets

@@ -27,6 +27,8 @@ segment, no child process left). Files are compared with ``cv2.imencode`` bytes.
                                                  test_big_images_go_to_threads_without_waking_the_hub,
                                                  test_two_streams_of_big_images_from_two_threads,
                                                  test_a_big_image_bigger_than_the_ring_is_encoded_here
+    a tight loop lets the hub feed the workers   test_the_caller_lets_the_hub_thread_run_after_each_batch_it_seals,
+                                                 test_catch_up_waits_for_the_hub_thread_to_listen_again_and_no_longer_than_its_limit
     Writer(engine=...) binds streams             test_a_writer_forced_to_processes_streams_big_images_to_them_too,
                                                  test_a_writer_forced_to_threads_streams_every_image_on_them
 """
@@ -49,6 +51,7 @@ import pytest
 
 import shmsave
 from shmsave import InvalidRequest, StreamClosed, WorkerDied, WorkerFailed, WriteFailed, _stream_tasks, streaming
+from shmsave._plan import TASK_IMAGES
 
 from .conftest import hub_ended, interrupt_a_loop, shmsave_segments, wait_until
 
@@ -375,6 +378,59 @@ def test_big_images_go_to_threads_without_waking_the_hub(writer, tmp_path, monke
     assert len(looks) <= 5, f"the hub looked for work {len(looks)} times for 40 big images"
     assert 1 <= most[0] <= _hub._DEPTH * writer.workers
     _assert_files(tmp_path, frames)
+
+
+def test_the_caller_lets_the_hub_thread_run_after_each_batch_it_seals(writer, tmp_path, monkeypatch):
+    """A loop of tiny writes holds the GIL; after each full batch it seals, the caller waits for
+    the hub thread (Hub.catch_up), so the workers' next task goes out then, not at a forced switch."""
+    from shmsave import _hub
+
+    events = []
+    catch_up, seal = _hub.Hub.catch_up, streaming.Stream._seal
+
+    def sealing(stream, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread() and len(stream._pending) == TASK_IMAGES:
+            events.append("sealed")
+        return seal(stream, *args, **kwargs)
+
+    monkeypatch.setattr(_hub.Hub, "catch_up", lambda hub: events.append("caught up") or catch_up(hub))
+    monkeypatch.setattr(streaming.Stream, "_seal", sealing)
+    images = np.random.default_rng(3).integers(0, 255, (6 * TASK_IMAGES, 8, 8), dtype=np.uint8)
+    with writer.stream(tmp_path / "{index:04d}.png") as stream:
+        for image in images:
+            stream.write(image)
+    assert stream.report.count == len(images)
+    assert "sealed" in events and events == ["sealed", "caught up"] * (len(events) // 2), events
+    _assert_files(tmp_path, images)
+
+
+def test_catch_up_waits_for_the_hub_thread_to_listen_again_and_no_longer_than_its_limit(monkeypatch):
+    """Hub.catch_up returns once the hub thread, which needs the GIL to get there, is back in its
+    wait for the workers (a caller in pure Python would otherwise hold the GIL past this check);
+    a hub that never gets back costs at most _CATCH_UP_S."""
+    from shmsave import _hub
+    from shmsave.pool import Pool
+
+    hub = _hub.Hub(Pool(1))  # never started: no worker process
+    go = threading.Event()
+
+    def back_in_its_wait():
+        go.wait()
+        hub._pool.listening = True
+
+    monkeypatch.setattr(_hub, "_CATCH_UP_S", 60.0)
+    hub._thread = threading.Thread(target=back_in_its_wait)
+    hub._thread.start()
+    go.set()
+    hub.catch_up()
+    assert hub._pool.listening, "catch_up returned before the hub thread ran"
+    hub._thread.join()
+
+    monkeypatch.setattr(_hub, "_CATCH_UP_S", 0.05)
+    hub._pool.listening = False  # a hub thread busy for good
+    began = time.monotonic()
+    hub.catch_up()
+    assert 0.05 <= time.monotonic() - began < 10, "catch_up waits for a busy hub only up to its limit"
 
 
 def test_two_streams_of_big_images_from_two_threads(writer, tmp_path):
