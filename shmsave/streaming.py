@@ -167,7 +167,8 @@ class Stream(StreamTasks):
         if threads_from is not None and layout.nbytes >= threads_from:
             self._write_here(image, layout, index, None if name is None else (name, number, key))
             return
-        with self._lock:
+        self._lock.acquire()  # not `with`: on a lock it costs ~70 ns more (its __exit__ takes three arguments)
+        try:
             place = self._ring.reserve(size) if self._reserved is None else None  # _room without a call, mostly
             if place is None:
                 place = self._room(size)
@@ -196,6 +197,8 @@ class Stream(StreamTasks):
                 elif tiny_here and not self._moving:  # the last one for the threads
                     self._moving = start_processes = True
                 self._next = index + 1
+        finally:
+            self._lock.release()
         if place is None:  # the stream stopped while the ring was full (raised without the lock: close() takes it)
             self._raise_for_state()
         if tiny_here and self._hub.thread_free():

@@ -328,11 +328,14 @@ class Writer:
         one not yet written waits for it, so the file holds the last, as with ``cv2.imwrite``.
         Returns True, as ``cv2.imwrite`` does, so a loop that checks its result works unchanged.
         """
-        with self._imwrite_lock:
+        self._imwrite_lock.acquire()  # not `with`, as in Stream.write: ~70 ns less per image
+        try:
             stream = self._imwriting
             if stream is None or stream._report is not None:  # a stream stopped by a failure raises it first
                 stream = self._imwriting = self.stream(None)
             stream.write(image, path, params)
+        finally:
+            self._imwrite_lock.release()
         return True
 
     def flush(self) -> Report:
