@@ -57,9 +57,11 @@ _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 _RGB_TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
 # A group: encoded files written together (one GIL release with the compiled helper). Bounded
 # in images and in encoded bytes, so a group holds little memory whatever the images' size.
-# CPU of 10,000 tiny JPEGs on 2 threads (median of 9, a loaded 2-core VM): groups of 1: 465 ms,
-# 8: 382, 32: 368, 128: 364; Python's calls alone: 393. Past 32 little is left to win.
-GROUP_IMAGES = 32
+# CPU of 10,000 tiny JPEGs on 2 threads (median of 9, a loaded 2-core AMD VM): groups of 1: 465 ms,
+# 8: 382, 32: 368, 128: 364; Python's calls alone: 393. On an Intel 2-core VM, where each GIL
+# hand-off weighs more, the wall time (median of 11): 32: 154 ms, 64: 148, 128: 146 (chunked
+# cv2.imwrite threads: 145). GROUP_BYTES keeps a group of big files small.
+GROUP_IMAGES = 128
 GROUP_BYTES = 1 << 20
 
 

@@ -593,7 +593,7 @@ _KILLED_STREAM = 240  # images: enough tasks that the killed worker still has so
 def _kill_once_writing(pids: list[int], folder) -> None:
     """SIGKILL ``pids`` as the first file appears: the stream's tasks (two to four per worker: they are
     sealed by bytes, ~70 of these images each) are then in flight, and not before. A task writes its
-    files a group at a time (``_files.GROUP_IMAGES``): the first appears some 32 images into it."""
+    files a group at a time (``_files.GROUP_IMAGES`` or ``GROUP_BYTES``): the first appears a group into it."""
     assert wait_until(lambda: folder.exists() and any(folder.iterdir()), 10, 0.001), "nothing was written"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
